@@ -1,0 +1,10 @@
+"""MetaController: emergent temporal abstractions in autoregressive models (Kobayashi et al., 2025)."""
+__version__ = '0.1.0'
+
+from metacontroller.meta_controller import DiscoveryOutput, MetaController, MetaControllerStep
+from metacontroller.transformer import BehaviourCloningLosses, DiscoveryLosses, Transformer, TransformerCache
+
+__all__ = [
+    'Transformer', 'MetaController',
+    'BehaviourCloningLosses', 'DiscoveryLosses', 'DiscoveryOutput', 'MetaControllerStep', 'TransformerCache',
+]

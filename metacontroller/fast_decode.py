@@ -1,0 +1,193 @@
+"""Cached one-step decoding for x-transformers `Decoder`s, fast enough for rollouts.
+
+x-transformers' own cached path spends most of a small-batch step in Python
+(einops, hooks, growing `torch.cat` KV caches) and in `F.linear`, which on
+CPU is several times slower than `x @ W` with `W` stored (in, out) when the
+batch is a handful of environments. A `DecoderPlan` reuses the decoder's own
+norm, activation and position-bias modules, keeps a transposed copy of each
+weight and preallocated KV buffers, and runs one step as a short chain of
+matmuls.
+
+Plans are only used where they provably match: on construction a plan decodes
+a short random sequence and compares it with the decoder's full forward. Any
+configuration that fails (rotary embeddings, GLU, gates, ...) falls back to the
+x-transformers cache, which is slower but always correct.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from loguru import logger
+from torch import Tensor, nn
+from x_transformers.x_transformers import AttentionLayers
+
+SELF_CHECK_TOLERANCE = 1e-4
+
+
+@dataclass
+class FastDecodeState:
+    keys: list[Tensor]      # per attention layer: (b, h, capacity, dh)
+    values: list[Tensor]
+    length: int = 0
+
+
+@dataclass
+class XTransformersDecodeState:
+    cache: object | None = None  # x-transformers LayerIntermediates
+    length: int = 0
+
+
+def _transposed(linear: nn.Linear) -> Tensor:
+    return linear.weight.detach().t().contiguous()
+
+
+def _bias(linear: nn.Linear) -> Tensor | None:
+    return None if linear.bias is None else linear.bias.detach()
+
+
+class AttentionStep:
+    def __init__(self, norm: nn.Module, attn: nn.Module):
+        self.norm = norm
+        self.heads = attn.heads
+        self.w_qkv = torch.cat([_transposed(attn.to_q), _transposed(attn.to_k), _transposed(attn.to_v)], dim = -1)
+        self.w_out = _transposed(attn.to_out)
+        self.dim_head = attn.to_q.out_features // self.heads
+        self.scale = getattr(attn.attend, 'scale', None) or self.dim_head ** -0.5
+
+    def __call__(self, x, keys, values, t, bias):
+        q, k, v = (self.norm(x) @ self.w_qkv).chunk(3, dim = -1)          # (b, h * dh) each
+        q, k, v = (rearrange(z, 'b (h d) -> b h d', h = self.heads) for z in (q, k, v))
+        keys[:, :, t] = k
+        values[:, :, t] = v
+        out = F.scaled_dot_product_attention(
+            q[:, :, None], keys[:, :, :t + 1], values[:, :, :t + 1], attn_mask = bias, scale = self.scale
+        )                                                                   # (b, h, 1, dh)
+        return x + rearrange(out, 'b h 1 d -> b (h d)') @ self.w_out
+
+
+class FeedForwardStep:
+    def __init__(self, norm: nn.Module, ff: nn.Module):
+        (proj_in, self.activation), _, proj_out = ff.ff
+        self.norm = norm
+        self.w_in, self.b_in = _transposed(proj_in), _bias(proj_in)
+        self.w_out, self.b_out = _transposed(proj_out), _bias(proj_out)
+
+    def __call__(self, x):
+        hidden = self.norm(x) @ self.w_in
+        hidden = self.activation(hidden if self.b_in is None else hidden + self.b_in)
+        out = hidden @ self.w_out
+        return x + (out if self.b_out is None else out + self.b_out)
+
+
+class DecoderPlan:
+    """One-token-at-a-time inference over a pre-norm x-transformers Decoder."""
+
+    def __init__(self, decoder: AttentionLayers):
+        self.decoder = decoder
+        self.rel_pos = decoder.rel_pos
+        self.final_norm = decoder.final_norm
+        self.blocks = []
+
+        for layer_type, (norms, block, _) in zip(decoder.layer_types, decoder.layers):
+            pre_norm, post_branch_norm, post_main_norm = norms
+            if post_branch_norm is not None or post_main_norm is not None:
+                raise NotImplementedError('post-norm blocks')
+            make = dict(a = AttentionStep, f = FeedForwardStep).get(layer_type)
+            if make is None:
+                raise NotImplementedError(f'layer type {layer_type!r}')
+            self.blocks.append(make(pre_norm, block))
+
+        self.num_attn = sum(isinstance(block, AttentionStep) for block in self.blocks)
+
+    @staticmethod
+    def supports(decoder: nn.Module) -> bool:
+        return (
+            isinstance(decoder, AttentionLayers) and decoder.causal and decoder.pre_norm
+            and not decoder.cross_attend and decoder.rotary_pos_emb is None
+            and getattr(decoder, 'polar_pos_emb', None) is None
+            and all(m is None for m in decoder.layer_integrators)
+            and all(m is None for m in decoder.skip_combines)
+        )
+
+    def init_state(self, batch: int, capacity: int, like: Tensor) -> FastDecodeState:
+        shapes = [
+            (batch, block.heads, capacity, block.dim_head)
+            for block in self.blocks if isinstance(block, AttentionStep)
+        ]
+        make = lambda shape: torch.zeros(shape, dtype = like.dtype, device = like.device)
+        return FastDecodeState([make(s) for s in shapes], [make(s) for s in shapes])
+
+    def _grow(self, state: FastDecodeState):
+        # double the KV buffers: amortised O(1) per step, unlike a per-step cat
+        state.keys = [torch.cat((k, torch.zeros_like(k)), dim = 2) for k in state.keys]
+        state.values = [torch.cat((v, torch.zeros_like(v)), dim = 2) for v in state.values]
+
+    def step(self, x: Tensor, state: FastDecodeState) -> Tensor:
+        """x: (b, d) -> (b, d), appending one position to `state`."""
+        t = state.length
+        if self.num_attn and t >= state.keys[0].shape[2]:
+            self._grow(state)
+
+        bias = None if self.rel_pos is None else self.rel_pos(1, t + 1).to(x.dtype)  # (h, 1, t + 1)
+
+        keys, values = iter(state.keys), iter(state.values)
+        for block in self.blocks:
+            x = block(x, next(keys), next(values), t, bias) if isinstance(block, AttentionStep) else block(x)
+
+        state.length = t + 1
+        return self.final_norm(x)
+
+
+class CachedDecoder:
+    """Step-wise inference for any x-transformers Decoder: the fast plan where it
+    matches the full forward, the x-transformers cache otherwise."""
+
+    def __init__(self, decoder: nn.Module, capacity: int = 128):
+        self.decoder = decoder
+        self.capacity = capacity
+        self.plan = self._verified_plan(decoder)
+
+    @property
+    def is_fast(self) -> bool:
+        return self.plan is not None
+
+    def _verified_plan(self, decoder):
+        if not DecoderPlan.supports(decoder):
+            return None
+        try:
+            plan = DecoderPlan(decoder)
+        except (NotImplementedError, AttributeError, TypeError, ValueError):
+            return None
+
+        param = next(decoder.parameters())
+        generator = torch.Generator(device = param.device).manual_seed(0)
+        x = torch.randn(2, 5, decoder.dim, generator = generator, device = param.device, dtype = param.dtype)
+
+        with torch.no_grad():
+            full = decoder(x)
+            state = plan.init_state(2, 2, x)  # capacity 2 also exercises buffer growth
+            stepped = torch.stack([plan.step(x[:, t], state) for t in range(x.shape[1])], dim = 1)
+
+        error = (full - stepped).abs().max().item()
+        if error > SELF_CHECK_TOLERANCE:
+            logger.debug(f'fast decode plan disagrees with the decoder (max error {error:.2e}); using the x-transformers cache')
+            return None
+        return plan
+
+    def init_state(self, batch: int, like: Tensor):
+        if self.plan is None:
+            return XTransformersDecodeState()
+        return self.plan.init_state(batch, self.capacity, like)
+
+    def step(self, x: Tensor, state) -> Tensor:
+        """x: (b, d) -> (b, d)."""
+        if self.plan is not None:
+            return self.plan.step(x, state)
+
+        x = rearrange(x, 'b d -> b 1 d')
+        out, state.cache = self.decoder(x, cache = state.cache, return_hiddens = True)
+        state.length += 1
+        return rearrange(out, 'b 1 d -> b d')
