@@ -12,12 +12,12 @@ fixed function of the observations and can be computed once per dataset.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 from discrete_continuous_embed_readout import EmbedAndReadout
 from x_transformers import Decoder
 
@@ -50,10 +50,19 @@ class TransformerCache:
     length: int = 0
 
 
-def frozen_call(module: nn.Module, *args, **kwargs):
-    """Call `module` with detached parameters: gradients flow to the inputs, never to its weights."""
-    params = {name: p.detach() for name, p in module.named_parameters()}
-    return functional_call(module, params, args, kwargs)
+@contextmanager
+def frozen(*modules: nn.Module):
+    """Inside, the modules' weights take no part in autograd: gradients flow through
+    them to their inputs, and none is computed for the weights themselves.
+    Autograd records requires_grad when each op runs, so restoring it afterwards is safe."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def build_body(dim: int, body: dict | nn.Module, **defaults) -> nn.Module:
@@ -85,6 +94,10 @@ class Transformer(Checkpointable, nn.Module):
         self.meta_controller = None
         self._step_decoders = {}
 
+    def base_modules(self) -> list[nn.Module]:
+        """Everything but an attached metacontroller: what discovery and internal RL keep frozen."""
+        return [self.state_embed, self.state_readout, self.action_embed, self.action_readout, self.lower_body, self.upper_body]
+
     # input checks: every message says what was expected and what was given
 
     def _check_states(self, state: Tensor, what: str = 'state'):
@@ -102,7 +115,7 @@ class Transformer(Checkpointable, nn.Module):
             if state.ndim not in (2, 3):
                 raise ValueError(f'{what} must have shape (batch, time[, sets]), got {tuple(state.shape)}')
 
-    def _check_actions(self, actions: Tensor, batch_time: tuple[int, ...], what: str = 'actions'):
+    def _check_actions(self, actions: Tensor, batch_time: tuple[int, ...], what: str = 'actions', mask: Tensor | None = None):
         if not torch.is_tensor(actions):
             raise TypeError(f'{what} must be a tensor, got {type(actions).__name__}')
         if self.action_readout.has_discrete:
@@ -111,8 +124,9 @@ class Transformer(Checkpointable, nn.Module):
             if tuple(actions.shape) != batch_time:
                 raise ValueError(f'{what} must have shape {batch_time} (batch, time), got {tuple(actions.shape)}')
             num = self.action_readout.embedding_offset
-            if actions.numel() and (actions.min() < 0 or actions.max() >= num):
-                raise ValueError(f'{what} must be action ids in [0, {num}), got values in [{actions.min().item()}, {actions.max().item()}]')
+            valid = actions if mask is None else actions[mask]   # padding may hold anything
+            if valid.numel() and (valid.min() < 0 or valid.max() >= num):
+                raise ValueError(f'{what} must be action ids in [0, {num}), got values in [{valid.min().item()}, {valid.max().item()}]')
         else:
             n = self.action_readout.num_continuous
             if not actions.is_floating_point() or tuple(actions.shape) != (*batch_time, n):
@@ -163,9 +177,9 @@ class Transformer(Checkpointable, nn.Module):
             x = inter.last_hidden if body is self.upper_body else out
         return streams + [x]
 
-    def _readout_losses(self, hidden, state, actions, mask, call) -> tuple[Tensor, Tensor]:
-        action_loss = call(self.action_readout, hidden, targets = actions, loss_mask = mask)
-        state_loss = call(self.state_readout, hidden[:, :-1], targets = state[:, 1:], loss_mask = mask[:, 1:])
+    def _readout_losses(self, hidden, state, actions, mask) -> tuple[Tensor, Tensor]:
+        action_loss = self.action_readout(hidden, targets = actions, loss_mask = mask)
+        state_loss = self.state_readout(hidden[:, :-1], targets = state[:, 1:], loss_mask = mask[:, 1:])
         return state_loss, action_loss
 
     def _prepare(self, state, actions, episode_lens):
@@ -173,8 +187,8 @@ class Transformer(Checkpointable, nn.Module):
         if actions is None:
             raise ValueError('actions are required for behaviour cloning and discovery (they are the targets)')
         b, t = state.shape[:2]
-        self._check_actions(actions, (b, t))
         mask = self._valid_mask(episode_lens, b, t, state.device)
+        self._check_actions(actions, (b, t), mask = mask)
         if actions.dtype in (torch.int64, torch.int32):
             actions = actions.masked_fill(~mask, 0)  # padding may hold anything; keep it a valid id
         return actions, mask
@@ -182,7 +196,7 @@ class Transformer(Checkpointable, nn.Module):
     def behaviour_cloning_losses(self, state: Tensor, actions: Tensor, episode_lens: Tensor | None = None) -> BehaviourCloningLosses:
         actions, mask = self._prepare(state, actions, episode_lens)
         hidden = self.upper_body(self.lower_body(self.embed(state, actions)))
-        return BehaviourCloningLosses(*self._readout_losses(hidden, state, actions, mask, lambda m, *a, **k: m(*a, **k)))
+        return BehaviourCloningLosses(*self._readout_losses(hidden, state, actions, mask))
 
     def discovery_losses(
         self,
@@ -204,8 +218,9 @@ class Transformer(Checkpointable, nn.Module):
                 stream = self.lower_body(self.embed(state, actions))
 
         out = meta_controller(stream, episode_lens, force_beta)
-        hidden = frozen_call(self.upper_body, out.controlled)
-        state_loss, action_loss = self._readout_losses(hidden, state, actions, mask, frozen_call)
+        with frozen(*self.base_modules()):
+            hidden = self.upper_body(out.controlled)
+            state_loss, action_loss = self._readout_losses(hidden, state, actions, mask)
 
         maskf = mask.to(out.kl.dtype)
         kl = (out.kl * maskf).sum() / maskf.sum()

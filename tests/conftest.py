@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from metacontroller import MetaController, Transformer
+
+DIM, STATE, ACTIONS, LATENT = 32, 12, 4, 3
+
+
+@pytest.fixture(autouse = True)
+def seeded():
+    torch.manual_seed(0)
+
+
+def tiny_transformer(**kwargs) -> Transformer:
+    body = dict(depth = 1, heads = 2, attn_dim_head = 8, rel_pos_bias = True)
+    return Transformer(
+        dim = DIM,
+        action_embed_readout = dict(num_discrete = ACTIONS),
+        state_embed_readout = dict(num_continuous = STATE),
+        lower_body = body,
+        upper_body = body,
+        **kwargs,
+    )
+
+
+def tiny_meta_controller(**kwargs) -> MetaController:
+    defaults = dict(dim_meta_controller = 8, dim_latent = LATENT, dim_encoder_hidden = 16, dim_hypernetwork_hidden = 8, hypernetwork_low_rank = 4, dim_policy = 16)
+    return MetaController(DIM, **{**defaults, **kwargs})
+
+
+def randomize_controller_(meta: MetaController):
+    """Give the zero-initialised output layer weights, so control is not a no-op."""
+    with torch.no_grad():
+        meta.decoder.to_a.weight.normal_(std = 0.1)
+        meta.decoder.to_a.bias.normal_(std = 0.1)
+    return meta
+
+
+@pytest.fixture
+def model():
+    return tiny_transformer()
+
+
+@pytest.fixture
+def meta():
+    return randomize_controller_(tiny_meta_controller())
+
+
+@pytest.fixture
+def batch():
+    b, t = 3, 10
+    state = torch.randn(b, t, STATE)
+    actions = torch.randint(0, ACTIONS, (b, t))
+    lens = torch.tensor([10, 7, 4])
+    return state, actions, lens

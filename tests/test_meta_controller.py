@@ -1,0 +1,143 @@
+"""SPEC §8 traps for the metacontroller: control index, β direction, the fast
+recurrence, KL, padding, log-probs."""
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal
+
+from metacontroller.hypernetwork import ControllerDecoder
+from metacontroller.policy import gaussian_log_prob, gaussian_sample
+from metacontroller.switching import SwitchingUnit, reference_switching
+from conftest import DIM, LATENT, randomize_controller_, tiny_meta_controller
+
+
+@pytest.mark.parametrize('rank', [4, None])
+def test_control_matches_dense_reference(rank):
+    decoder = ControllerDecoder(dim_latent = 3, dim_model = 10, dim_hidden = 8, rank = rank)
+    with torch.no_grad():
+        decoder.to_a.weight.normal_()
+    z = torch.randn(2, 5, 3)
+    e = torch.randn(2, 5, 10)
+    controller = decoder(z)
+    u = controller.dense()                                        # (2, 5, 10, 10)
+    expected = e + (u @ e[..., None])[..., 0]                     # U e: Σ_j U_ij e_j
+    assert torch.allclose(controller.apply(e), expected, atol = 1e-5)
+
+    # the wrong index (a per-coordinate gain e_i Σ_j U_ij) must differ: the test can fail
+    wrong = e + e * u.sum(dim = -1)
+    assert not torch.allclose(controller.apply(e), wrong, atol = 1e-3)
+
+    if rank is not None:
+        assert controller.a.shape == (2, 5, 10, rank)            # never a d×d matrix per step
+
+
+def test_control_starts_as_noop():
+    decoder = ControllerDecoder(dim_latent = 3, dim_model = 10, rank = 4)
+    e = torch.randn(4, 10)
+    assert torch.equal(decoder(torch.randn(4, 3)).apply(e), e)
+
+
+def test_beta_gating_direction_on_hand_built_schedule():
+    unit = SwitchingUnit(dim_model = 4, dim_history = 2, dim_latent = 2, dim_hidden = 3)
+    proposals = torch.arange(1., 11.).reshape(1, 5, 2)          # z̃_t distinct per step
+    beta = torch.tensor([[0., 0., 0., 1., 0.]])                  # β_1 is forced to 1 anyway
+
+    out = unit.integrate(beta, proposals)
+    p = proposals[0]
+    expected = torch.stack([p[0], p[0], p[0], p[3], p[3]])       # β = 1 takes z̃, β = 0 keeps z_{t-1}
+    assert torch.allclose(out.latent[0], expected)
+    assert out.beta[0, 0] == 1.
+
+    half = unit.integrate(torch.full((1, 5), 0.5), proposals)
+    assert torch.allclose(half.latent[0, 1], 0.5 * p[1] + 0.5 * p[0])
+
+
+def test_fast_recurrence_matches_naive_loop_values_and_gradients():
+    unit = SwitchingUnit(dim_model = 6, dim_history = 4, dim_latent = 3, dim_hidden = 5)
+    stream, history = torch.randn(2, 9, 6), torch.randn(2, 9, 4)
+    proposals = torch.randn(2, 9, 3, requires_grad = True)
+
+    fast = unit(unit.project_inputs(stream, history), proposals)
+    naive = reference_switching(unit, unit.project_inputs(stream, history), proposals)
+    assert torch.allclose(fast.beta, naive.beta, atol = 1e-6)
+    assert torch.allclose(fast.latent, naive.latent, atol = 1e-6)
+    assert fast.beta.min() < 0.999  # the learned β is in play, not only the forced first step
+
+    weights = torch.randn_like(fast.latent)
+    grads_fast = torch.autograd.grad((fast.latent * weights).sum() + fast.beta.sum(), [proposals, *unit.parameters()])
+    naive = reference_switching(unit, unit.project_inputs(stream, history), proposals)
+    grads_naive = torch.autograd.grad((naive.latent * weights).sum() + naive.beta.sum(), [proposals, *unit.parameters()])
+    for a, b in zip(grads_fast, grads_naive):
+        assert torch.allclose(a, b, atol = 1e-5)
+
+
+def test_kl_is_the_closed_form_and_unweighted(meta):
+    out = meta(torch.randn(2, 6, DIM))
+    expected = 0.5 * (out.mean ** 2 + out.log_var.exp() - out.log_var - 1).sum(-1)
+    assert torch.allclose(out.kl, expected)
+    normal = torch.distributions.kl_divergence(Normal(out.mean, (0.5 * out.log_var).exp()), Normal(0., 1.)).sum(-1)
+    assert torch.allclose(out.kl, normal, atol = 1e-5)
+
+
+def test_forced_beta_ablations(meta):
+    e = torch.randn(2, 6, DIM)
+    every_step = meta(e, force_beta = 1.)
+    assert torch.all(every_step.beta == 1.)
+    assert torch.allclose(every_step.latent, every_step.proposal)
+
+    schedule = torch.zeros(2, 6)
+    held = meta(e, force_beta = schedule)
+    assert torch.allclose(held.latent, held.proposal[:, :1].expand_as(held.latent))
+
+
+def test_padding_never_leaks_into_discovery_outputs(meta):
+    lens = torch.tensor([6, 3])
+    e = torch.randn(2, 6, DIM)
+    garbage = e.clone()
+    garbage[1, 3:] = 1e3 * torch.randn(3, DIM)
+
+    torch.manual_seed(1)
+    clean = meta(e, lens)
+    torch.manual_seed(1)
+    dirty = meta(garbage, lens)
+    for name in ('controlled', 'beta', 'latent', 'mean', 'kl'):
+        a, b = getattr(clean, name)[1, :3], getattr(dirty, name)[1, :3]
+        assert torch.allclose(a, b, atol = 1e-5), name
+
+
+def test_sequence_summary_sees_the_future(meta):
+    """The non-causal embedder: changing the last valid step changes μ at t = 1."""
+    e = torch.randn(1, 6, DIM)
+    changed = e.clone()
+    changed[0, -1] += 5.
+    assert not torch.allclose(meta(e).mean[0, 0], meta(changed).mean[0, 0])
+
+
+def test_log_prob_of_sampled_latent_matches_torch_distributions():
+    dist = torch.randn(5, 7, LATENT, 2)
+    sample = gaussian_sample(dist)
+    mean, log_var = dist.unbind(-1)
+    expected = Normal(mean, (0.5 * log_var).exp()).log_prob(sample).sum(-1)
+    assert torch.allclose(gaussian_log_prob(dist, sample), expected, atol = 1e-5)
+    assert torch.equal(gaussian_sample(dist, deterministic = True), mean)
+
+
+def test_policy_starts_near_prior():
+    meta = tiny_meta_controller()
+    dist = meta.policy(torch.randn(2, 4, DIM))
+    assert dist.abs().max() < 0.05
+
+
+def test_ratio_loss_is_off_by_default_and_positive_when_on():
+    meta = tiny_meta_controller()
+    beta = torch.rand(2, 5)
+    mask = torch.ones(2, 5, dtype = torch.bool)
+    assert meta.ratio_loss(beta, mask) == 0
+    on = randomize_controller_(tiny_meta_controller(ratio_loss_weight = 1.))
+    assert on.ratio_loss(beta, mask) > 0
+
+
+def test_bad_rank_is_rejected():
+    with pytest.raises(ValueError, match = 'hypernetwork_low_rank'):
+        tiny_meta_controller(hypernetwork_low_rank = DIM + 1)

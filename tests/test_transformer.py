@@ -1,0 +1,173 @@
+"""The base model: losses, the frozen base in discovery, padding, cached stepping."""
+import pytest
+import torch
+from torch import nn
+from x_transformers import Decoder
+
+from metacontroller.fast_decode import CachedDecoder
+from conftest import ACTIONS, DIM, STATE, tiny_transformer
+
+
+def full_logits(model, state, actions = None):
+    return model.action_readout(model.upper_body(model.residual_stream(state, actions)))
+
+
+def test_behaviour_cloning_losses_are_named_and_finite(model, batch):
+    state, actions, lens = batch
+    losses = model(state, actions, episode_lens = lens)
+    assert losses.state is losses[0] and losses.action is losses[1]
+    assert torch.isfinite(losses.state) and torch.isfinite(losses.action)
+    (losses.state + losses.action).backward()
+    assert model.lower_body.layers[0][1].to_q.weight.grad is not None
+
+
+def test_padding_never_leaks_into_losses(model, batch, meta):
+    state, actions, lens = batch
+    dirty_state, dirty_actions = state.clone(), actions.clone()
+    for row, n in enumerate(lens.tolist()):
+        dirty_state[row, n:] = 100 * torch.randn_like(dirty_state[row, n:])
+        dirty_actions[row, n:] = -7  # not even a valid id
+
+    clean = model(state, actions, episode_lens = lens)
+    dirty = model(dirty_state, dirty_actions, episode_lens = lens)
+    assert torch.allclose(torch.stack(clean), torch.stack(dirty), atol = 1e-5)
+
+    torch.manual_seed(3)
+    clean = model(state, actions, episode_lens = lens, meta_controller = meta, discovery_phase = True)
+    torch.manual_seed(3)
+    dirty = model(dirty_state, dirty_actions, episode_lens = lens, meta_controller = meta, discovery_phase = True)
+    assert torch.allclose(torch.stack(clean), torch.stack(dirty), atol = 1e-4)
+
+
+def test_action_loss_is_masked_mean_nll(model, batch):
+    state, actions, lens = batch
+    logits = full_logits(model, state)
+    nll = -logits.log_softmax(-1).gather(-1, actions[..., None])[..., 0]
+    mask = torch.arange(state.shape[1])[None] < lens[:, None]
+    expected = (nll * mask).sum() / mask.sum()
+    assert torch.allclose(model(state, actions, episode_lens = lens).action, expected, atol = 1e-5)
+
+
+def test_frozen_base_gets_no_gradient_in_discovery(model, meta, batch):
+    state, actions, lens = batch
+    losses = model(state, actions, episode_lens = lens, meta_controller = meta, discovery_phase = True)
+    (losses.action_recon + 0.1 * losses.kl + losses.state_pred).backward()
+    assert all(p.grad is None for p in model.parameters())        # requires_grad is still True
+    assert all(p.requires_grad for p in model.parameters())
+    assert meta.encoder[0].weight.grad is not None and meta.decoder.to_a.weight.grad.abs().sum() > 0
+
+
+def test_attached_meta_controller_still_trains_in_discovery(model, meta, batch):
+    state, actions, lens = batch
+    model.meta_controller = meta
+    losses = model(state, actions, episode_lens = lens, meta_controller = meta, discovery_phase = True)
+    losses.action_recon.backward()
+    assert meta.decoder.to_a.weight.grad is not None
+    assert all(p.grad is None for m in model.base_modules() for p in m.parameters())
+
+
+def test_precomputed_stream_gives_the_same_losses(model, meta, batch):
+    state, actions, lens = batch
+    torch.manual_seed(5)
+    direct = model.discovery_losses(state, actions, meta, lens)
+    torch.manual_seed(5)
+    stream = model.residual_stream(state).detach()
+    cached = model.discovery_losses(state, actions, meta, lens, stream = stream)
+    assert torch.allclose(torch.stack(direct), torch.stack(cached))
+
+
+@pytest.mark.parametrize('embed_past_action', [False, True])
+def test_cached_stepping_equals_full_forward(embed_past_action):
+    model = tiny_transformer(embed_past_action = embed_past_action).eval()
+    state = torch.randn(2, 7, STATE)
+    actions = torch.randint(0, ACTIONS, (2, 7))
+    with torch.no_grad():
+        expected = full_logits(model, state, actions)
+        cache, past, stepped = None, None, []
+        for t in range(7):
+            logits, cache = model(state[:, t:t + 1], past, cache = cache, return_cache = True)
+            stepped.append(logits)
+            past = actions[:, t:t + 1]
+    assert torch.allclose(torch.cat(stepped, 1), expected, atol = 1e-5)
+
+
+def test_cached_stepping_with_meta_controller_replays_exactly(model, meta):
+    """Step-wise control equals a full-sequence replay with the same z, β and history."""
+    model.eval()
+    state = torch.randn(2, 8, STATE)
+    with torch.no_grad():
+        cache, steps, logits = None, [], []
+        for t in range(8):
+            out, cache = model(state[:, t:t + 1], None, meta_controller = meta, cache = cache, return_cache = True)
+            steps.append(cache.prev_hiddens.meta_controller)
+            logits.append(out)
+
+        stream = model.residual_stream(state)
+        assert torch.allclose(torch.cat([s.input_residual_stream for s in steps], 1), stream, atol = 1e-5)
+
+        # switching state: β_t from the sequence GRU history and the held z_{t-1}
+        history, _ = meta.history(stream)
+        latents = torch.stack([s.latent for s in steps], 1)
+        betas = torch.cat([s.switch_beta for s in steps], 1)
+        assert torch.all(betas[:, 0] == 1)
+        for t in range(1, 8):
+            projected = meta.switching.project_inputs(stream[:, t], history[:, t - 1])
+            beta = torch.sigmoid(meta.switching.logit(projected, latents[:, t - 1]))
+            assert torch.allclose(beta, betas[:, t], atol = 1e-5)
+            switched = beta >= 0.5
+            proposal = steps[t].actions[:, 0]
+            expect = torch.where(switched[:, None], proposal, latents[:, t - 1])
+            assert torch.allclose(latents[:, t], expect)
+
+        replay = model.action_readout(model.upper_body(meta.decoder(latents).apply(stream)))
+    assert torch.allclose(torch.cat(logits, 1), replay, atol = 1e-5)
+
+
+def test_policy_only_advances_at_decision_steps(model, meta):
+    model.eval()
+    with torch.no_grad():
+        cache = None
+        for t in range(6):
+            prev = cache.prev_hiddens.meta_controller if cache is not None else None
+            _, cache = model(torch.randn(2, 1, STATE), None, meta_controller = meta, cache = cache, return_cache = True)
+            step = cache.prev_hiddens.meta_controller
+            if prev is not None:
+                held = step.switch_beta[:, 0] < 0.5
+                assert torch.equal(step.policy_hidden[held], prev.policy_hidden[held])
+                assert torch.equal(step.latent[held], prev.latent[held])
+
+
+@pytest.mark.parametrize('body', [
+    dict(),
+    dict(rel_pos_bias = True, heads = 4),
+    dict(ff_custom_activation = nn.ReLU(), rel_pos_bias = True),
+    dict(rotary_pos_emb = True),   # not covered by the fast plan: falls back, still exact
+    dict(ff_glu = True),
+])
+def test_cached_decoder_matches_decoder(body):
+    decoder = Decoder(dim = 16, depth = 2, attn_dim_head = 8, **body).eval()
+    cached = CachedDecoder(decoder, capacity = 2)
+    x = torch.randn(3, 9, 16)
+    with torch.no_grad():
+        state = cached.init_state(3, x)
+        stepped = torch.stack([cached.step(x[:, t], state) for t in range(9)], 1)
+        assert torch.allclose(stepped, decoder(x), atol = 1e-5)
+    assert cached.is_fast == ('rotary_pos_emb' not in body and 'ff_glu' not in body)
+
+
+def test_step_decoder_is_rebuilt_after_weight_update(model):
+    model.eval()
+    state = torch.randn(1, 1, STATE)
+    before, _ = model(state, None, return_cache = True)
+    with torch.no_grad():
+        model.upper_body.layers[0][1].to_out.weight.mul_(2.)
+    after, _ = model(state, None, return_cache = True)
+    assert torch.allclose(after, full_logits(model, state), atol = 1e-5)
+    assert not torch.allclose(before, after)
+
+
+def test_layer_residuals_cover_every_layer(model, batch):
+    state, _, _ = batch
+    streams = model.layer_residuals(state)
+    assert len(streams) == 3                                    # before layer 1, between bodies, after layer 2
+    assert torch.allclose(streams[1], model.residual_stream(state), atol = 1e-6)
