@@ -12,6 +12,7 @@ fixed function of the observations and can be computed once per dataset.
 """
 from __future__ import annotations
 
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
@@ -323,8 +324,11 @@ class Transformer(Checkpointable, nn.Module):
 
         kwargs.setdefault('verbose', False)
         kwargs.setdefault('cpu', not torch.cuda.is_available())
-        evo = EvoStrategy(self, environment = environment, num_generations = num_generations, params_to_optimize = params_to_optimize, **kwargs)
-        evo()
+        # x-evolution always writes checkpoints; unless asked for, keep them out of the working directory
+        with tempfile.TemporaryDirectory() as scratch:
+            kwargs.setdefault('checkpoint_path', scratch)
+            evo = EvoStrategy(self, environment = environment, num_generations = num_generations, params_to_optimize = params_to_optimize, **kwargs)
+            evo()
         return evo
 
     # checkpoints carry an attached metacontroller
