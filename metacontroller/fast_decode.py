@@ -23,6 +23,7 @@ from einops import rearrange
 from loguru import logger
 from torch import Tensor, nn
 from x_transformers.x_transformers import AttentionLayers
+from x_transformers.x_transformers import LayerNorm as XLayerNorm
 
 SELF_CHECK_TOLERANCE = 1e-4
 
@@ -48,9 +49,18 @@ def _bias(linear: nn.Linear) -> Tensor | None:
     return None if linear.bias is None else linear.bias.detach()
 
 
+def _norm(module: nn.Module):
+    """x-transformers' LayerNorm as one fused call (its module chain costs more than the math)."""
+    if isinstance(module, XLayerNorm):
+        gamma = module.gamma.detach() + float(module.unit_offset)
+        eps, shape = module.ln.eps, module.ln.normalized_shape
+        return lambda x: F.layer_norm(x, shape, gamma, None, eps)
+    return module
+
+
 class AttentionStep:
     def __init__(self, norm: nn.Module, attn: nn.Module):
-        self.norm = norm
+        self.norm = _norm(norm)
         self.heads = attn.heads
         self.w_qkv = torch.cat([_transposed(attn.to_q), _transposed(attn.to_k), _transposed(attn.to_v)], dim = -1)
         self.w_out = _transposed(attn.to_out)
@@ -58,20 +68,18 @@ class AttentionStep:
         self.scale = getattr(attn.attend, 'scale', None) or self.dim_head ** -0.5
 
     def __call__(self, x, keys, values, t, bias):
-        q, k, v = (self.norm(x) @ self.w_qkv).chunk(3, dim = -1)          # (b, h * dh) each
-        q, k, v = (rearrange(z, 'b (h d) -> b h d', h = self.heads) for z in (q, k, v))
-        keys[:, :, t] = k
-        values[:, :, t] = v
-        out = F.scaled_dot_product_attention(
-            q[:, :, None], keys[:, :, :t + 1], values[:, :, :t + 1], attn_mask = bias, scale = self.scale
-        )                                                                   # (b, h, 1, dh)
-        return x + rearrange(out, 'b h 1 d -> b (h d)') @ self.w_out
+        b = x.shape[0]
+        q, k, v = (self.norm(x) @ self.w_qkv).view(b, 3, self.heads, 1, self.dim_head).unbind(1)  # (b, h, 1, dh)
+        keys[:, :, t:t + 1] = k
+        values[:, :, t:t + 1] = v
+        out = F.scaled_dot_product_attention(q, keys[:, :, :t + 1], values[:, :, :t + 1], attn_mask = bias, scale = self.scale)
+        return x + out.view(b, -1) @ self.w_out                            # (b, h, 1, dh) -> (b, h * dh)
 
 
 class FeedForwardStep:
     def __init__(self, norm: nn.Module, ff: nn.Module):
         (proj_in, self.activation), _, proj_out = ff.ff
-        self.norm = norm
+        self.norm = _norm(norm)
         self.w_in, self.b_in = _transposed(proj_in), _bias(proj_in)
         self.w_out, self.b_out = _transposed(proj_out), _bias(proj_out)
 
@@ -88,7 +96,7 @@ class DecoderPlan:
     def __init__(self, decoder: AttentionLayers):
         self.decoder = decoder
         self.rel_pos = decoder.rel_pos
-        self.final_norm = decoder.final_norm
+        self.final_norm = _norm(decoder.final_norm)
         self.blocks = []
 
         for layer_type, (norms, block, _) in zip(decoder.layer_types, decoder.layers):

@@ -32,6 +32,7 @@ from metacontroller.checkpoint import Checkpointable
 from metacontroller.hypernetwork import Controller, ControllerDecoder
 from metacontroller.policy import CausalPolicy, gaussian_log_prob, gaussian_sample
 from metacontroller.ppo import compact, ppo_clip_loss
+from metacontroller.recurrence import gru_step
 from metacontroller.switching import Switching, SwitchingUnit
 
 
@@ -175,12 +176,12 @@ class MetaController(Checkpointable, nn.Module):
 
         latent = torch.where(switch[:, None], proposal, latent)
         policy_hidden = torch.where(switch[:, None], new_policy_hidden, policy_hidden)  # the policy lives on the abstract timescale
-        _, history = self.history(stream[:, None], history[None])
+        history = gru_step(self.history, stream, history)
         controlled = self.decoder(latent).apply(stream)
 
         return MetaControllerStep(
             stream[:, None], controlled[:, None], dist[:, None], proposal[:, None], beta[:, None],
-            latent, history[0], policy_hidden,
+            latent, history, policy_hidden,
         )
 
     def log_prob(self, action_dist: Tensor, actions: Tensor) -> Tensor:

@@ -16,6 +16,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from metacontroller.recurrence import gru_step
+
 
 def gaussian_log_prob(dist: Tensor, value: Tensor) -> Tensor:
     """Joint log-density of `value` (..., n_z) under dist (..., n_z, 2), summed over n_z."""
@@ -47,5 +49,7 @@ class CausalPolicy(nn.Module):
 
     def step(self, stream: Tensor, hidden: Tensor | None) -> tuple[Tensor, Tensor]:
         """One decision step: (b, d), (b, h) | None -> (dist (b, n_z, 2), new hidden (b, h))."""
-        out, hidden = self.rnn(stream[:, None], None if hidden is None else hidden[None])
-        return self._dist(out[:, 0]), hidden[0]
+        if hidden is None:
+            hidden = stream.new_zeros(stream.shape[0], self.dim_hidden)
+        hidden = gru_step(self.rnn, stream, hidden)
+        return self._dist(hidden), hidden

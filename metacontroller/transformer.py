@@ -71,6 +71,9 @@ def build_body(dim: int, body: dict | nn.Module, **defaults) -> nn.Module:
         return body
     if not isinstance(body, dict):
         raise TypeError(f'a body must be a dict of x-transformers Decoder kwargs or an nn.Module, got {type(body).__name__}')
+    # fused attention (SDPA) is faster and leaner than the einsum path, but x-transformers
+    # does not combine it with T5 relative position bias
+    defaults.setdefault('attn_flash', not body.get('rel_pos_bias', False))
     return Decoder(dim = dim, **{**defaults, **body})
 
 
@@ -231,13 +234,14 @@ class Transformer(Checkpointable, nn.Module):
 
     def _step_decoder(self, name: str) -> CachedDecoder:
         body = getattr(self, name)
-        # rebuild when weights were updated in place or moved
-        key = tuple((p._version, p.data_ptr()) for p in body.parameters())
         cached = self._step_decoders.get(name)
-        if cached is None or cached[0] != key:
-            cached = (key, CachedDecoder(body))
+        params = cached[1] if cached is not None and cached[0] is body else list(body.parameters())
+        # rebuild when weights were updated in place (version counters) or moved (storage)
+        key = (tuple(p._version for p in params), params[0].data_ptr())
+        if cached is None or cached[0] is not body or cached[2] != key:
+            cached = (body, params, key, CachedDecoder(body))
             self._step_decoders[name] = cached
-        return cached[1]
+        return cached[3]
 
     def step(
         self,

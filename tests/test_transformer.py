@@ -4,6 +4,7 @@ import torch
 from torch import nn
 from x_transformers import Decoder
 
+from metacontroller import Transformer
 from metacontroller.fast_decode import CachedDecoder
 from conftest import ACTIONS, DIM, STATE, tiny_transformer
 
@@ -171,3 +172,18 @@ def test_layer_residuals_cover_every_layer(model, batch):
     streams = model.layer_residuals(state)
     assert len(streams) == 3                                    # before layer 1, between bodies, after layer 2
     assert torch.allclose(streams[1], model.residual_stream(state), atol = 1e-6)
+
+
+def test_default_flash_body_steps_exactly_on_the_fast_plan():
+    model = Transformer(
+        dim = DIM, action_embed_readout = dict(num_discrete = ACTIONS), state_embed_readout = dict(num_continuous = STATE),
+        lower_body = dict(depth = 1, heads = 2), upper_body = dict(depth = 1, heads = 2),
+    ).eval()
+    state = torch.randn(2, 6, STATE)
+    with torch.no_grad():
+        cache, stepped = None, []
+        for t in range(6):
+            logits, cache = model(state[:, t:t + 1], None, cache = cache, return_cache = True)
+            stepped.append(logits)
+        assert torch.allclose(torch.cat(stepped, 1), full_logits(model, state), atol = 1e-5)
+    assert model._step_decoder('lower_body').is_fast and model._step_decoder('upper_body').is_fast
