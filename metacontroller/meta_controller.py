@@ -14,8 +14,8 @@ proposes z̃ and a switch happens when β_t ≥ 0.5, at which point z_t = z̃_t;
 otherwise z (and U) are held.
 
 Choices where the paper is silent or differs (documented in the README):
-- f_emb: the paper uses a Hawk SSM; ours is a GRU whose state at each row's
-  last valid step is the summary (so padding never enters it).
+- f_emb: the paper uses a Hawk SSM; ours is its recurrence alone (RG-LRU),
+  run as a parallel scan, read at each row's last valid step.
 - f_enc and f_switch are one-hidden-layer MLPs (SiLU); β is a scalar.
 - Not in the paper, default off: Gumbel-sigmoid β (`switch_gumbel_temperature`)
   and the H-Net ratio loss (`ratio_loss_weight`).
@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metacontroller.checkpoint import Checkpointable
+from metacontroller.embedder import SequenceEmbedder
 from metacontroller.hypernetwork import Controller, ControllerDecoder
 from metacontroller.policy import CausalPolicy, gaussian_log_prob, gaussian_sample
 from metacontroller.ppo import compact, ppo_clip_loss
-from metacontroller.recurrence import gru_step
+from metacontroller.recurrence import gru_sequence, gru_step
 from metacontroller.switching import Switching, SwitchingUnit
 
 
@@ -56,12 +57,6 @@ class MetaControllerStep(NamedTuple):
     latent: Tensor                  # the held code z (b, n_z)
     history: Tensor                 # h_t (b, n_h)
     policy_hidden: Tensor           # policy state (b, n_policy)
-
-
-def last_valid(values: Tensor, lens: Tensor) -> Tensor:
-    """(b, t, f) at index lens - 1 per row -> (b, f)."""
-    index = (lens - 1).clamp_min(0)[:, None, None].expand(-1, 1, values.shape[-1])
-    return values.gather(1, index)[:, 0]
 
 
 def shift_right(values: Tensor) -> Tensor:
@@ -92,7 +87,7 @@ class MetaController(Checkpointable, nn.Module):
         dim_history = dim_summary = dim_meta_controller
 
         self.history = nn.GRU(dim_model, dim_history, batch_first = True)
-        self.embedder = nn.GRU(dim_model, dim_summary, batch_first = True)
+        self.embedder = SequenceEmbedder(dim_model, dim_summary)
         self.encoder = nn.Sequential(
             nn.Linear(dim_model + dim_history + dim_summary, dim_encoder_hidden),
             nn.SiLU(),
@@ -116,10 +111,9 @@ class MetaController(Checkpointable, nn.Module):
         b, t, _ = stream.shape
         lens = episode_lens if episode_lens is not None else torch.full((b,), t, device = stream.device)
 
-        history, _ = self.history(stream)
+        history = gru_sequence(self.history, stream)
         prev_history = shift_right(history)                              # h_{t-1}
-        summary, _ = self.embedder(stream)
-        summary = last_valid(summary, lens)[:, None].expand(-1, t, -1)  # s (b, t, n_s)
+        summary = self.embedder(stream, lens)[:, None].expand(-1, t, -1)  # s (b, t, n_s)
 
         mean, log_var = self.encoder(torch.cat((stream, prev_history, summary), dim = -1)).chunk(2, dim = -1)
         proposal = mean + (0.5 * log_var).exp() * torch.randn_like(mean)

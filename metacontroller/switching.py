@@ -50,32 +50,19 @@ class SwitchingUnit(nn.Module):
         hidden = F.silu(projected + prev_latent @ self.from_latent.weight.t())
         return (hidden @ self.to_logit.weight.t()).squeeze(-1) + self.to_logit.bias
 
-    def beta(self, logit: Tensor) -> Tensor:
-        if self.training and self.gumbel_temperature is not None:
-            u = torch.rand_like(logit).clamp(1e-6, 1 - 1e-6)
-            return torch.sigmoid((logit + u.log() - (-u).log1p()) / self.gumbel_temperature)
-        return torch.sigmoid(logit)
-
     def forward(self, projected: Tensor, proposals: Tensor) -> Switching:
         """The sequential recurrence over a whole sequence.
 
         projected: (b, t, hidden) from `project_inputs`; proposals z̃: (b, t, n_z).
         """
-        prev = torch.zeros_like(proposals[:, 0])
-        w_z, w_out, b_out = self.from_latent.weight.t(), self.to_logit.weight[0], self.to_logit.bias
-        betas, latents = [], []
-
-        for t in range(proposals.shape[1]):
-            if t == 0:
-                beta = torch.ones_like(proposals[:, 0, 0])   # β_1 = 1: the first step always takes z̃_1
-            else:
-                hidden = F.silu(torch.addmm(projected[:, t], prev, w_z))
-                beta = self.beta(torch.mv(hidden, w_out) + b_out)
-            prev = torch.lerp(prev, proposals[:, t], beta[:, None])  # β z̃ + (1 - β) z_{t-1}
-            betas.append(beta)
-            latents.append(prev)
-
-        return Switching(torch.stack(betas, dim = 1), torch.stack(latents, dim = 1))
+        noise, temperature = torch.zeros_like(proposals[..., 0]), 1.
+        if self.training and self.gumbel_temperature is not None:
+            u = torch.rand_like(noise).clamp(1e-6, 1 - 1e-6)
+            noise, temperature = u.log() - (-u).log1p(), self.gumbel_temperature
+        beta, latent = _SwitchRecurrence.apply(
+            projected, proposals, self.from_latent.weight, self.to_logit.weight[0], self.to_logit.bias, noise, temperature
+        )
+        return Switching(beta, latent)
 
     def integrate(self, beta: Tensor, proposals: Tensor) -> Switching:
         """z for a given β (b, t): linear in z, so a parallel scan. β_1 is forced to 1."""
@@ -83,6 +70,74 @@ class SwitchingUnit(nn.Module):
         beta[:, 0] = 1.
         gates = (1. - beta)[..., None].expand_as(proposals)
         return Switching(beta, self.scan(gates, beta[..., None] * proposals))
+
+
+class _SwitchRecurrence(torch.autograd.Function):
+    """β_t = σ((w · silu(P_t + W_z z_{t-1}) + b + noise_t) / τ), z_t = z_{t-1} + β_t (z̃_t - z_{t-1}).
+
+    Forward: one addmm, an activation, a dot product and a lerp per step.
+    Backward: everything that does not need the incoming gradient is computed
+    for all steps at once first; the loop then carries dL/dz_{t-1} with a few
+    fused ops per step, and weight gradients are single matmuls at the end.
+    """
+
+    @staticmethod
+    def forward(ctx, projected, proposals, w_z, w_out, b_out, noise, temperature):
+        w_z_t = w_z.t().contiguous()                                 # (n_z, hidden)
+        prev = proposals[:, 0]                                       # β_1 = 1: z_1 = z̃_1
+        betas, latents, pres = [torch.ones_like(noise[:, 0])], [prev], []
+        for t in range(1, proposals.shape[1]):
+            pre = torch.addmm(projected[:, t], prev, w_z_t)
+            logit = torch.mv(F.silu(pre), w_out) + b_out
+            beta = torch.sigmoid((logit + noise[:, t]) / temperature)
+            prev = torch.lerp(prev, proposals[:, t], beta[:, None])
+            pres.append(pre)
+            betas.append(beta)
+            latents.append(prev)
+
+        beta, latent = torch.stack(betas, dim = 1), torch.stack(latents, dim = 1)
+        pre = torch.stack(pres, dim = 1) if pres else projected[:, :0]
+        ctx.temperature = temperature
+        ctx.save_for_backward(proposals, w_z, w_out, pre, beta, latent)
+        return beta, latent
+
+    @staticmethod
+    def backward(ctx, d_beta, d_latent):
+        proposals, w_z, w_out, pre, beta, latent = ctx.saved_tensors
+        steps = proposals.shape[1]
+
+        # per-step coefficients, all steps at once (index t - 1 holds step t)
+        gate = beta[:, 1:]
+        diff = proposals[:, 1:] - latent[:, :-1]                                     # z̃_t - z_{t-1}
+        to_logit = gate * (1 - gate) / ctx.temperature                               # dβ -> dlogit
+        sig = torch.sigmoid(pre)
+        silu_grad = sig * (1 + pre * (1 - sig))
+        to_pre = w_out * silu_grad                                                   # dlogit -> dpre
+
+        g = torch.zeros_like(proposals[:, 0])                                        # dL/dz_t from later steps
+        d_proposals, d_logits = [], []
+        for t in reversed(range(1, steps)):
+            g = g + d_latent[:, t]
+            b = gate[:, t - 1, None]
+            d_proposals.append(g * b)
+            d_logit = (d_beta[:, t] + (g * diff[:, t - 1]).sum(-1)) * to_logit[:, t - 1]
+            d_logits.append(d_logit)
+            g = torch.addmm(g * (1 - b), d_logit[:, None] * to_pre[:, t - 1], w_z)
+        d_proposals.append(g + d_latent[:, 0])                                        # z_1 = z̃_1
+
+        d_proposals = torch.stack(d_proposals[::-1], dim = 1)
+        d_logit = torch.stack(d_logits[::-1], dim = 1) if d_logits else gate         # (b, t - 1)
+        d_pre = d_logit[..., None] * to_pre                                          # (b, t - 1, hidden)
+        d_projected = F.pad(d_pre, (0, 0, 1, 0))                                     # step 1 has no projection
+        return (
+            d_projected,
+            d_proposals,
+            torch.einsum('bth,btz->hz', d_pre, latent[:, :-1]),
+            torch.einsum('bt,bth->h', d_logit, F.silu(pre)),
+            d_logit.sum().reshape(1),
+            None,
+            None,
+        )
 
 
 def reference_switching(unit: SwitchingUnit, projected: Tensor, proposals: Tensor) -> Switching:
@@ -94,7 +149,7 @@ def reference_switching(unit: SwitchingUnit, projected: Tensor, proposals: Tenso
         if i == 0:
             beta = torch.ones(b, dtype = proposals.dtype, device = proposals.device)
         else:
-            beta = unit.beta(unit.logit(projected[:, i], z_prev))
+            beta = torch.sigmoid(unit.logit(projected[:, i], z_prev))
         z_prev = beta[:, None] * proposals[:, i] + (1 - beta[:, None]) * z_prev
         betas.append(beta)
         latents.append(z_prev)

@@ -141,3 +141,64 @@ def test_ratio_loss_is_off_by_default_and_positive_when_on():
 def test_bad_rank_is_rejected():
     with pytest.raises(ValueError, match = 'hypernetwork_low_rank'):
         tiny_meta_controller(hypernetwork_low_rank = DIM + 1)
+
+
+def test_sequence_embedder_scan_equals_the_recurrence_and_ignores_padding():
+    from metacontroller.embedder import GATE_SHARPNESS, SequenceEmbedder
+
+    embedder = SequenceEmbedder(dim_model = 6, dim_summary = 4)
+    stream, lens = torch.randn(2, 7, 6), torch.tensor([7, 4])
+    r, i, x = embedder.project(stream).chunk(3, dim = -1)
+    a = torch.sigmoid(embedder.log_decay) ** (GATE_SHARPNESS * torch.sigmoid(r))
+    h, states = torch.zeros(2, 4), []
+    for t in range(7):
+        h = a[:, t] * h + (1 - a[:, t] ** 2).sqrt() * torch.sigmoid(i[:, t]) * x[:, t]
+        states.append(h)
+    expected = torch.stack([states[6][0], states[3][1]])
+    assert torch.allclose(embedder(stream, lens), expected, atol = 1e-5)
+
+    padded = stream.clone()
+    padded[1, 4:] = 50.
+    assert torch.allclose(embedder(padded, lens), expected, atol = 1e-5)
+
+
+def test_gru_sequence_equals_nn_gru_values_and_gradients():
+    from metacontroller.recurrence import gru_sequence, gru_step
+
+    gru = torch.nn.GRU(6, 5, batch_first = True)
+    x = torch.randn(3, 7, 6, requires_grad = True)
+    h0 = torch.randn(3, 5, requires_grad = True)
+    weights = torch.randn(3, 7, 5)
+    params = [x, h0, *gru.parameters()]
+
+    expected, _ = gru(x, h0[None])
+    expected_grads = torch.autograd.grad((expected * weights).sum(), params)
+    out = gru_sequence(gru, x, h0)
+    grads = torch.autograd.grad((out * weights).sum(), params)
+    assert torch.allclose(out, expected, atol = 1e-6)
+    for a, b in zip(grads, expected_grads):
+        assert torch.allclose(a, b, atol = 1e-5)
+
+    assert torch.allclose(gru_step(gru, x[:, 0], h0), expected[:, 0], atol = 1e-6)
+
+
+def test_gumbel_switch_is_off_by_default_and_only_noises_training():
+    e = torch.randn(2, 8, DIM)
+    plain = randomize_controller_(tiny_meta_controller())
+    assert plain.switching.gumbel_temperature is None
+
+    noisy = randomize_controller_(tiny_meta_controller(switch_gumbel_temperature = 0.5))
+    noisy.load_state_dict(plain.state_dict())
+    plain.eval(), noisy.eval()
+    torch.manual_seed(0)
+    a = noisy(e).beta
+    torch.manual_seed(0)
+    b = plain(e).beta
+    assert torch.allclose(a, b)                   # eval: the deterministic sigmoid
+
+    noisy.train()
+    torch.manual_seed(0)
+    out = noisy(e)
+    assert not torch.allclose(out.beta, b) and torch.isfinite(out.beta).all()
+    out.beta.sum().backward()
+    assert noisy.switching.to_logit.weight.grad.abs().sum() > 0
