@@ -1,7 +1,17 @@
 """Controller decoder: a hypernetwork z -> U, and the control ê = e + U e (SPEC §3).
 
-Low rank: U = A Bᵀ with A, B ∈ R^{d×r}, applied as e + A (Bᵀ e), O(d r) per
-step; no d×d matrix is ever formed. Full rank (rank = None): U ∈ R^{d×d}.
+Low rank: U = A Bᵀ with A, B ∈ R^{d×r}; full rank (rank = None): U ∈ R^{d×d}.
+The factors are a linear function of the hidden code g = act(W z):
+
+    A = W_a g + a_0,   B = W_b g + b_0       (W_a, W_b: (d·r) × n_hidden)
+
+so `control` contracts the weights with e and g directly:
+
+    Bᵀe = (e W_b) · g + b_0ᵀ e        A c = W_a (c ⊗ g) + a_0 c
+
+two plain matmuls over all steps and O(d·r·n_hidden) per step, without ever
+materialising a d×d matrix (nor the per-step d×r factors). `forward` returns
+the factors themselves, for analysis and for the dense reference in tests.
 
 The output layer that produces A (or U) starts at zero, so control starts as
 a no-op. B keeps its random init: were both factors zero, U = A Bᵀ would
@@ -17,25 +27,23 @@ from torch import Tensor, nn
 
 
 class Controller(NamedTuple):
-    a: Tensor        # (..., d, r), or the full U (..., d, d) when b is None
+    a: Tensor         # (..., d, r), or the full U (..., d, d) when b is None
     b: Tensor | None  # (..., d, r)
 
     def dense(self) -> Tensor:
-        """U as a (..., d, d) matrix: for tests and analysis only."""
+        """U as a (..., d, d) matrix: for analysis and tests only."""
         return self.a if self.b is None else einsum(self.a, self.b, '... i r, ... j r -> ... i j')
 
-    def apply(self, stream: Tensor) -> Tensor:
-        """ê = e + U e, with (U e)_i = Σ_j U_ij e_j."""
-        if self.b is None:
-            return stream + einsum(self.a, stream, '... i j, ... j -> ... i')
-        coeffs = einsum(self.b, stream, '... j r, ... j -> ... r')        # Bᵀ e
-        return stream + einsum(self.a, coeffs, '... i r, ... r -> ... i')  # A (Bᵀ e)
+
+def _outer(x: Tensor, g: Tensor) -> Tensor:
+    """(..., k), (..., h) -> (..., k * h): the inputs of a bilinear map, flattened."""
+    return (x[..., :, None] * g[..., None, :]).flatten(-2)
 
 
 class ControllerDecoder(nn.Module):
     def __init__(self, dim_latent: int, dim_model: int, dim_hidden: int = 32, rank: int | None = 16):
         super().__init__()
-        self.dim_model, self.rank = dim_model, rank
+        self.dim_model, self.dim_hidden, self.rank = dim_model, dim_hidden, rank
         self.hidden = nn.Sequential(nn.Linear(dim_latent, dim_hidden), nn.SiLU())
 
         width = dim_model * (rank if rank is not None else dim_model)
@@ -46,9 +54,26 @@ class ControllerDecoder(nn.Module):
         nn.init.zeros_(self.to_a.bias)
 
     def forward(self, latent: Tensor) -> Controller:
-        """latent z: (..., n_z) -> Controller with factors (..., d, r)."""
+        """latent z: (..., n_z) -> Controller with factors (..., d, r) (or U (..., d, d))."""
         hidden = self.hidden(latent)
-        shape = dict(d = self.dim_model)
-        a = rearrange(self.to_a(hidden), '... (d r) -> ... d r', **shape)
-        b = rearrange(self.to_b(hidden), '... (d r) -> ... d r', **shape) if self.to_b is not None else None
+        a = rearrange(self.to_a(hidden), '... (d r) -> ... d r', d = self.dim_model)
+        b = rearrange(self.to_b(hidden), '... (d r) -> ... d r', d = self.dim_model) if self.to_b is not None else None
         return Controller(a, b)
+
+    def _bilinear(self, linear: nn.Linear, x: Tensor, g: Tensor) -> Tensor:
+        """M x for M = reshape(W g + m_0) of shape (d, k): (..., k), (..., h) -> (..., d)."""
+        d, h = self.dim_model, self.dim_hidden
+        weight = linear.weight.view(d, -1)                            # (d, k * h)
+        return _outer(x, g) @ weight.t() + x @ linear.bias.view(d, -1).t()
+
+    def control(self, latent: Tensor, stream: Tensor) -> Tensor:
+        """ê = e + U e for z (..., n_z) and e (..., d)."""
+        g = self.hidden(latent)                                       # (..., h)
+        if self.to_b is None:
+            return stream + self._bilinear(self.to_a, stream, g)
+
+        d, r, h = self.dim_model, self.rank, self.dim_hidden
+        # Bᵀe: contract e with W_b over d first, then with g over h
+        projected = (stream @ self.to_b.weight.view(d, r * h)).unflatten(-1, (r, h))
+        coeffs = (projected * g[..., None, :]).sum(-1) + stream @ self.to_b.bias.view(d, r)   # (..., r)
+        return stream + self._bilinear(self.to_a, coeffs, g)

@@ -119,7 +119,7 @@ class MetaController(Checkpointable, nn.Module):
         proposal = mean + (0.5 * log_var).exp() * torch.randn_like(mean)
 
         switching = self._switch(stream, prev_history, proposal, force_beta)
-        controlled = self.decoder(switching.latent).apply(stream)
+        controlled = self.decoder.control(switching.latent, stream)
         kl = 0.5 * (mean.pow(2) + log_var.exp() - log_var - 1.).sum(dim = -1)
 
         return DiscoveryOutput(controlled, switching.beta, switching.latent, proposal, mean, log_var, kl)
@@ -171,7 +171,7 @@ class MetaController(Checkpointable, nn.Module):
         latent = torch.where(switch[:, None], proposal, latent)
         policy_hidden = torch.where(switch[:, None], new_policy_hidden, policy_hidden)  # the policy lives on the abstract timescale
         history = gru_step(self.history, stream, history)
-        controlled = self.decoder(latent).apply(stream)
+        controlled = self.decoder.control(latent, stream)
 
         return MetaControllerStep(
             stream[:, None], controlled[:, None], dist[:, None], proposal[:, None], beta[:, None],

@@ -19,23 +19,27 @@ def test_control_matches_dense_reference(rank):
         decoder.to_a.weight.normal_()
     z = torch.randn(2, 5, 3)
     e = torch.randn(2, 5, 10)
+    with torch.no_grad():
+        decoder.to_a.bias.normal_()
+        if rank is not None:
+            decoder.to_b.bias.normal_()
     controller = decoder(z)
     u = controller.dense()                                        # (2, 5, 10, 10)
     expected = e + (u @ e[..., None])[..., 0]                     # U e: Σ_j U_ij e_j
-    assert torch.allclose(controller.apply(e), expected, atol = 1e-5)
+    assert torch.allclose(decoder.control(z, e), expected, atol = 1e-5)
 
     # the wrong index (a per-coordinate gain e_i Σ_j U_ij) must differ: the test can fail
     wrong = e + e * u.sum(dim = -1)
-    assert not torch.allclose(controller.apply(e), wrong, atol = 1e-3)
+    assert not torch.allclose(decoder.control(z, e), wrong, atol = 1e-3)
 
     if rank is not None:
-        assert controller.a.shape == (2, 5, 10, rank)            # never a d×d matrix per step
+        assert controller.a.shape == (2, 5, 10, rank)            # low rank: d×r factors, never d×d
 
 
 def test_control_starts_as_noop():
     decoder = ControllerDecoder(dim_latent = 3, dim_model = 10, rank = 4)
     e = torch.randn(4, 10)
-    assert torch.equal(decoder(torch.randn(4, 3)).apply(e), e)
+    assert torch.equal(decoder.control(torch.randn(4, 3), e), e)
 
 
 def test_beta_gating_direction_on_hand_built_schedule():

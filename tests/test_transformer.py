@@ -120,7 +120,7 @@ def test_cached_stepping_with_meta_controller_replays_exactly(model, meta):
             expect = torch.where(switched[:, None], proposal, latents[:, t - 1])
             assert torch.allclose(latents[:, t], expect)
 
-        replay = model.action_readout(model.upper_body(meta.decoder(latents).apply(stream)))
+        replay = model.action_readout(model.upper_body(meta.decoder.control(latents, stream)))
     assert torch.allclose(torch.cat(logits, 1), replay, atol = 1e-5)
 
 
