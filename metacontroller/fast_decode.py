@@ -15,7 +15,7 @@ x-transformers cache, which is slower but always correct.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +34,27 @@ class FastDecodeState:
     values: list[Tensor]
     length: int = 0
 
+    def select(self, rows: Tensor) -> FastDecodeState:
+        """Keep only `rows` of the batch, moved into the front of the same buffers
+        (no fresh allocation): this state is consumed."""
+        def take(buffer):
+            kept = buffer[:, :, :self.length].index_select(0, rows)  # only the filled positions
+            buffer[:len(rows), :, :self.length] = kept
+            return buffer[:len(rows)]
+        return FastDecodeState([take(k) for k in self.keys], [take(v) for v in self.values], self.length)
+
 
 @dataclass
 class XTransformersDecodeState:
     cache: object | None = None  # x-transformers LayerIntermediates
     length: int = 0
+
+    def select(self, rows: Tensor) -> XTransformersDecodeState:
+        """Keep only `rows` of the batch: the per-layer KV caches are all that carries over."""
+        if self.cache is None:
+            return self
+        layers = [replace(inter, cached_kv = tuple(kv[rows] for kv in inter.cached_kv)) for inter in self.cache.attn_intermediates]
+        return XTransformersDecodeState(replace(self.cache, attn_intermediates = layers), self.length)
 
 
 def _transposed(linear: nn.Linear) -> Tensor:
@@ -125,13 +141,14 @@ class DecoderPlan:
             (batch, block.heads, capacity, block.dim_head)
             for block in self.blocks if isinstance(block, AttentionStep)
         ]
-        make = lambda shape: torch.zeros(shape, dtype = like.dtype, device = like.device)
+        # uninitialised: step t writes position t before attention reads positions ≤ t
+        make = lambda shape: torch.empty(shape, dtype = like.dtype, device = like.device)
         return FastDecodeState([make(s) for s in shapes], [make(s) for s in shapes])
 
     def _grow(self, state: FastDecodeState):
         # double the KV buffers: amortised O(1) per step, unlike a per-step cat
-        state.keys = [torch.cat((k, torch.zeros_like(k)), dim = 2) for k in state.keys]
-        state.values = [torch.cat((v, torch.zeros_like(v)), dim = 2) for v in state.values]
+        state.keys = [torch.cat((k, torch.empty_like(k)), dim = 2) for k in state.keys]
+        state.values = [torch.cat((v, torch.empty_like(v)), dim = 2) for v in state.values]
 
     def step(self, x: Tensor, state: FastDecodeState) -> Tensor:
         """x: (b, d) -> (b, d), appending one position to `state`."""

@@ -50,6 +50,12 @@ class TransformerCache:
     prev_hiddens: PrevHiddens
     length: int = 0
 
+    def select(self, rows: Tensor) -> TransformerCache:
+        """The cache of a subset of the batch (e.g. the episodes still running); consumes this cache."""
+        meta = self.prev_hiddens.meta_controller
+        meta = None if meta is None else MetaControllerStep(*(x[rows] for x in meta))
+        return TransformerCache(self.lower.select(rows), self.upper.select(rows), PrevHiddens(meta), self.length)
+
 
 @contextmanager
 def frozen(*modules: nn.Module):

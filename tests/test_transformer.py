@@ -187,3 +187,23 @@ def test_default_flash_body_steps_exactly_on_the_fast_plan():
             stepped.append(logits)
         assert torch.allclose(torch.cat(stepped, 1), full_logits(model, state), atol = 1e-5)
     assert model._step_decoder('lower_body').is_fast and model._step_decoder('upper_body').is_fast
+
+
+@pytest.mark.parametrize('body', [dict(rel_pos_bias = True), dict(rotary_pos_emb = True)])  # fast plan, fallback
+def test_cache_select_keeps_rows_exactly(body, meta):
+    model = Transformer(
+        dim = DIM, action_embed_readout = dict(num_discrete = ACTIONS), state_embed_readout = dict(num_continuous = STATE),
+        lower_body = dict(depth = 1, heads = 2, **body), upper_body = dict(depth = 1, heads = 2, **body),
+    ).eval()
+    state = torch.randn(4, 6, STATE)
+    rows = torch.tensor([0, 2])
+    with torch.no_grad():
+        cache, stepped = None, []
+        for t in range(6):
+            if t == 3:
+                cache, state = cache.select(rows), state[rows]
+            logits, cache = model(state[:, t:t + 1], None, cache = cache, return_cache = True)
+            stepped.append(logits)
+        assert torch.allclose(torch.cat(stepped[3:], 1), full_logits(model, state)[:, 3:], atol = 1e-5)
+        meta_cache = model(state[:, :1], None, meta_controller = meta, return_cache = True)[1]
+        assert meta_cache.select(torch.tensor([1])).prev_hiddens.meta_controller.latent.shape[0] == 1

@@ -1,0 +1,53 @@
+"""Evaluation: success rate, mean return, switches per episode and episode length, sampled or greedy."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from metacontroller.meta_controller import MetaController
+from metacontroller.rl.config import EvalStats
+from metacontroller.rl.rollout import Episodes, run_episodes
+from metacontroller.rl.seeds import seeded
+from metacontroller.transformer import Transformer
+
+
+def summarize(episodes: Episodes) -> EvalStats:
+    return EvalStats(
+        success = episodes.success.float().mean().item(),
+        mean_return = episodes.returns.mean().item(),
+        switches_per_episode = episodes.switches.float().mean().item(),
+        mean_length = episodes.lengths.float().mean().item(),
+    )
+
+
+def evaluate(
+    model: Transformer,
+    make_envs: Callable[[int], object],
+    num_episodes: int,
+    meta_controller: MetaController | None = None,
+    seed: int = 0,
+    deterministic: bool = False,
+    force_beta: float | None = None,
+    batch_size: int = 256,
+    max_steps: int | None = None,
+) -> EvalStats:
+    """Run `num_episodes` episodes with env seeds seed, seed + 1, ... and the torch RNG seeded
+    with `seed`, so that the same call gives the same episodes (common random numbers).
+
+    deterministic = True is greedy: the policy's mean latent and the argmax raw action."""
+    if not isinstance(num_episodes, int) or num_episodes < 1:
+        raise ValueError(f'num_episodes must be a positive int, got {num_episodes!r}')
+    if meta_controller is not None:
+        model._check_meta_controller(meta_controller)
+    device = next(model.parameters()).device
+    sizes = [min(batch_size, num_episodes - start) for start in range(0, num_episodes, batch_size)]
+    envs = {size: make_envs(size) for size in set(sizes)}
+
+    parts = []
+    with seeded(seed, device):
+        for i, size in enumerate(sizes):
+            seeds = range(seed + i * batch_size, seed + i * batch_size + size)
+            parts.append(run_episodes(model, envs[size], seeds, meta_controller = meta_controller, force_beta = force_beta,
+                                      deterministic = deterministic, max_steps = max_steps))
+    return summarize(Episodes(*(torch.cat(field) for field in zip(*parts))))

@@ -1,0 +1,153 @@
+"""PPO/GRPO updates and the training loop shared by internal RL and its baselines (SPEC §4, paper Eq. 10).
+
+Each update: collect N trajectories in one synchronous batch, give each the
+advantage A = (R - mean R) / (std R + δ) over the batch (or over its seed
+group), broadcast it to all of the trajectory's decision steps, and take
+`epochs` passes of PPO-clip on the joint log-prob of z. No critic, no entropy
+bonus. A batch whose returns are all equal carries no signal and is skipped
+(with sparse rewards this is most early batches; stepping AdamW on a zero
+gradient would still move the weights through its momentum).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from metacontroller.meta_controller import MetaController
+from metacontroller.ppo import normalize_advantages
+from metacontroller.rl.abstract_env import AbstractBatch, collect_abstract
+from metacontroller.rl.config import EvalStats, RLConfig, RLResult
+from metacontroller.rl.evaluate import evaluate
+from metacontroller.rl.evolution import train_evolution
+from metacontroller.rl.rollout import Episodes
+from metacontroller.rl.seeds import episode_seeds, eval_seed, seeded
+from metacontroller.transformer import Transformer
+
+
+def trajectory_advantages(returns: Tensor, group_size: int | None = None, eps: float = 1e-3) -> Tensor:
+    """(N,) returns -> (N,) advantages normalised over the batch, or within consecutive groups."""
+    if group_size is None:
+        return normalize_advantages(returns, eps)
+    return torch.cat([normalize_advantages(group, eps) for group in returns.split(group_size)])
+
+
+def make_optimizer(params, config: RLConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr = config.lr, betas = config.betas, weight_decay = config.weight_decay)
+
+
+def clipped_step(loss: Tensor, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], max_grad_norm: float):
+    optimizer.zero_grad(set_to_none = True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+
+
+def ppo_epochs(loss_fn: Callable[[Tensor], Tensor], num_rows: int, optimizer, params, config: RLConfig, device) -> float:
+    """`epochs` passes over the batch, each split into `minibatches` random sets of trajectories."""
+    for _ in range(config.epochs):
+        for rows in torch.randperm(num_rows, device = device).chunk(config.minibatches):
+            loss = loss_fn(rows)
+            clipped_step(loss, optimizer, params, config.max_grad_norm)
+    return loss.item()
+
+
+def policy_update(meta_controller: MetaController, batch: AbstractBatch, advantages: Tensor, optimizer, config: RLConfig) -> float:
+    """PPO-clip on the causal policy, replayed over each trajectory's decision steps."""
+    ones = torch.ones_like(batch.log_probs)   # the batch is already compacted to decision steps
+
+    def loss_fn(rows):
+        return meta_controller.policy_loss(
+            batch.streams[rows], batch.log_probs[rows], batch.latents[rows], advantages[rows],
+            ones[rows], episode_lens = batch.decisions[rows], clip = config.clip,
+        )
+    params = list(meta_controller.policy.parameters())
+    return ppo_epochs(loss_fn, len(advantages), optimizer, params, config, batch.streams.device)
+
+
+def run_training(
+    collect: Callable[[list[int]], object],
+    update: Callable[[object, Tensor], float],
+    evaluate_fn: Callable[[], EvalStats] | None,
+    module: nn.Module,
+    config: RLConfig,
+    seed: int,
+    progress: bool,
+    desc: str,
+) -> RLResult:
+    """The loop: collect a batch (anything with `.episodes`), update on its advantages, evaluate now and then.
+    The budget is spent in whole batches, so the last one may pass `total_episodes`."""
+    curve, raw_curve, evals = [], [], []
+    episodes = raw_steps = 0
+    device = next(module.parameters()).device
+    bar = tqdm(total = config.total_episodes, desc = desc, disable = not progress, unit = 'ep')
+    next_eval = config.eval_every
+
+    with seeded(seed, device):
+        while episodes < config.total_episodes:
+            batch = collect(episode_seeds(seed, episodes, config.num_envs, config.group_size))
+            ep: Episodes = batch.episodes
+            episodes += len(ep.returns)
+            raw_steps += int(ep.lengths.sum())
+            success = ep.success.float().mean().item()
+            curve.append((episodes, success))
+            raw_curve.append((raw_steps, success))
+
+            postfix = dict(success = f'{success:.2f}')
+            if ep.returns.std() > 0:
+                advantages = trajectory_advantages(ep.returns, config.group_size, config.advantage_eps)
+                postfix['loss'] = f'{update(batch, advantages.to(device)):.3f}'
+            if evaluate_fn is not None and (episodes >= next_eval or episodes >= config.total_episodes):
+                evals.append((episodes, evaluate_fn()))
+                next_eval += config.eval_every
+                postfix['eval'] = f'{evals[-1][1].success:.2f}'
+            bar.set_postfix(postfix)
+            bar.update(len(ep.returns))
+    bar.close()
+
+    final = evals[-1][1].success if evals else curve[-1][1]
+    return RLResult(curve, evals, final, episodes, raw_steps, module, raw_curve)
+
+
+def train_internal_rl(
+    model: Transformer,
+    meta_controller: MetaController,
+    make_envs: Callable[[int], object],
+    config: RLConfig,
+    seed: int = 0,
+    force_beta: float | None = None,
+    progress: bool = True,
+) -> RLResult:
+    """Internal RL: train only the causal policy of a copy of `meta_controller`, acting on
+    the abstract timescale; base model, switching unit, decoder and history stay frozen.
+    force_beta = 1.0 gives the β ≡ 1 baseline (the policy acts at every raw step).
+    The caller's metacontroller is left untouched; the trained copy is `result.module`."""
+    if not isinstance(config, RLConfig):
+        raise TypeError(f'config must be an RLConfig, got {type(config).__name__}')
+    model._check_meta_controller(meta_controller)
+    if config.algorithm == 'es':
+        return train_evolution(model, meta_controller, make_envs, config, seed, force_beta, progress)
+
+    device = next(model.parameters()).device
+    meta = copy.deepcopy(meta_controller).to(device)
+    optimizer = make_optimizer(meta.policy.parameters(), config)
+    env = make_envs(config.num_envs)
+
+    def collect(seeds):
+        return collect_abstract(model, meta, env, seeds, force_beta, max_steps = config.max_steps)
+
+    def update(batch, advantages):
+        return policy_update(meta, batch, advantages, optimizer, config)
+
+    evaluate_fn = None
+    if config.eval_every is not None:
+        def evaluate_fn():
+            return evaluate(model, make_envs, config.eval_episodes, meta_controller = meta, seed = eval_seed(seed),
+                            deterministic = config.eval_deterministic, force_beta = force_beta,
+                            batch_size = config.num_envs, max_steps = config.max_steps)
+
+    desc = 'internal RL' if force_beta is None else f'internal RL (β ≡ {force_beta:g})'
+    return run_training(collect, update, evaluate_fn, meta, config, seed, progress, desc)
