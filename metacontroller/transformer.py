@@ -93,11 +93,15 @@ class Transformer(Checkpointable, nn.Module):
         lower_body: dict | nn.Module,
         upper_body: dict | nn.Module,
         embed_past_action: bool = False,
+        state_encoder: nn.Module | None = None,
     ):
+        """state_encoder: optional module (..., *obs) -> (..., dim) whose output is added to the
+        observation embedding, e.g. `metacontroller.envs.egocentric.EgocentricEncoder` for grids."""
         super().__init__()
         self.dim = dim
         self.embed_past_action = embed_past_action
         self.state_embed, self.state_readout = EmbedAndReadout(dim, **state_embed_readout)
+        self.state_encoder = state_encoder
         self.action_embed, self.action_readout = EmbedAndReadout(dim, **action_embed_readout)
         self.lower_body = build_body(dim, lower_body, pre_norm_has_final_norm = False)
         self.upper_body = build_body(dim, upper_body)
@@ -106,7 +110,8 @@ class Transformer(Checkpointable, nn.Module):
 
     def base_modules(self) -> list[nn.Module]:
         """Everything but an attached metacontroller: what discovery and internal RL keep frozen."""
-        return [self.state_embed, self.state_readout, self.action_embed, self.action_readout, self.lower_body, self.upper_body]
+        modules = [self.state_embed, self.state_readout, self.action_embed, self.action_readout, self.lower_body, self.upper_body]
+        return modules + ([self.state_encoder] if self.state_encoder is not None else [])
 
     # input checks: every message says what was expected and what was given
 
@@ -162,9 +167,14 @@ class Transformer(Checkpointable, nn.Module):
 
     # sequence forward
 
+    def embed_states(self, state: Tensor) -> Tensor:
+        """(b, t, ...) observations -> (b, t, d)."""
+        tokens = self.state_embed(state)
+        return tokens if self.state_encoder is None else tokens + self.state_encoder(state)
+
     def embed(self, state: Tensor, actions: Tensor | None = None) -> Tensor:
         """(b, t, ...) observations [+ actions a_{1:t}] -> tokens (b, t, d); step t sees o_t and a_{t-1}."""
-        tokens = self.state_embed(state)
+        tokens = self.embed_states(state)
         if self.embed_past_action:
             if actions is None:
                 raise ValueError('this model embeds past actions (embed_past_action = True): pass actions')
@@ -270,7 +280,7 @@ class Transformer(Checkpointable, nn.Module):
             self._check_meta_controller(meta_controller)
 
         b = state.shape[0]
-        tokens = self.state_embed(state)[:, 0]
+        tokens = self.embed_states(state)[:, 0]
         if self.embed_past_action and past_action is not None:
             past_action = past_action.reshape(b, *past_action.shape[2:] if past_action.ndim > 2 else ())
             self._check_actions(past_action, (b,), 'past_action')
