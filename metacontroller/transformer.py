@@ -193,7 +193,7 @@ class Transformer(Checkpointable, nn.Module):
         x = self.embed(state, actions)
         for body in (self.lower_body, self.upper_body):
             out, inter = body(x, return_hiddens = True)
-            streams += [h for h, kind in zip(inter.hiddens, body.layer_types) if kind == 'a']
+            streams += list(inter.hiddens)   # x-transformers keeps one hidden per block (attention + MLP)
             x = inter.last_hidden if body is self.upper_body else out
         return streams + [x]
 

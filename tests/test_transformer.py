@@ -167,11 +167,15 @@ def test_step_decoder_is_rebuilt_after_weight_update(model):
     assert not torch.allclose(before, after)
 
 
-def test_layer_residuals_cover_every_layer(model, batch):
+def test_layer_residuals_cover_every_layer(batch):
     state, _, _ = batch
+    body = dict(depth = 2, heads = 2)
+    model = Transformer(dim = DIM, action_embed_readout = dict(num_discrete = ACTIONS), state_embed_readout = dict(num_continuous = STATE),
+                        lower_body = body, upper_body = body)
     streams = model.layer_residuals(state)
-    assert len(streams) == 3                                    # before layer 1, between bodies, after layer 2
-    assert torch.allclose(streams[1], model.residual_stream(state), atol = 1e-6)
+    assert len(streams) == 5                                    # L + 1 = before each of 4 layers, and after the last
+    assert torch.allclose(streams[2], model.residual_stream(state), atol = 1e-6)
+    assert all(not torch.allclose(a, b) for a, b in zip(streams, streams[1:]))
 
 
 def test_default_flash_body_steps_exactly_on_the_fast_plan():

@@ -1,0 +1,112 @@
+"""Command line over the pipeline: presets, one flag per config field, phases, seeds."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+from loguru import logger
+
+from metacontroller.pipeline.adapter import EnvAdapter
+from metacontroller.pipeline.aggregate import aggregate
+from metacontroller.pipeline.config import PRESETS, PipelineConfig, override, preset, sections
+from metacontroller.pipeline.phases import PHASES, Run
+from metacontroller.pipeline.runner import Plan, execute, parse_phases
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() in ('1', 'true', 'yes', 'on'):
+        return True
+    if text.lower() in ('0', 'false', 'no', 'off'):
+        return False
+    raise argparse.ArgumentTypeError(f'expected true or false, got {text!r}')
+
+
+def parse_floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(',') if x.strip())
+
+
+def flag_type(value) -> Callable:
+    if isinstance(value, bool):
+        return parse_bool
+    if isinstance(value, tuple):
+        return parse_floats
+    return type(value)
+
+
+def add_config_flags(parser: argparse.ArgumentParser):
+    """--section.field for every field, documented with each preset's value."""
+    presets = {name: make() for name, make in PRESETS.items()}
+    for section, sub in sections(presets['default']).items():
+        group = parser.add_argument_group(f'{section} settings')
+        for f in fields(sub):
+            values = '; '.join(f'{name}: {getattr(sections(c)[section], f.name)!r}' for name, c in presets.items())
+            group.add_argument(f'--{section}.{f.name}', dest = f'{section}.{f.name}', type = flag_type(getattr(sub, f.name)),
+                               default = argparse.SUPPRESS, metavar = type(getattr(sub, f.name)).__name__.upper(),
+                               help = f'{f.metadata["help"]} ({values})')
+
+
+def build_parser(env_name: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description = f'The paper\'s {env_name} experiment end to end: ' + ' → '.join(PHASES) + '. '
+                      'Finished phases are skipped on a rerun (resume); --force redoes them.',
+        formatter_class = argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument('--preset', choices = sorted(PRESETS), default = 'default',
+                        help = 'smoke: < 3 min on 2 CPU cores (tests); default: the CPU reproduction; paper: the paper\'s sizes (GPU)')
+    parser.add_argument('--phases', type = parse_phases, default = ','.join(PHASES), help = 'comma-separated subset, run in pipeline order')
+    parser.add_argument('--force', action = 'store_true', help = 'redo the selected phases even if finished')
+    parser.add_argument('--seed', type = int, default = 0, help = 'first seed')
+    parser.add_argument('--seeds', type = int, default = 1, help = 'number of seeds (seed, seed + 1, ...); > 1 aggregates median and quartiles')
+    parser.add_argument('--device', default = 'cpu', help = 'torch device, e.g. cpu or cuda')
+    parser.add_argument('--threads', type = int, default = 0, help = 'torch CPU threads (0: torch default)')
+    parser.add_argument('--name', default = None, help = 'run name (default: the preset name)')
+    parser.add_argument('--run-dir', type = Path, default = None, help = f'run folder (default: runs/{env_name}/<name>)')
+    parser.add_argument('--no-progress', action = 'store_true', help = 'no progress bars (logs only)')
+    add_config_flags(parser)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    values = {key: value for key, value in vars(args).items() if '.' in key}   # only the flags given
+    return override(preset(args.preset), values)
+
+
+def main(adapter: EnvAdapter, argv: list[str] | None = None) -> dict:
+    parser = build_parser(adapter.name)
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f'--seeds must be >= 1, got {args.seeds}')
+    try:
+        config = config_from_args(args)
+        torch.device(args.device)
+    except (ValueError, RuntimeError) as error:
+        parser.error(str(error))
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        parser.error(f'--device {args.device}: CUDA is not available on this machine')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    run_dir = args.run_dir or Path('runs') / adapter.name / (args.name or args.preset)
+    plan = Plan(phases = args.phases, force = args.force)
+    progress = not args.no_progress
+    if args.seeds == 1:
+        return execute(Run(run_dir, config, adapter, args.seed, args.device, progress), plan)
+
+    seed_dirs = [run_dir / f'seed_{s}' for s in range(args.seed, args.seed + args.seeds)]
+    per_seed = override(config, {'report.figure_copy': ''})   # only the aggregate writes the shared figure
+    for seed, seed_dir in zip(range(args.seed, args.seed + args.seeds), seed_dirs):
+        logger.info(f'seed {seed} → {seed_dir}')
+        execute(Run(seed_dir, per_seed, adapter, seed, args.device, progress), plan)
+    return aggregate(run_dir, seed_dirs, adapter.subgoal_names, config.report.figure_copy)
+
+
+def run_cli(adapter: EnvAdapter):
+    try:
+        main(adapter)
+    except (FileNotFoundError, ValueError) as error:
+        logger.error(str(error))
+        sys.exit(2)

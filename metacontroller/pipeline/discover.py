@@ -1,0 +1,119 @@
+"""Discovery phase: train the metacontroller on D* with the base frozen (SPEC §3).
+
+The residual stream at the cut depends only on the observations (the lower
+body never sees the intervention), so it is computed once per dataset and
+reused every epoch: each step then costs the metacontroller plus the upper body.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from metacontroller import MetaController, Transformer
+from metacontroller.demos import DemoBatch, DemoDataset
+from metacontroller.pipeline.config import DiscoveryConfig
+from metacontroller.pipeline.data import bucketed_batches, ordered_batches, to_device
+from metacontroller.pipeline.metrics import SWITCH_THRESHOLD, SwitchCounts, beta_binary_fraction, switch_counts
+
+
+class StreamBatch(NamedTuple):
+    batch: DemoBatch
+    stream: torch.Tensor   # e at the cut (b, t, d), no grad
+
+
+@torch.no_grad()
+def precompute(model: Transformer, dataset: DemoDataset, batch_size: int, seed: int, device: str) -> list[StreamBatch]:
+    """One epoch of length-bucketed batches with their residual streams."""
+    batches = bucketed_batches(dataset, batch_size, np.random.default_rng(seed))
+    out = []
+    for _ in range(-(-len(dataset) // batch_size)):
+        batch = to_device(dataset.batch(next(batches)), device)
+        out.append(StreamBatch(batch, model.residual_stream(batch.observations)))
+    return out
+
+
+def train(model: Transformer, meta_controller: MetaController, batches: list[StreamBatch], alpha: float,
+          config: DiscoveryConfig, seed: int, progress: bool = True) -> list[tuple[float, float]]:
+    """AdamW on action NLL + α·KL (α applied here and only here); returns (nll, kl) per step."""
+    optimizer = torch.optim.AdamW(meta_controller.parameters(), lr = config.lr, weight_decay = config.weight_decay)
+    rng = np.random.default_rng(seed)
+    trace = []
+    meta_controller.train()
+    with tqdm(range(config.steps), desc = f'discover α={alpha:g}', disable = not progress) as bar:
+        for step in bar:
+            batch, stream = batches[rng.integers(len(batches))]
+            losses = model.discovery_losses(batch.observations, batch.actions, meta_controller, batch.episode_lens, stream = stream)
+            loss = losses.action_recon + alpha * losses.kl + losses.aux_ratio
+            optimizer.zero_grad(set_to_none = True)
+            loss.backward()
+            optimizer.step()
+            trace.append((losses.action_recon.item(), losses.kl.item()))
+            if step % 10 == 0:
+                nll, kl = np.mean(trace[-50:], axis = 0)
+                bar.set_postfix(action_nll = f'{nll:.3f}', kl = f'{kl:.2f}')
+    meta_controller.eval()
+    return trace
+
+
+class SwitchAnalysis(NamedTuple):
+    action_nll: float
+    kl: float
+    counts: SwitchCounts
+    switches_per_episode: float    # β ≥ 0.5 at steps 1 .. len - 1, plus the forced switch at t = 0
+    subgoals_per_episode: float
+    beta_binary_fraction: float
+
+    def summary(self) -> dict:
+        return dict(
+            switch_f1 = self.counts.f1,
+            switch_precision = self.counts.true_positives / max(self.counts.predicted, 1),
+            switch_recall = self.counts.true_positives / max(self.counts.actual, 1),
+            switches_per_episode = self.switches_per_episode,
+            subgoals_per_episode = self.subgoals_per_episode,
+            switches_per_subgoal = self.switches_per_episode / self.subgoals_per_episode,
+            beta_binary_fraction = self.beta_binary_fraction,
+            action_nll = self.action_nll,
+            kl = self.kl,
+        )
+
+
+@torch.no_grad()
+def analyse(model: Transformer, meta_controller: MetaController, dataset: DemoDataset, device: str, batch_size: int = 256) -> SwitchAnalysis:
+    """Losses and switch statistics over clean episodes (one posterior sample per step, as in training)."""
+    nll = kl = 0.
+    counts, betas, lens_all = SwitchCounts(0, 0, 0), [], []
+    for batch in ordered_batches(dataset, batch_size, device):
+        stream = model.residual_stream(batch.observations)
+        losses = model.discovery_losses(batch.observations, batch.actions, meta_controller, batch.episode_lens, stream = stream)
+        steps = batch.episode_lens.sum().item()
+        nll, kl = nll + losses.action_recon.item() * steps, kl + losses.kl.item() * steps
+        beta = meta_controller(stream, batch.episode_lens).beta
+        counts = counts + switch_counts(beta, batch.boundaries, batch.episode_lens)
+        betas.append(beta.flatten(1).cpu())
+        lens_all.append(batch.episode_lens.cpu())
+    total_steps = int(dataset.episode_lens.sum())
+    episodes = len(dataset)
+    binary = np.average([beta_binary_fraction(b, l) for b, l in zip(betas, lens_all)],
+                        weights = [max(int(l.sum()) - len(l), 1) for l in lens_all])
+    return SwitchAnalysis(
+        action_nll = nll / total_steps,
+        kl = kl / total_steps,
+        counts = counts,
+        switches_per_episode = counts.predicted / episodes + 1,
+        subgoals_per_episode = counts.actual / episodes + 1,
+        beta_binary_fraction = float(binary),
+    )
+
+
+@torch.no_grad()
+def episode_betas(model: Transformer, meta_controller: MetaController, dataset: DemoDataset, count: int, device: str) -> list[dict]:
+    """β and ground-truth subgoals of the first `count` episodes, for plots."""
+    batch = to_device(dataset.batch(np.arange(min(count, len(dataset)))), device)
+    beta = meta_controller(model.residual_stream(batch.observations), batch.episode_lens).beta
+    return [
+        dict(beta = beta[i, :n].tolist(), subgoals = batch.subgoals[i, :n].tolist(), switches = (beta[i, :n] >= SWITCH_THRESHOLD).sum().item())
+        for i, n in enumerate(batch.episode_lens.tolist())
+    ]

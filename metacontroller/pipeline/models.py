@@ -1,0 +1,37 @@
+"""Build the base model and the metacontroller from the pipeline config."""
+from __future__ import annotations
+
+from torch import nn
+
+from metacontroller import MetaController, Transformer
+from metacontroller.pipeline.adapter import EnvAdapter
+from metacontroller.pipeline.config import DiscoveryConfig, ModelConfig
+
+
+def build_transformer(adapter: EnvAdapter, config: ModelConfig) -> Transformer:
+    if config.depth < 2 or config.depth % 2:
+        raise ValueError(f'model.depth must be even and >= 2 (the metacontroller sits at L/2), got {config.depth}')
+    body = dict(
+        depth = config.depth // 2, heads = config.heads, attn_dim_head = config.dim_head,
+        rel_pos_bias = True, ff_mult = config.ff_mult, ff_custom_activation = nn.ReLU(),
+    )
+    return Transformer(
+        config.dim,
+        action_embed_readout = dict(num_discrete = adapter.num_actions),
+        state_embed_readout = dict(num_continuous = adapter.obs_dim),
+        lower_body = body,
+        upper_body = body,
+        state_encoder = adapter.state_encoder(config.dim) if adapter.state_encoder is not None else None,
+    )
+
+
+def build_meta_controller(dim_model: int, config: DiscoveryConfig) -> MetaController:
+    return MetaController(
+        dim_model,
+        dim_meta_controller = config.dim_meta_controller,
+        dim_latent = config.dim_latent,
+        dim_encoder_hidden = config.dim_encoder_hidden,
+        dim_hypernetwork_hidden = config.dim_hypernetwork_hidden,
+        hypernetwork_low_rank = config.hypernetwork_low_rank,
+        dim_policy = config.dim_policy,
+    )

@@ -1,0 +1,148 @@
+"""The seven phases. Each takes the run and returns its metrics; files go under
+the run folder (see `Run`), and a phase reads only files earlier phases wrote."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from loguru import logger
+
+from metacontroller import MetaController, Transformer
+from metacontroller.pipeline import data, discover, probe, pretrain, report, rl_phase
+from metacontroller.pipeline.adapter import EnvAdapter
+from metacontroller.pipeline.config import PipelineConfig
+from metacontroller.pipeline.models import build_meta_controller, build_transformer
+from metacontroller.rl import evaluate
+
+
+@dataclass
+class Run:
+    run_dir: Path
+    config: PipelineConfig
+    adapter: EnvAdapter
+    seed: int = 0
+    device: str = 'cpu'
+    progress: bool = True
+
+    @property
+    def data_dir(self) -> Path:
+        return self.run_dir / 'data'
+
+    def path(self, phase: str, name: str) -> Path:
+        return self.run_dir / phase / name
+
+    def record_path(self, phase: str) -> Path:
+        return self.run_dir / 'phases' / f'{phase}.json'
+
+    def record(self, phase: str) -> dict:
+        return json.loads(self.record_path(phase).read_text())
+
+    def load_model(self) -> Transformer:
+        return Transformer.init_and_load(self.path('pretrain', 'model.pt')).to(self.device).eval()
+
+    def load_meta_controller(self) -> MetaController:
+        return MetaController.init_and_load(self.path('discover', 'meta_controller.pt')).to(self.device).eval()
+
+
+def run_data(run: Run) -> dict:
+    return data.generate(run.adapter, run.config.data, run.seed, run.data_dir)
+
+
+def run_pretrain(run: Run) -> dict:
+    config = run.config.pretrain
+    model = build_transformer(run.adapter, run.config.model).to(run.device)
+    logger.info(f'base model: {sum(p.numel() for p in model.parameters()):,} parameters')
+    trace = pretrain.train(model, data.load(run.data_dir, 'pretrain'), config, run.seed, run.device, run.progress)
+    model.save(run.path('pretrain', 'model.pt'))
+
+    metrics = pretrain.imitation_metrics(model, data.load(run.data_dir, 'heldout'), run.device)
+    for name, tasks in (('pretraining_tasks', run.adapter.pretraining_tasks), ('post_task', (run.adapter.post_task,))):
+        stats = evaluate(model, run.adapter.make_envs(tasks), config.eval_episodes, seed = run.seed)
+        metrics[f'success_{name}'] = stats.success
+    return dict(metrics, final_train_action_nll = sum(trace[-50:]) / len(trace[-50:]), success_policy = 'sampled',
+                eval_episodes = config.eval_episodes)
+
+
+def run_probe(run: Run) -> dict:
+    model = run.load_model()
+    train = probe.layer_features(model, data.load(run.data_dir, 'discovery').head(run.config.probe.train_episodes), run.device)
+    test = probe.layer_features(model, data.load(run.data_dir, 'heldout'), run.device)
+    accuracy = probe.fit_and_score(train, test, run.adapter.num_subgoals, run.config.probe, run.seed, run.progress)
+    majority = torch.bincount(test[1], minlength = run.adapter.num_subgoals).max().item() / len(test[1])
+    return dict(accuracy_by_layer = accuracy, best_layer = max(range(len(accuracy)), key = accuracy.__getitem__),
+                cut_layer = run.config.model.depth // 2, chance = 1 / run.adapter.num_subgoals, majority_class = majority)
+
+
+def run_discover(run: Run) -> dict:
+    config = run.config.discovery
+    model = run.load_model()
+    streams = discover.precompute(model, data.load(run.data_dir, 'discovery'), config.batch_size, run.seed, run.device)
+    heldout, post = data.load(run.data_dir, 'heldout'), data.load(run.data_dir, 'post_task')
+
+    sweep, chosen = [], None
+    for alpha in dict.fromkeys((config.alpha, *config.sweep_alphas)):   # the chosen α first, no repeats
+        meta = build_meta_controller(model.dim, config).to(run.device)
+        discover.train(model, meta, streams, alpha, config, run.seed, run.progress)
+        summary = discover.analyse(model, meta, heldout, run.device).summary()
+        sweep.append(dict(alpha = alpha, **summary))
+        logger.info(f'discovery α={alpha:g}: ' + ', '.join(f'{k} {v:.3f}' for k, v in summary.items()))
+        chosen = chosen or (meta, summary)
+
+    meta, summary = chosen
+    meta.save(run.path('discover', 'meta_controller.pt'))
+    plot_episodes = run.config.report.plot_episodes
+    figures = dict(episodes = {
+        f'post-training task ({run.adapter.post_task_name})': discover.episode_betas(model, meta, post, plot_episodes, run.device),
+        'pretraining tasks': discover.episode_betas(model, meta, heldout, plot_episodes, run.device),
+    })
+    run.path('discover', 'figures.json').write_text(json.dumps(figures))
+    post_summary = discover.analyse(model, meta, post, run.device).summary()
+    return dict(summary, alpha = config.alpha, post_task = post_summary, alpha_sweep = sweep)
+
+
+def run_rl(run: Run) -> dict:
+    model, meta = run.load_model(), run.load_meta_controller()
+    summary, trained = rl_phase.internal(model, meta, run.adapter.make_envs((run.adapter.post_task,)), run.config.rl, run.seed, run.progress)
+    trained.save(run.path('rl', 'meta_controller.pt'))
+    return dict(internal = summary)
+
+
+def run_baselines(run: Run) -> dict:
+    model, meta = run.load_model(), run.load_meta_controller()
+    make_envs = run.adapter.make_envs((run.adapter.post_task,))
+    raw, raw_model = rl_phase.raw_action(model, make_envs, run.config.rl, run.seed, run.progress)
+    raw_model.save(run.path('baselines', 'raw_action_model.pt'))
+    beta1, beta1_meta = rl_phase.internal(model, meta, make_envs, run.config.rl, run.seed, run.progress, force_beta = 1.)
+    beta1_meta.save(run.path('baselines', 'beta1_meta_controller.pt'))
+    return dict(raw_action = raw, no_temporal_abstraction = beta1)
+
+
+def gather_results(run: Run) -> dict:
+    """results.json from the records of the finished phases; wall time = the phases' own, summed over resumes."""
+    records = {p: run.record(p) for p in PHASES if run.record_path(p).is_file()}
+    total = sum(r['wall_time_s'] for r in records.values())
+    return report.results(run.config.to_dict(), run.seed, records, total)
+
+
+def run_report(run: Run) -> dict:
+    result = gather_results(run)
+    figures = json.loads(run.path('discover', 'figures.json').read_text())
+    written = report.make_plots(run.run_dir, result, figures, run.adapter.subgoal_names, 1 / run.adapter.num_subgoals,
+                                run.config.model.depth // 2, run.config.report.figure_copy)
+    return dict(plots = written)
+
+
+PHASES = dict(data = run_data, pretrain = run_pretrain, probe = run_probe, discover = run_discover,
+              rl = run_rl, baselines = run_baselines, report = run_report)
+
+# phase -> files it reads (relative to the run folder), each written by the named phase
+NEEDS = dict(
+    pretrain = {'data/pretrain.npz': 'data', 'data/heldout.npz': 'data'},
+    probe = {'pretrain/model.pt': 'pretrain', 'data/discovery.npz': 'data', 'data/heldout.npz': 'data'},
+    discover = {'pretrain/model.pt': 'pretrain', 'data/discovery.npz': 'data', 'data/heldout.npz': 'data', 'data/post_task.npz': 'data'},
+    rl = {'pretrain/model.pt': 'pretrain', 'discover/meta_controller.pt': 'discover'},
+    baselines = {'pretrain/model.pt': 'pretrain', 'discover/meta_controller.pt': 'discover'},
+    report = {'phases/probe.json': 'probe', 'discover/figures.json': 'discover'},
+)

@@ -1,0 +1,93 @@
+"""Phase orchestration: resume, --force, logging, results.json.
+
+A phase is finished when its record `phases/<phase>.json` exists; it is
+written last, after the phase's checkpoints, so an interrupted phase simply
+runs again. Each phase seeds torch from (seed, phase), so a resumed run
+repeats what an uninterrupted one would have done.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+
+import torch
+from loguru import logger
+
+from metacontroller.pipeline.config import from_dict
+from metacontroller.pipeline.phases import NEEDS, PHASES, Run, gather_results
+
+CONFIG_FILE, RESULTS_FILE, LOG_FILE = 'config.json', 'results.json', 'run.log'
+
+
+@dataclass(frozen = True)
+class Plan:
+    phases: tuple[str, ...] = tuple(PHASES)
+    force: bool = False
+
+
+def parse_phases(text: str) -> tuple[str, ...]:
+    """'discover,rl' -> in pipeline order; unknown names are an error."""
+    names = [p.strip() for p in text.split(',') if p.strip()]
+    unknown = [p for p in names if p not in PHASES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f'unknown phase(s) {unknown or text!r}; choose from {",".join(PHASES)}')
+    return tuple(p for p in PHASES if p in names)
+
+
+def check_config(run: Run, force: bool):
+    """A run folder holds one configuration: refuse to mix phases trained under another."""
+    path = run.run_dir / CONFIG_FILE
+    current = run.config.to_dict()
+    if path.is_file():
+        saved = from_dict(json.loads(path.read_text())['config']).to_dict()
+        changed = sorted(f'{s}.{k}' for s, kw in current.items() if isinstance(kw, dict) for k in kw if saved.get(s, {}).get(k) != kw[k])
+        if changed and not force:
+            raise ValueError(f'{run.run_dir} was made with other settings ({", ".join(changed)}); '
+                             f'use another --run-dir, or --force to redo the selected phases with the new ones')
+        if changed:
+            logger.warning(f'settings changed ({", ".join(changed)}); phases not redone keep their old results')
+    path.write_text(json.dumps(dict(config = current, seed = run.seed), indent = 2))
+
+
+def check_inputs(run: Run, to_run: list[str]):
+    """Fail before any work when a phase to run reads a file that no earlier phase will write."""
+    for phase in to_run:
+        for rel, producer in NEEDS.get(phase, {}).items():
+            if not (run.run_dir / rel).exists() and producer not in to_run[:to_run.index(phase)]:
+                raise FileNotFoundError(f'phase {phase!r} needs {run.run_dir / rel}, written by phase {producer!r}, '
+                                        f'which has not run in this run folder: add it to --phases (e.g. --phases {producer},{phase})')
+
+
+def run_phase(run: Run, phase: str) -> dict:
+    torch.manual_seed(run.seed * 1000 + list(PHASES).index(phase))
+    start = time.time()
+    logger.info(f'phase {phase}: start')
+    metrics = PHASES[phase](run)
+    record = dict(metrics = metrics, wall_time_s = time.time() - start)
+    path = run.record_path(phase)
+    path.parent.mkdir(parents = True, exist_ok = True)
+    path.write_text(json.dumps(record, indent = 2))
+    logger.info(f'phase {phase}: done in {record["wall_time_s"]:.1f} s')
+    return record
+
+
+def execute(run: Run, plan: Plan) -> dict:
+    """Run the plan's phases that are not finished (all of them with force); write results.json."""
+    run.run_dir.mkdir(parents = True, exist_ok = True)
+    sink = logger.add(run.run_dir / LOG_FILE, level = 'INFO')
+    try:
+        check_config(run, plan.force)
+        to_run = [p for p in plan.phases if plan.force or not run.record_path(p).is_file()]
+        for phase in (p for p in plan.phases if p not in to_run):
+            logger.info(f'phase {phase}: already finished, skipped (--force redoes it)')
+        check_inputs(run, to_run)
+        for phase in to_run:
+            run_phase(run, phase)
+        result = gather_results(run)
+        (run.run_dir / RESULTS_FILE).write_text(json.dumps(result, indent = 2))
+        logger.info(f'results: {run.run_dir / RESULTS_FILE}')
+        return result
+    finally:
+        logger.remove(sink)
