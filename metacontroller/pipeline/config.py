@@ -42,7 +42,7 @@ class DataConfig:
 class PretrainConfig:
     steps: int = knob(3_000, 'behaviour-cloning optimiser steps')
     batch_size: int = knob(64, 'episodes per batch (batches group episodes of similar length)')
-    lr: float = knob(2e-3, 'AdamW learning rate')
+    lr: float = knob(1e-3, 'AdamW learning rate')
     weight_decay: float = knob(0.03, 'AdamW weight decay')
     state_loss_weight: float = knob(0., 'lambda, the weight of the next-observation loss (paper: 0 or 0.01)')
     max_grad_norm: float = knob(1.0, 'gradient clipping')
@@ -58,9 +58,9 @@ class ProbeConfig:
 
 @dataclass(frozen = True)
 class DiscoveryConfig:
-    alpha: float = knob(0.1, 'KL weight of the metacontroller used downstream')
+    alpha: float = knob(0.05, 'KL weight of the metacontroller used downstream')
     sweep_alphas: tuple[float, ...] = knob((), 'extra alphas trained for a rate-distortion table (not used downstream)')
-    steps: int = knob(1_500, 'optimiser steps')
+    steps: int = knob(800, 'optimiser steps')
     batch_size: int = knob(128, 'episodes per batch')
     lr: float = knob(1e-3, 'AdamW learning rate')
     weight_decay: float = knob(0.03, 'AdamW weight decay')
@@ -75,7 +75,7 @@ class DiscoveryConfig:
 @dataclass(frozen = True)
 class RLPhaseConfig:
     num_envs: int = knob(256, 'episodes per PPO batch (all envs run in lockstep)')
-    total_episodes: int = knob(50_000, 'episode budget, the same for internal RL and both baselines')
+    total_episodes: int = knob(20_000, 'episode budget, the same for internal RL and both baselines')
     lr: float = knob(3e-4, 'policy learning rate (internal RL and beta = 1)')
     raw_action_lr: float = knob(3e-5, 'learning rate of raw-action RL (all base weights train)')
     epochs: int = knob(2, 'PPO epochs per batch')

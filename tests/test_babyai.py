@@ -1,0 +1,115 @@
+"""BabyAI: the observation encoding, the bot's demonstrations, the batched env and the smoke pipeline."""
+import json
+
+import numpy as np
+import pytest
+from minigrid.core.constants import COLOR_NAMES
+
+from metacontroller.demos import DemoDataset
+from metacontroller.envs.babyai import (
+    CONNECTORS, IMAGE_DIM, KINDS, LEVELS, MISSION_DIM, OBJECT_TYPES, OBS_DIM, POST_TRAINING_LEVEL, PRETRAINING_LEVELS,
+    SLOT_DIM, SUBGOAL_NAMES, VecBabyAIEnv, decode, encode,
+)
+from metacontroller.envs.babyai_demos import generate_babyai_demos
+from metacontroller.envs.babyai_pipeline import BABYAI_OVERRIDES, main, preset_flags
+from metacontroller.pipeline import cli
+
+ALL_LEVELS = (*PRETRAINING_LEVELS, POST_TRAINING_LEVEL)
+
+
+@pytest.fixture(scope = 'module')
+def demos():
+    return generate_babyai_demos(48, ALL_LEVELS, epsilon = 0., seed = 3, progress = False)
+
+
+def test_encoding_shapes_and_round_trip():
+    assert OBS_DIM == IMAGE_DIM + 4 + MISSION_DIM == 1009
+    env = VecBabyAIEnv(4, ALL_LEVELS)
+    obs, _ = env.reset(seed = [0, 1, 2, 3])
+    assert obs.shape == (4, OBS_DIM) and obs.dtype == np.float32 and set(np.unique(obs)) <= {0., 1.}
+    for slot, level in enumerate(env.envs):
+        raw = level.gen_obs()
+        image, direction, mission = decode(obs[slot])
+        np.testing.assert_array_equal(image, raw['image'])
+        assert direction == raw['direction']
+        np.testing.assert_array_equal(encode(image, direction, mission), obs[slot].astype(bool))
+        for i, ins in enumerate(level.instructions):   # each slot names the instruction's kind, colour and type
+            words = np.flatnonzero(mission[i * SLOT_DIM:(i + 1) * SLOT_DIM])
+            assert words.tolist() == [KINDS.index(ins.kind), len(KINDS) + COLOR_NAMES.index(ins.color),
+                                      len(KINDS) + len(COLOR_NAMES) + OBJECT_TYPES.index(ins.type)]
+        assert CONNECTORS[mission[-len(CONNECTORS):].argmax()] == level.level.connector
+
+
+def test_bot_solves_sampled_missions(demos):
+    assert len(demos) == 48 and demos.metadata['bot_success_rate'] > 0.95
+    assert set(demos.task_ids.tolist()) <= set(range(len(ALL_LEVELS)))
+    assert demos.subgoals.min() >= 0 and demos.subgoals.max() < len(SUBGOAL_NAMES)
+    starts = demos.offsets
+    assert demos.boundaries[starts].all()
+    two_instruction = [i for i, t in enumerate(demos.task_ids) if len(LEVELS[ALL_LEVELS[t]].kinds) == 2]
+    assert all(demos.boundaries[starts[i]:starts[i] + demos.episode_lens[i]].sum() == 2 for i in two_instruction)
+
+
+def test_after_you_does_the_second_instruction_first(demos):
+    post = ALL_LEVELS.index(POST_TRAINING_LEVEL)
+    episode = int(np.flatnonzero(demos.task_ids == post)[0])
+    labels = demos.subgoals[demos.offsets[episode]:demos.offsets[episode] + demos.episode_lens[episode]]
+    assert labels[0] // 2 == 1 and labels[-1] // 2 == 0
+
+
+def test_replaying_demos_in_the_batched_env_gives_the_same_observations_and_success(demos):
+    """Data gathering and RL share one encoding and one episode-from-seed rule."""
+    env = VecBabyAIEnv(len(demos), ALL_LEVELS)
+    obs, _ = env.reset(seed = demos.seeds.tolist())
+    batch = demos.batch(np.arange(len(demos)))
+    success = np.zeros(len(demos), dtype = bool)
+    for t in range(int(demos.episode_lens.max())):
+        live = t < batch.episode_lens.numpy()
+        np.testing.assert_array_equal(obs[live], batch.observations[live, t].numpy())
+        obs, _, _, _, info = env.step(batch.actions[:, t].numpy())
+        success |= info['success']
+    assert success.all() and env.done.all()
+
+
+def test_demos_repeat_with_the_seed_and_any_worker_count(tmp_path):
+    one = generate_babyai_demos(8, PRETRAINING_LEVELS, epsilon = 0.2, seed = 1, progress = False)
+    two = generate_babyai_demos(8, PRETRAINING_LEVELS, epsilon = 0.2, seed = 1, workers = 2, progress = False)
+    one.save(tmp_path / 'demos.npz')
+    again = DemoDataset.load(tmp_path / 'demos.npz')
+    for name in ('observations', 'actions', 'subgoals', 'boundaries', 'episode_lens', 'seeds'):
+        np.testing.assert_array_equal(getattr(one, name), getattr(two, name))
+        np.testing.assert_array_equal(getattr(one, name), getattr(again, name))
+
+
+def test_bad_input_is_a_clear_error():
+    with pytest.raises(ValueError, match = 'unknown BabyAI level'):
+        VecBabyAIEnv(2, ('GoTo', 'Nope'))
+    with pytest.raises(ValueError, match = 'epsilon'):
+        generate_babyai_demos(4, epsilon = 1.5)
+    with pytest.raises(ValueError, match = 'one seed per env'):
+        VecBabyAIEnv(2).reset(seed = [1])
+    with pytest.raises(ValueError, match = 'actions'):
+        env = VecBabyAIEnv(2)
+        env.reset(seed = [1, 2])
+        env.step(np.array([0, 7]))
+
+
+def test_babyai_presets_apply_and_user_flags_win():
+    parser = cli.build_parser('babyai')
+    config = cli.config_from_args(parser.parse_args([*preset_flags('default'), '--pretrain.steps', '7']))
+    assert config.data.pretrain_episodes == BABYAI_OVERRIDES['default']['data.pretrain_episodes']
+    assert config.discovery.alpha == BABYAI_OVERRIDES['default']['discovery.alpha'] and config.report.figure_copy == ''
+    assert config.pretrain.steps == 7
+
+
+def test_smoke_pipeline_end_to_end(tmp_path):
+    result = main(['--preset', 'smoke', '--run-dir', str(tmp_path / 'run'), '--no-progress', '--threads', '1'])
+    on_disk = json.loads((tmp_path / 'run' / 'results.json').read_text())
+    assert on_disk['config']['data']['pretrain_episodes'] == 128 and result['seed'] == 0
+    assert set(on_disk['pretrain']) >= {'action_nll', 'expert_match', 'success_pretraining_tasks', 'success_post_task'}
+    assert len(on_disk['probe']['accuracy_by_layer']) == on_disk['config']['model']['depth'] + 1
+    assert {'switch_f1', 'beta_binary_fraction'} <= set(on_disk['discovery'])
+    assert set(on_disk['rl']) == {'internal', 'raw_action', 'no_temporal_abstraction'}
+    assert all((tmp_path / 'run' / name).is_file() for name in ('data/pretrain.npz', 'fig1.png', 'rl/meta_controller.pt'))
+    meta = DemoDataset.load(tmp_path / 'run' / 'data' / 'post_task.npz').metadata
+    assert meta['levels'] == [POST_TRAINING_LEVEL] and meta['obs_shape'] == [OBS_DIM]
