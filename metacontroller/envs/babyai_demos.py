@@ -46,21 +46,23 @@ def episode_seed(seed: int, attempt: int) -> int:
     return int(np.random.SeedSequence([seed, attempt]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
 
 
-def plan_owners(bot: BabyAIBot, env: SequenceLevel) -> dict[int, int]:
-    """Rebuild the bot's initial stack one instruction at a time -> {id(subgoal): slot}.
-    The stack's bottom holds the instruction done last."""
+def plan_owners(bot: BabyAIBot, env: SequenceLevel) -> dict[int, tuple[object, int]]:
+    """Rebuild the bot's initial stack one instruction at a time -> {id(subgoal): (subgoal, slot)}.
+    The stack's bottom holds the instruction done last. The subgoal objects are kept in the map
+    so that their ids stay theirs: a freed id can be reused by a later detour subgoal."""
     bot.stack.clear()
     owners = {}
     for slot in reversed(env.execution_order):
         start = len(bot.stack)
         bot._process_instr(env.slot_instrs[slot])
-        owners.update({id(subgoal): slot for subgoal in bot.stack[start:]})
+        owners.update({id(subgoal): (subgoal, slot) for subgoal in bot.stack[start:]})
     return owners
 
 
-def current_label(bot: BabyAIBot, env: SequenceLevel, owners: dict[int, int]) -> int:
+def current_label(bot: BabyAIBot, env: SequenceLevel, owners: dict[int, tuple[object, int]]) -> int:
     """Label (2 · slot + kind) of the instruction owning the top-most original subgoal on the stack."""
-    slot = next((owners[id(s)] for s in reversed(bot.stack) if id(s) in owners), env.execution_order[-1])
+    original = (owners[id(s)][1] for s in reversed(bot.stack) if id(s) in owners and owners[id(s)][0] is s)
+    slot = next(original, env.execution_order[-1])
     return 2 * slot + KINDS.index(env.instructions[slot].kind)
 
 
