@@ -40,7 +40,7 @@ class DataConfig:
 
 @dataclass(frozen = True)
 class PretrainConfig:
-    steps: int = knob(3_000, 'behaviour-cloning optimiser steps')
+    steps: int = knob(6_000, 'behaviour-cloning optimiser steps')
     batch_size: int = knob(64, 'episodes per batch (batches group episodes of similar length)')
     lr: float = knob(1e-3, 'AdamW learning rate')
     weight_decay: float = knob(0.03, 'AdamW weight decay')
