@@ -27,6 +27,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch_einops_utils import lens_to_mask
 
 from metacontroller.checkpoint import Checkpointable
 from metacontroller.embedder import SequenceEmbedder
@@ -204,12 +205,12 @@ class MetaController(Checkpointable, nn.Module):
         b, t, _ = states.shape
         mask = switch_betas >= 0.5
         if episode_lens is not None:
-            mask = mask & (torch.arange(t, device = states.device)[None] < episode_lens[:, None])
+            mask = mask & lens_to_mask(episode_lens, t)
 
         decision_states, lens = compact(states, mask)
         decision_actions, _ = compact(latent_actions, mask)
         decision_old, _ = compact(old_log_probs, mask)
-        valid = torch.arange(decision_states.shape[1], device = states.device)[None] < lens[:, None]
+        valid = lens_to_mask(lens, decision_states.shape[1])
 
         log_probs = self.log_prob(self.policy(decision_states), decision_actions)
         return ppo_clip_loss(log_probs, decision_old, advantages, valid, clip)

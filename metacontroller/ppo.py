@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch_einops_utils import lens_to_mask
 
 
 def normalize_advantages(returns: Tensor, eps: float = 1e-3) -> Tensor:
@@ -28,7 +29,7 @@ def compact(values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     order = torch.sort((~mask).to(torch.int8), dim = 1, stable = True).indices[:, :k]
     index = order.reshape(*order.shape, *([1] * (values.ndim - 2))).expand(-1, -1, *values.shape[2:])
     gathered = values.gather(1, index)
-    keep = torch.arange(k, device = mask.device)[None, :] < lens[:, None]
+    keep = lens_to_mask(lens, k)
     keep = keep.reshape(*keep.shape, *([1] * (values.ndim - 2)))
     return gathered * keep, lens
 

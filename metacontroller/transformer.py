@@ -20,6 +20,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor, nn
 from discrete_continuous_embed_readout import EmbedAndReadout
+from torch_einops_utils import lens_to_mask
 from x_transformers import Decoder
 
 from metacontroller.checkpoint import Checkpointable
@@ -148,7 +149,6 @@ class Transformer(Checkpointable, nn.Module):
                 raise ValueError(f'{what} must be a float tensor of shape {(*batch_time, n)}, got {actions.dtype} {tuple(actions.shape)}')
 
     def _valid_mask(self, episode_lens: Tensor | None, batch: int, time: int, device) -> Tensor:
-        steps = torch.arange(time, device = device)
         if episode_lens is None:
             return torch.ones(batch, time, dtype = torch.bool, device = device)
         if not torch.is_tensor(episode_lens) or episode_lens.dtype not in (torch.int64, torch.int32):
@@ -157,7 +157,7 @@ class Transformer(Checkpointable, nn.Module):
             raise ValueError(f'episode_lens must have shape ({batch},), got {tuple(episode_lens.shape)}')
         if episode_lens.min() < 1 or episode_lens.max() > time:
             raise ValueError(f'episode_lens must lie in [1, {time}] (the sequence length), got values in [{episode_lens.min().item()}, {episode_lens.max().item()}]')
-        return steps[None] < episode_lens[:, None].to(device)
+        return lens_to_mask(episode_lens.to(device), time)
 
     def _check_meta_controller(self, meta_controller):
         if not isinstance(meta_controller, MetaController):

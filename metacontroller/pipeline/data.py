@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import torch
 
 from metacontroller.demos import DemoBatch, DemoDataset
 from metacontroller.pipeline.adapter import EnvAdapter
@@ -68,7 +67,3 @@ def ordered_batches(dataset: DemoDataset, batch_size: int, device: str) -> Itera
     order = np.argsort(dataset.episode_lens, kind = 'stable')
     for start in range(0, len(order), batch_size):
         yield to_device(dataset.batch(order[start:start + batch_size]), device)
-
-
-def valid_mask(lens: torch.Tensor, time: int) -> torch.Tensor:
-    return torch.arange(time, device = lens.device)[None] < lens[:, None]

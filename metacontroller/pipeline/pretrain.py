@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch_einops_utils import lens_to_mask
 from tqdm.auto import tqdm
 
 from metacontroller import Transformer
 from metacontroller.demos import DemoDataset
 from metacontroller.pipeline.config import PretrainConfig
-from metacontroller.pipeline.data import bucketed_batches, ordered_batches, to_device, valid_mask
+from metacontroller.pipeline.data import bucketed_batches, ordered_batches, to_device
 
 
 def train(model: Transformer, dataset: DemoDataset, config: PretrainConfig, seed: int, device: str, progress: bool = True) -> list[float]:
@@ -41,7 +42,7 @@ def imitation_metrics(model: Transformer, dataset: DemoDataset, device: str, bat
     for batch in ordered_batches(dataset, batch_size, device):
         stream = model.upper_body(model.residual_stream(batch.observations))
         logits = model.action_readout(stream)
-        mask = valid_mask(batch.episode_lens, logits.shape[1])
+        mask = lens_to_mask(batch.episode_lens, logits.shape[1])
         log_probs = logits.log_softmax(dim = -1)
         nll = -log_probs.gather(-1, batch.actions[..., None])[..., 0]
         nll_sum += nll[mask].sum().item()

@@ -10,12 +10,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from einops import einsum, rearrange
+from torch_einops_utils import lens_to_mask
 from tqdm.auto import tqdm
 
 from metacontroller import Transformer
 from metacontroller.demos import DemoDataset
 from metacontroller.pipeline.config import ProbeConfig
-from metacontroller.pipeline.data import ordered_batches, valid_mask
+from metacontroller.pipeline.data import ordered_batches
 
 
 @torch.no_grad()
@@ -23,7 +24,7 @@ def layer_features(model: Transformer, dataset: DemoDataset, device: str, batch_
     """Valid steps only: features (L + 1, N, d) and subgoal labels (N,)."""
     features, labels = [], []
     for batch in ordered_batches(dataset, batch_size, device):
-        mask = valid_mask(batch.episode_lens, batch.observations.shape[1])
+        mask = lens_to_mask(batch.episode_lens, batch.observations.shape[1])
         streams = torch.stack(model.layer_residuals(batch.observations))     # (L + 1, b, t, d)
         features.append(streams[:, mask])
         labels.append(batch.subgoals[mask])

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch_einops_utils import lens_to_mask
 
 from metacontroller.meta_controller import MetaController
 from metacontroller.ppo import compact
@@ -33,7 +34,7 @@ class AbstractBatch(NamedTuple):
     @property
     def valid(self) -> Tensor:
         """(N, K) bool: real decision steps, not padding."""
-        return torch.arange(self.streams.shape[1], device = self.decisions.device)[None] < self.decisions[:, None]
+        return lens_to_mask(self.decisions, self.streams.shape[1])
 
 
 class AbstractRecorder:
