@@ -127,8 +127,8 @@ def main():
     peer = subprocess.run(['bash', args.peer, *args.configs], capture_output = True, text = True, check = True).stdout
     print(''.join(f'peer {line}\n' for line in peer.splitlines()))
 
-    print(f'| config | measure | peer | ours | speed-up / memory ratio |')
-    print(f'|---|---|---|---|---|')
+    print('| config | measure | peer | ours | speed-up / memory ratio |')
+    print('|---|---|---|---|---|')
     theirs = parse(peer)
     for key, (value, rss) in parse(ours).items():
         if key in theirs:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
 from einops import einsum, rearrange
 from torch import Tensor, nn
 
@@ -62,7 +61,7 @@ class ControllerDecoder(nn.Module):
 
     def _bilinear(self, linear: nn.Linear, x: Tensor, g: Tensor) -> Tensor:
         """M x for M = reshape(W g + m_0) of shape (d, k): (..., k), (..., h) -> (..., d)."""
-        d, h = self.dim_model, self.dim_hidden
+        d = self.dim_model
         weight = linear.weight.view(d, -1)                            # (d, k * h)
         return _outer(x, g) @ weight.t() + x @ linear.bias.view(d, -1).t()
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from metacontroller import MetaController, Transformer
-from conftest import ACTIONS, DIM, STATE, tiny_meta_controller, tiny_transformer
+from conftest import ACTIONS, DIM, STATE
 
 
 @pytest.mark.parametrize('state, actions, error, match', [

@@ -1,7 +1,5 @@
 """SPEC §8 traps for the metacontroller: control index, β direction, the fast
 recurrence, KL, padding, log-probs."""
-import math
-
 import pytest
 import torch
 from torch.distributions import Normal

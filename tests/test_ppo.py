@@ -2,7 +2,7 @@
 import torch
 
 from metacontroller.ppo import compact, normalize_advantages, ppo_clip_loss
-from conftest import DIM, STATE, tiny_meta_controller
+from conftest import DIM, tiny_meta_controller
 
 
 def test_advantages_normalised_over_the_batch():
@@ -52,7 +52,7 @@ def test_policy_loss_replays_stored_log_probs_exactly():
     lens = torch.tensor([9, 6, 4])
 
     # roll the policy forward on its own timescale, as the step API does
-    hidden, old, acts = [None] * b, torch.zeros(b, t), torch.zeros(b, t, meta.dim_latent)
+    old, acts = torch.zeros(b, t), torch.zeros(b, t, meta.dim_latent)
     with torch.no_grad():
         for row in range(b):
             h = None
