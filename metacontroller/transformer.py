@@ -237,7 +237,9 @@ class Transformer(Checkpointable, nn.Module):
             with torch.no_grad():
                 stream = self.lower_body(self.embed(state, actions))
 
-        out = meta_controller(stream, episode_lens, force_beta)
+        # under bf16 autocast only the bodies run in bf16: the metacontroller's hand-written recurrences are fp32
+        with torch.autocast(stream.device.type, enabled = False):
+            out = meta_controller(stream.float(), episode_lens, force_beta)
         with frozen(*self.base_modules()):
             hidden = self.upper_body(out.controlled)
             state_loss, action_loss = self._readout_losses(hidden, state, actions, mask)

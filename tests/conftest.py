@@ -11,6 +11,15 @@ def seeded():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: intra-op threads only add synchronisation, which on a busy machine costs 10-100x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_transformer(**kwargs) -> Transformer:
     body = dict(depth = 1, heads = 2, attn_dim_head = 8, rel_pos_bias = True)
     return Transformer(

@@ -18,13 +18,7 @@ from conftest import LATENT, STATE, ACTIONS, tiny_meta_controller, tiny_transfor
 FLAG, BIAS = 0, 1   # observation channels: the switch flag, a constant 1
 
 
-@pytest.fixture(autouse = True)
-def one_thread():
-    """Tiny models: intra-op threads only add synchronisation, which on a busy machine costs 10-100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 class FlagEnv:

@@ -1,4 +1,7 @@
-"""Command line over the pipeline: presets, one flag per config field, phases, seeds."""
+"""Command line over the pipeline: presets, one flag per config field, phases, seeds.
+
+The same command runs in one process (`python train_pinpad.py`) or in several
+(`accelerate launch` / `torchrun`, see `metacontroller.distributed`)."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +13,7 @@ from typing import Callable
 import torch
 from loguru import logger
 
+from metacontroller import distributed
 from metacontroller.pipeline.adapter import EnvAdapter
 from metacontroller.pipeline.aggregate import aggregate
 from metacontroller.pipeline.config import PRESETS, PipelineConfig, override, preset, sections
@@ -61,7 +65,10 @@ def build_parser(env_name: str) -> argparse.ArgumentParser:
     parser.add_argument('--force', action = 'store_true', help = 'redo the selected phases even if finished')
     parser.add_argument('--seed', type = int, default = 0, help = 'first seed')
     parser.add_argument('--seeds', type = int, default = 1, help = 'number of seeds (seed, seed + 1, ...); > 1 aggregates median and quartiles')
-    parser.add_argument('--device', default = 'cpu', help = 'torch device, e.g. cpu or cuda')
+    parser.add_argument('--device', default = 'cpu', help = 'torch device, e.g. cpu or cuda; under accelerate launch or torchrun '
+                                                           'each process takes the device of its local rank')
+    parser.add_argument('--mixed-precision', choices = distributed.MIXED_PRECISION, default = 'no',
+                        help = 'bf16: autocast the pretraining and discovery forward passes (RL stays in fp32)')
     parser.add_argument('--threads', type = int, default = 0, help = 'torch CPU threads (0: torch default)')
     parser.add_argument('--name', default = None, help = 'run name (default: the preset name)')
     parser.add_argument('--run-dir', type = Path, default = None, help = f'run folder (default: runs/{env_name}/<name>)')
@@ -87,21 +94,36 @@ def main(adapter: EnvAdapter, argv: list[str] | None = None) -> dict:
         parser.error(str(error))
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         parser.error(f'--device {args.device}: CUDA is not available on this machine')
-    if args.threads:
+    try:
+        process = distributed.setup(args.device, args.mixed_precision)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.threads:   # after setup: on CPUs, accelerate sets its own thread count when OMP_NUM_THREADS is unset
         torch.set_num_threads(args.threads)
+    if not process.is_main:
+        quiet_logs()
 
     run_dir = args.run_dir or Path('runs') / adapter.name / (args.name or args.preset)
     plan = Plan(phases = args.phases, force = args.force)
     progress = not args.no_progress
+    device = str(process.device)
     if args.seeds == 1:
-        return execute(Run(run_dir, config, adapter, args.seed, args.device, progress), plan)
+        return execute(Run(run_dir, config, adapter, args.seed, device, progress, process), plan)
 
     seed_dirs = [run_dir / f'seed_{s}' for s in range(args.seed, args.seed + args.seeds)]
     per_seed = override(config, {'report.figure_copy': ''})   # only the aggregate writes the shared figure
     for seed, seed_dir in zip(range(args.seed, args.seed + args.seeds), seed_dirs):
         logger.info(f'seed {seed} → {seed_dir}')
-        execute(Run(seed_dir, per_seed, adapter, seed, args.device, progress), plan)
+        execute(Run(seed_dir, per_seed, adapter, seed, device, progress, process), plan)
+    if not process.is_main:
+        return {}   # the aggregate's files and figure are rank 0's to write
     return aggregate(run_dir, seed_dirs, adapter.subgoal_names, config.report.figure_copy)
+
+
+def quiet_logs():
+    """On ranks other than 0: errors only, so that a multi-process run logs each line once."""
+    logger.remove()
+    logger.add(sys.stderr, level = 'ERROR')
 
 
 def run_cli(adapter: EnvAdapter):

@@ -47,15 +47,21 @@ def load(data_dir: Path, name: str) -> DemoDataset:
     return DemoDataset.load(path)
 
 
-def bucketed_batches(dataset: DemoDataset, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Endless shuffled batches of episode indices with similar lengths: padding
+def epoch_batches(dataset: DemoDataset, batch_size: int, rng: np.random.Generator, min_size: int = 1) -> list[np.ndarray]:
+    """One epoch of shuffled batches of episode indices with similar lengths: padding
     (and so wasted compute) stays small. Sort by length with random tie order,
-    cut into batches, shuffle the batches; repeat."""
+    cut into batches, shuffle the batches. A last batch of fewer than `min_size`
+    episodes is dropped (with several processes: one episode per rank at least)."""
+    order = np.lexsort((rng.random(len(dataset)), dataset.episode_lens))
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    chunks = [chunk for chunk in chunks if len(chunk) >= min_size]
+    return [chunks[index] for index in rng.permutation(len(chunks))]
+
+
+def bucketed_batches(dataset: DemoDataset, batch_size: int, rng: np.random.Generator, min_size: int = 1) -> Iterator[np.ndarray]:
+    """Endless `epoch_batches`."""
     while True:
-        order = np.lexsort((rng.random(len(dataset)), dataset.episode_lens))
-        chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        for index in rng.permutation(len(chunks)):
-            yield chunks[index]
+        yield from epoch_batches(dataset, batch_size, rng, min_size)
 
 
 def to_device(batch: DemoBatch, device: str) -> DemoBatch:

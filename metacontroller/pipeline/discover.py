@@ -3,6 +3,7 @@
 The residual stream at the cut depends only on the observations (the lower
 body never sees the intervention), so it is computed once per dataset and
 reused every epoch: each step then costs the metacontroller plus the upper body.
+With several processes, each rank keeps the streams of its part of every batch.
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from tqdm.auto import tqdm
 
 from metacontroller import MetaController, Transformer
 from metacontroller.demos import DemoBatch, DemoDataset
+from metacontroller.distributed import SINGLE, Process
 from metacontroller.pipeline.config import DiscoveryConfig
-from metacontroller.pipeline.data import bucketed_batches, ordered_batches, to_device
+from metacontroller.pipeline.data import epoch_batches, ordered_batches, to_device
 from metacontroller.pipeline.metrics import SWITCH_THRESHOLD, SwitchCounts, beta_binary_fraction, switch_counts
 
 
@@ -25,32 +27,37 @@ class StreamBatch(NamedTuple):
 
 
 @torch.no_grad()
-def precompute(model: Transformer, dataset: DemoDataset, batch_size: int, seed: int, device: str) -> list[StreamBatch]:
-    """One epoch of length-bucketed batches with their residual streams."""
-    batches = bucketed_batches(dataset, batch_size, np.random.default_rng(seed))
+def precompute(model: Transformer, dataset: DemoDataset, batch_size: int, seed: int, device: str,
+               process: Process = SINGLE) -> list[StreamBatch]:
+    """One epoch of length-bucketed batches (this rank's part of each) with their residual streams."""
     out = []
-    for _ in range(-(-len(dataset) // batch_size)):
-        batch = to_device(dataset.batch(next(batches)), device)
+    for indices in epoch_batches(dataset, batch_size, np.random.default_rng(seed), min_size = process.world_size):
+        batch = to_device(dataset.batch(indices[process.shard(len(indices))]), device)
         out.append(StreamBatch(batch, model.residual_stream(batch.observations)))
     return out
 
 
 def train(model: Transformer, meta_controller: MetaController, batches: list[StreamBatch], alpha: float,
-          config: DiscoveryConfig, seed: int, progress: bool = True) -> list[tuple[float, float]]:
-    """AdamW on action NLL + α·KL (α applied here and only here); returns (nll, kl) per step."""
-    optimizer = torch.optim.AdamW(meta_controller.parameters(), lr = config.lr, weight_decay = config.weight_decay)
+          config: DiscoveryConfig, seed: int, progress: bool = True, process: Process = SINGLE) -> list[tuple[float, float]]:
+    """AdamW on action NLL + α·KL (α applied here and only here); returns (nll, kl) per step.
+    Data parallel: every rank picks the same batch and trains on its part of it (from `precompute`)."""
+    params = list(meta_controller.parameters())
+    process.broadcast_parameters(meta_controller)
+    optimizer = torch.optim.AdamW(params, lr = config.lr, weight_decay = config.weight_decay)
     rng = np.random.default_rng(seed)
     trace = []
     meta_controller.train()
-    with tqdm(range(config.steps), desc = f'discover α={alpha:g}', disable = not progress) as bar:
+    bar = tqdm(range(config.steps), desc = f'discover α={alpha:g}', disable = not (progress and process.is_main))
+    with bar, process.autocast():   # bf16 or a no-op; `process.backward` runs the backward outside it
         for step in bar:
             batch, stream = batches[rng.integers(len(batches))]
+            share = process.share(batch.episode_lens.sum())   # both losses are means over valid steps
             losses = model.discovery_losses(batch.observations, batch.actions, meta_controller, batch.episode_lens, stream = stream)
             loss = losses.action_recon + alpha * losses.kl + losses.aux_ratio
             optimizer.zero_grad(set_to_none = True)
-            loss.backward()
+            process.backward(loss * share, params)
             optimizer.step()
-            trace.append((losses.action_recon.item(), losses.kl.item()))
+            trace.append(tuple(process.mean(torch.stack((losses.action_recon, losses.kl)).detach() * share).tolist()))
             if step % 10 == 0:
                 nll, kl = np.mean(trace[-50:], axis = 0)
                 bar.set_postfix(action_nll = f'{nll:.3f}', kl = f'{kl:.2f}')

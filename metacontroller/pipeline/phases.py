@@ -1,5 +1,8 @@
 """The seven phases. Each takes the run and returns its metrics; files go under
-the run folder (see `Run`), and a phase reads only files earlier phases wrote."""
+the run folder (see `Run`), and a phase reads only files earlier phases wrote.
+
+With several processes, the training phases (`SHARDED`) run on every rank,
+data parallel, and only rank 0 writes their files; the others run on rank 0 alone."""
 from __future__ import annotations
 
 import json
@@ -10,6 +13,7 @@ import torch
 from loguru import logger
 
 from metacontroller import MetaController, Transformer
+from metacontroller.distributed import SINGLE, Process
 from metacontroller.pipeline import data, discover, probe, pretrain, report, rl_phase
 from metacontroller.pipeline.adapter import EnvAdapter
 from metacontroller.pipeline.config import PipelineConfig
@@ -25,6 +29,7 @@ class Run:
     seed: int = 0
     device: str = 'cpu'
     progress: bool = True
+    process: Process = SINGLE
 
     @property
     def data_dir(self) -> Path:
@@ -45,6 +50,11 @@ class Run:
     def load_meta_controller(self) -> MetaController:
         return MetaController.init_and_load(self.path('discover', 'meta_controller.pt')).to(self.device).eval()
 
+    def save(self, module, phase: str, name: str):
+        """A checkpoint of a phase; rank 0 writes it, the other ranks hold the same weights."""
+        if self.process.is_main:
+            module.save(self.path(phase, name))
+
 
 def run_data(run: Run) -> dict:
     return data.generate(run.adapter, run.config.data, run.seed, run.data_dir)
@@ -54,12 +64,12 @@ def run_pretrain(run: Run) -> dict:
     config = run.config.pretrain
     model = build_transformer(run.adapter, run.config.model).to(run.device)
     logger.info(f'base model: {sum(p.numel() for p in model.parameters()):,} parameters')
-    trace = pretrain.train(model, data.load(run.data_dir, 'pretrain'), config, run.seed, run.device, run.progress)
-    model.save(run.path('pretrain', 'model.pt'))
+    trace = pretrain.train(model, data.load(run.data_dir, 'pretrain'), config, run.seed, run.device, run.progress, run.process)
+    run.save(model, 'pretrain', 'model.pt')
 
     metrics = pretrain.imitation_metrics(model, data.load(run.data_dir, 'heldout'), run.device)
     for name, tasks in (('pretraining_tasks', run.adapter.pretraining_tasks), ('post_task', (run.adapter.post_task,))):
-        stats = evaluate(model, run.adapter.make_envs(tasks), config.eval_episodes, seed = run.seed)
+        stats = evaluate(model, run.adapter.make_envs(tasks), config.eval_episodes, seed = run.seed, process = run.process)
         metrics[f'success_{name}'] = stats.success
     return dict(metrics, final_train_action_nll = sum(trace[-50:]) / len(trace[-50:]), success_policy = 'sampled',
                 eval_episodes = config.eval_episodes)
@@ -78,44 +88,46 @@ def run_probe(run: Run) -> dict:
 def run_discover(run: Run) -> dict:
     config = run.config.discovery
     model = run.load_model()
-    streams = discover.precompute(model, data.load(run.data_dir, 'discovery'), config.batch_size, run.seed, run.device)
+    streams = discover.precompute(model, data.load(run.data_dir, 'discovery'), config.batch_size, run.seed, run.device, run.process)
     heldout, post = data.load(run.data_dir, 'heldout'), data.load(run.data_dir, 'post_task')
 
     sweep, chosen = [], None
     for alpha in dict.fromkeys((config.alpha, *config.sweep_alphas)):   # the chosen α first, no repeats
         meta = build_meta_controller(model.dim, config).to(run.device)
-        discover.train(model, meta, streams, alpha, config, run.seed, run.progress)
+        discover.train(model, meta, streams, alpha, config, run.seed, run.progress, run.process)
         summary = discover.analyse(model, meta, heldout, run.device).summary()
         sweep.append(dict(alpha = alpha, **summary))
         logger.info(f'discovery α={alpha:g}: ' + ', '.join(f'{k} {v:.3f}' for k, v in summary.items()))
         chosen = chosen or (meta, summary)
 
     meta, summary = chosen
-    meta.save(run.path('discover', 'meta_controller.pt'))
+    run.save(meta, 'discover', 'meta_controller.pt')
     plot_episodes = run.config.report.plot_episodes
     figures = dict(episodes = {
         f'post-training task ({run.adapter.post_task_name})': discover.episode_betas(model, meta, post, plot_episodes, run.device),
         'pretraining tasks': discover.episode_betas(model, meta, heldout, plot_episodes, run.device),
     })
-    run.path('discover', 'figures.json').write_text(json.dumps(figures))
+    if run.process.is_main:
+        run.path('discover', 'figures.json').write_text(json.dumps(figures))
     post_summary = discover.analyse(model, meta, post, run.device).summary()
     return dict(summary, alpha = config.alpha, post_task = post_summary, alpha_sweep = sweep)
 
 
 def run_rl(run: Run) -> dict:
     model, meta = run.load_model(), run.load_meta_controller()
-    summary, trained = rl_phase.internal(model, meta, run.adapter.make_envs((run.adapter.post_task,)), run.config.rl, run.seed, run.progress)
-    trained.save(run.path('rl', 'meta_controller.pt'))
+    summary, trained = rl_phase.internal(model, meta, run.adapter.make_envs((run.adapter.post_task,)), run.config.rl, run.seed,
+                                         run.progress, run.process)
+    run.save(trained, 'rl', 'meta_controller.pt')
     return dict(internal = summary)
 
 
 def run_baselines(run: Run) -> dict:
     model, meta = run.load_model(), run.load_meta_controller()
     make_envs = run.adapter.make_envs((run.adapter.post_task,))
-    raw, raw_model = rl_phase.raw_action(model, make_envs, run.config.rl, run.seed, run.progress)
-    raw_model.save(run.path('baselines', 'raw_action_model.pt'))
-    beta1, beta1_meta = rl_phase.internal(model, meta, make_envs, run.config.rl, run.seed, run.progress, force_beta = 1.)
-    beta1_meta.save(run.path('baselines', 'beta1_meta_controller.pt'))
+    raw, raw_model = rl_phase.raw_action(model, make_envs, run.config.rl, run.seed, run.progress, run.process)
+    run.save(raw_model, 'baselines', 'raw_action_model.pt')
+    beta1, beta1_meta = rl_phase.internal(model, meta, make_envs, run.config.rl, run.seed, run.progress, run.process, force_beta = 1.)
+    run.save(beta1_meta, 'baselines', 'beta1_meta_controller.pt')
     return dict(raw_action = raw, no_temporal_abstraction = beta1)
 
 
@@ -136,6 +148,7 @@ def run_report(run: Run) -> dict:
 
 PHASES = dict(data = run_data, pretrain = run_pretrain, probe = run_probe, discover = run_discover,
               rl = run_rl, baselines = run_baselines, report = run_report)
+SHARDED = ('pretrain', 'discover', 'rl', 'baselines')   # run by every rank; the other phases by rank 0 alone
 
 # phase -> files it reads (relative to the run folder), each written by the named phase
 NEEDS = dict(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Callable
 
 from metacontroller import MetaController, Transformer
+from metacontroller.distributed import SINGLE, Process
 from metacontroller.pipeline.config import RLPhaseConfig
 from metacontroller.rl import RLConfig, RLResult, evaluate, train_internal_rl, train_raw_action_rl
 from metacontroller.rl.seeds import eval_seed
@@ -22,10 +23,10 @@ def rl_config(config: RLPhaseConfig, lr: float) -> RLConfig:
 
 
 def final_success(model: Transformer, make_envs: Callable, config: RLPhaseConfig, seed: int,
-                  meta_controller: MetaController | None = None, force_beta: float | None = None) -> dict:
+                  meta_controller: MetaController | None = None, force_beta: float | None = None, process: Process = SINGLE) -> dict:
     stats = evaluate(model, make_envs, config.final_eval_episodes, meta_controller = meta_controller,
                      seed = eval_seed(seed) + FINAL_EVAL_OFFSET, deterministic = config.deterministic_eval,
-                     force_beta = force_beta, batch_size = config.num_envs)
+                     force_beta = force_beta, batch_size = config.num_envs, process = process)
     return dict(stats._asdict(), eval_episodes = config.final_eval_episodes,
                 eval_policy = 'greedy' if config.deterministic_eval else 'sampled')
 
@@ -40,14 +41,16 @@ def summarize(result: RLResult, final: dict) -> dict:
 
 
 def internal(model, meta_controller, make_envs, config: RLPhaseConfig, seed: int, progress: bool = True,
-             force_beta: float | None = None) -> tuple[dict, MetaController]:
+             process: Process = SINGLE, force_beta: float | None = None) -> tuple[dict, MetaController]:
     """Internal RL (force_beta None) or the β ≡ 1 baseline (force_beta 1.0); returns the summary and the trained metacontroller."""
     result = train_internal_rl(model, meta_controller, make_envs, rl_config(config, config.lr), seed = seed,
-                               force_beta = force_beta, progress = progress)
-    final = final_success(model, make_envs, config, seed, result.module, force_beta)
+                               force_beta = force_beta, progress = progress, process = process)
+    final = final_success(model, make_envs, config, seed, result.module, force_beta, process)
     return summarize(result, final), result.module
 
 
-def raw_action(model, make_envs, config: RLPhaseConfig, seed: int, progress: bool = True) -> tuple[dict, Transformer]:
-    result = train_raw_action_rl(model, make_envs, rl_config(config, config.raw_action_lr), seed = seed, progress = progress)
-    return summarize(result, final_success(result.module, make_envs, config, seed)), result.module
+def raw_action(model, make_envs, config: RLPhaseConfig, seed: int, progress: bool = True,
+               process: Process = SINGLE) -> tuple[dict, Transformer]:
+    result = train_raw_action_rl(model, make_envs, rl_config(config, config.raw_action_lr), seed = seed, progress = progress,
+                                 process = process)
+    return summarize(result, final_success(result.module, make_envs, config, seed, process = process)), result.module

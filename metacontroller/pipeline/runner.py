@@ -4,6 +4,10 @@ A phase is finished when its record `phases/<phase>.json` exists; it is
 written last, after the phase's checkpoints, so an interrupted phase simply
 runs again. Each phase seeds torch from (seed, phase), so a resumed run
 repeats what an uninterrupted one would have done.
+
+With several processes, every rank reads the run folder and decides the same
+plan; rank 0 alone writes config.json, the records, results.json and run.log,
+and a barrier after each phase lets the next one, on every rank, read its files.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ import torch
 from loguru import logger
 
 from metacontroller.pipeline.config import from_dict
-from metacontroller.pipeline.phases import NEEDS, PHASES, Run, gather_results
+from metacontroller.pipeline.phases import NEEDS, PHASES, SHARDED, Run, gather_results
+from metacontroller.rl.seeds import rank_seed
 
 CONFIG_FILE, RESULTS_FILE, LOG_FILE = 'config.json', 'results.json', 'run.log'
 
@@ -48,7 +53,6 @@ def check_config(run: Run, force: bool):
                              f'use another --run-dir, or --force to redo the selected phases with the new ones')
         if changed:
             logger.warning(f'settings changed ({", ".join(changed)}); phases not redone keep their old results')
-    path.write_text(json.dumps(dict(config = current, seed = run.seed), indent = 2))
 
 
 def check_inputs(run: Run, to_run: list[str]):
@@ -60,34 +64,43 @@ def check_inputs(run: Run, to_run: list[str]):
                                         f'which has not run in this run folder: add it to --phases (e.g. --phases {producer},{phase})')
 
 
-def run_phase(run: Run, phase: str) -> dict:
-    torch.manual_seed(run.seed * 1000 + list(PHASES).index(phase))
+def run_phase(run: Run, phase: str):
+    process = run.process
+    torch.manual_seed(rank_seed(run.seed * 1000 + list(PHASES).index(phase), process.rank))
     start = time.time()
     logger.info(f'phase {phase}: start')
-    metrics = PHASES[phase](run)
-    record = dict(metrics = metrics, wall_time_s = time.time() - start)
-    path = run.record_path(phase)
-    path.parent.mkdir(parents = True, exist_ok = True)
-    path.write_text(json.dumps(record, indent = 2))
-    logger.info(f'phase {phase}: done in {record["wall_time_s"]:.1f} s')
-    return record
+    if phase in SHARDED or process.is_main:
+        metrics = PHASES[phase](run)
+    if process.is_main:
+        record = dict(metrics = metrics, wall_time_s = time.time() - start)
+        path = run.record_path(phase)
+        path.parent.mkdir(parents = True, exist_ok = True)
+        path.write_text(json.dumps(record, indent = 2))
+        logger.info(f'phase {phase}: done in {record["wall_time_s"]:.1f} s')
+    process.wait()
 
 
 def execute(run: Run, plan: Plan) -> dict:
     """Run the plan's phases that are not finished (all of them with force); write results.json."""
+    process = run.process
     run.run_dir.mkdir(parents = True, exist_ok = True)
-    sink = logger.add(run.run_dir / LOG_FILE, level = 'INFO')
+    sink = logger.add(run.run_dir / LOG_FILE, level = 'INFO') if process.is_main else None
     try:
         check_config(run, plan.force)
         to_run = [p for p in plan.phases if plan.force or not run.record_path(p).is_file()]
         for phase in (p for p in plan.phases if p not in to_run):
             logger.info(f'phase {phase}: already finished, skipped (--force redoes it)')
         check_inputs(run, to_run)
+        process.wait()   # every rank has read the run folder before rank 0 writes to it
+        if process.is_main:
+            (run.run_dir / CONFIG_FILE).write_text(json.dumps(dict(config = run.config.to_dict(), seed = run.seed), indent = 2))
         for phase in to_run:
             run_phase(run, phase)
         result = gather_results(run)
-        (run.run_dir / RESULTS_FILE).write_text(json.dumps(result, indent = 2))
-        logger.info(f'results: {run.run_dir / RESULTS_FILE}')
+        if process.is_main:
+            (run.run_dir / RESULTS_FILE).write_text(json.dumps(result, indent = 2))
+            logger.info(f'results: {run.run_dir / RESULTS_FILE}')
         return result
     finally:
-        logger.remove(sink)
+        if sink is not None:
+            logger.remove(sink)

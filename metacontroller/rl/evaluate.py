@@ -5,10 +5,11 @@ from typing import Callable
 
 import torch
 
+from metacontroller.distributed import SINGLE, Process
 from metacontroller.meta_controller import MetaController
 from metacontroller.rl.config import EvalStats
 from metacontroller.rl.rollout import Episodes, run_episodes
-from metacontroller.rl.seeds import seeded
+from metacontroller.rl.seeds import rank_seed, seeded
 from metacontroller.transformer import Transformer
 
 
@@ -31,23 +32,28 @@ def evaluate(
     force_beta: float | None = None,
     batch_size: int = 256,
     max_steps: int | None = None,
+    process: Process = SINGLE,
 ) -> EvalStats:
     """Run `num_episodes` episodes with env seeds seed, seed + 1, ... and the torch RNG seeded
     with `seed`, so that the same call gives the same episodes (common random numbers).
 
-    deterministic = True is greedy: the policy's mean latent and the argmax raw action."""
-    if not isinstance(num_episodes, int) or num_episodes < 1:
-        raise ValueError(f'num_episodes must be a positive int, got {num_episodes!r}')
+    deterministic = True is greedy: the policy's mean latent and the argmax raw action.
+    With a multi-process `process`, each rank runs its share of the episodes, `batch_size` / ranks
+    at a time, and the statistics are over all of them."""
+    if not isinstance(num_episodes, int) or num_episodes < process.world_size:
+        raise ValueError(f'num_episodes must be an int of at least {process.world_size} (one per process), got {num_episodes!r}')
     if meta_controller is not None:
         model._check_meta_controller(meta_controller)
     device = next(model.parameters()).device
-    sizes = [min(batch_size, num_episodes - start) for start in range(0, num_episodes, batch_size)]
+    mine = range(num_episodes)[process.shard(num_episodes)]
+    batch_size = -(-batch_size // process.world_size)
+    sizes = [min(batch_size, len(mine) - start) for start in range(0, len(mine), batch_size)]
     envs = {size: make_envs(size) for size in set(sizes)}
 
     parts = []
-    with seeded(seed, device):
+    with seeded(rank_seed(seed, process.rank), device):
         for i, size in enumerate(sizes):
-            seeds = range(seed + i * batch_size, seed + i * batch_size + size)
-            parts.append(run_episodes(model, envs[size], seeds, meta_controller = meta_controller, force_beta = force_beta,
-                                      deterministic = deterministic, max_steps = max_steps))
-    return summarize(Episodes(*(torch.cat(field) for field in zip(*parts))))
+            first = seed + mine.start + i * batch_size
+            parts.append(run_episodes(model, envs[size], range(first, first + size), meta_controller = meta_controller,
+                                      force_beta = force_beta, deterministic = deterministic, max_steps = max_steps))
+    return summarize(Episodes(*(torch.cat(field) for field in zip(*parts))).gather(process))

@@ -3,6 +3,10 @@
 Fitness of a parameter vector = success rate on a fixed set of seeded episodes
 with a fixed torch seed (common random numbers), so that differences between
 population members come from the parameters, not from the episodes drawn.
+
+With several processes, x-evolution runs on the process's own `Accelerator`:
+it splits the population across ranks, each rank scores its members on the same
+fitness episodes, and the fitnesses are gathered for one update on every rank.
 """
 from __future__ import annotations
 
@@ -10,8 +14,10 @@ import copy
 import tempfile
 from typing import Callable
 
+import torch
 from tqdm.auto import tqdm
 
+from metacontroller.distributed import SINGLE, Process
 from metacontroller.meta_controller import MetaController
 from metacontroller.rl.config import RLConfig, RLResult
 from metacontroller.rl.evaluate import evaluate
@@ -50,6 +56,7 @@ def train_evolution(
     seed: int = 0,
     force_beta: float | None = None,
     progress: bool = True,
+    process: Process = SINGLE,
 ) -> RLResult:
     """ES on a copy of `meta_controller`'s policy; `result.curve` holds the mean population
     fitness per generation against episodes used; the trained copy is `result.module`."""
@@ -63,9 +70,9 @@ def train_evolution(
     generations = max(1, config.total_episodes // per_generation)
     curve, evals = [], []
     next_eval = config.eval_every
-    bar = tqdm(total = generations, desc = 'internal RL (ES)', disable = not progress, unit = 'gen')
+    bar = tqdm(total = generations, desc = 'internal RL (ES)', disable = not (progress and process.is_main), unit = 'gen')
 
-    def on_generation(generation, fitnesses, _module):
+    def on_generation(generation, fitnesses, _module):   # x-evolution calls it on rank 0 only
         nonlocal next_eval
         episodes = generation * per_generation
         curve.append((episodes, fitnesses.mean().item()))
@@ -80,6 +87,8 @@ def train_evolution(
     # x-evolution draws its noise seeds from the global torch RNG; seeding a fork makes runs repeat
     with seeded(seed, device), tempfile.TemporaryDirectory() as scratch:  # it always writes checkpoints
         defaults = dict(cpu = device.type != 'cuda', verbose = False, checkpoint_path = scratch)
+        if process.accelerator is not None:
+            defaults['accelerator'] = process.accelerator
         evo = EvoStrategy(
             meta, environment = fitness, num_generations = generations,
             params_to_optimize = [f'policy.{name}' for name, _ in meta.policy.named_parameters()],
@@ -89,5 +98,7 @@ def train_evolution(
         evo()
     bar.close()
 
+    curve, evals = process.broadcast_object((curve, evals))
+    raw_steps = int(process.sum(torch.tensor(fitness.raw_steps)))
     final = evals[-1][1].success if evals else curve[-1][1]
-    return RLResult(curve, evals, final, generations * per_generation, fitness.raw_steps, meta)
+    return RLResult(curve, evals, final, generations * per_generation, raw_steps, meta)

@@ -9,12 +9,13 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from metacontroller.distributed import SINGLE, Process
 from metacontroller.ppo import ppo_clip_loss
 from metacontroller.rl.config import RLConfig, RLResult
 from metacontroller.rl.evaluate import evaluate
 from metacontroller.rl.rollout import Episodes, StepRecord, run_episodes
 from metacontroller.rl.seeds import eval_seed
-from metacontroller.rl.trainer import make_optimizer, ppo_epochs, run_training
+from metacontroller.rl.trainer import local_num_envs, make_optimizer, ppo_epochs, run_training
 from metacontroller.transformer import Transformer
 
 
@@ -66,7 +67,8 @@ def trainable_parameters(model: Transformer, prefixes: tuple[str, ...] | None) -
     return chosen
 
 
-def raw_update(model: Transformer, batch: RawBatch, advantages: Tensor, optimizer, params, config: RLConfig) -> float:
+def raw_update(model: Transformer, batch: RawBatch, advantages: Tensor, optimizer, params, config: RLConfig,
+               process: Process = SINGLE) -> float:
     valid = batch.valid
 
     def loss_fn(rows):
@@ -74,7 +76,7 @@ def raw_update(model: Transformer, batch: RawBatch, advantages: Tensor, optimize
         log_probs = raw_log_probs(model, batch.states[rows, :horizon], batch.actions[rows, :horizon])
         return ppo_clip_loss(log_probs, batch.log_probs[rows, :horizon], advantages[rows], valid[rows, :horizon], config.clip)
 
-    return ppo_epochs(loss_fn, len(advantages), optimizer, params, config, batch.actions.device)
+    return ppo_epochs(loss_fn, valid.sum(dim = 1), optimizer, params, config, process)
 
 
 def train_raw_action_rl(
@@ -83,16 +85,19 @@ def train_raw_action_rl(
     config: RLConfig,
     seed: int = 0,
     progress: bool = True,
+    process: Process = SINGLE,
 ) -> RLResult:
-    """PPO on raw actions of a deep copy of `model`; the trained copy is `result.module`."""
+    """PPO on raw actions of a deep copy of `model`; the trained copy is `result.module`.
+    With a multi-process `process`, every rank calls this with the same arguments."""
     if not isinstance(config, RLConfig):
         raise TypeError(f'config must be an RLConfig, got {type(config).__name__}')
     if config.algorithm != 'ppo':
         raise ValueError(f'the raw-action baseline is PPO only, got algorithm = {config.algorithm!r}')
     policy = copy.deepcopy(model)
+    process.broadcast_parameters(policy)
     params = trainable_parameters(policy, config.raw_trainable)
     optimizer = make_optimizer(params, config)
-    env = make_envs(config.num_envs)
+    env = make_envs(local_num_envs(config, process))
 
     def collect(seeds):
         recorder = RawRecorder(policy)
@@ -100,12 +105,12 @@ def train_raw_action_rl(
         return recorder.batch(episodes)
 
     def update(batch, advantages):
-        return raw_update(policy, batch, advantages, optimizer, params, config)
+        return raw_update(policy, batch, advantages, optimizer, params, config, process)
 
     evaluate_fn = None
     if config.eval_every is not None:
         def evaluate_fn():
             return evaluate(policy, make_envs, config.eval_episodes, seed = eval_seed(seed), deterministic = config.eval_deterministic,
-                            batch_size = config.num_envs, max_steps = config.max_steps)
+                            batch_size = config.num_envs, max_steps = config.max_steps, process = process)
 
-    return run_training(collect, update, evaluate_fn, policy, config, seed, progress, 'raw-action RL')
+    return run_training(collect, update, evaluate_fn, policy, config, seed, progress, 'raw-action RL', process)

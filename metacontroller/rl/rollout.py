@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from metacontroller.distributed import Process
 from metacontroller.meta_controller import MetaController, MetaControllerStep
 from metacontroller.transformer import Transformer, TransformerCache
 
@@ -33,6 +34,10 @@ class Episodes(NamedTuple):
     @property
     def success(self) -> Tensor:
         return self.returns > 0
+
+    def gather(self, process: Process) -> Episodes:
+        """Every rank's episodes, in rank order: the global batch (itself when alone)."""
+        return Episodes(*map(process.gather, self))
 
 
 class StepRecord(NamedTuple):

@@ -3,7 +3,9 @@
 Run `seed` owns the env seeds seed·2³² + [0, 2³²): training batches count up
 from 0, the fixed ES fitness episodes start at 2³⁰ and the held-out evaluation
 episodes at 2³¹. Torch sampling (latents, raw actions) runs in a forked RNG
-seeded with the run seed, leaving the caller's RNG untouched.
+seeded with the run seed, leaving the caller's RNG untouched. In a multi-process
+run, rank r seeds torch with `rank_seed`, so ranks sample independently; rank 0
+keeps the run seed.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import contextlib
 
 import torch
 
-FITNESS_OFFSET, EVAL_OFFSET, SEED_STRIDE = 2 ** 30, 2 ** 31, 2 ** 32
+FITNESS_OFFSET, EVAL_OFFSET, SEED_STRIDE, RANK_STRIDE = 2 ** 30, 2 ** 31, 2 ** 32, 2 ** 48
 
 
 def episode_seeds(seed: int, first_episode: int, num_envs: int, group_size: int | None = None) -> list[int]:
@@ -28,6 +30,11 @@ def fitness_seed(seed: int) -> int:
 
 def eval_seed(seed: int) -> int:
     return seed * SEED_STRIDE + EVAL_OFFSET
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The torch seed of `rank` for a run seeded with `seed`; rank 0 keeps `seed`."""
+    return seed + rank * RANK_STRIDE
 
 
 @contextlib.contextmanager

@@ -7,6 +7,10 @@ group), broadcast it to all of the trajectory's decision steps, and take
 bonus. A batch whose returns are all equal carries no signal and is skipped
 (with sparse rewards this is most early batches; stepping AdamW on a zero
 gradient would still move the weights through its momentum).
+
+With several processes, each rank rolls out its share of the batch's episodes;
+the returns are gathered, so that the advantages (and the skip) use the mean and
+std of the global batch, and the policy gradients are averaged over ranks.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from metacontroller.distributed import SINGLE, Process
 from metacontroller.meta_controller import MetaController
 from metacontroller.ppo import normalize_advantages
 from metacontroller.rl.abstract_env import AbstractBatch, collect_abstract
@@ -24,7 +29,7 @@ from metacontroller.rl.config import EvalStats, RLConfig, RLResult
 from metacontroller.rl.evaluate import evaluate
 from metacontroller.rl.evolution import train_evolution
 from metacontroller.rl.rollout import Episodes
-from metacontroller.rl.seeds import episode_seeds, eval_seed, seeded
+from metacontroller.rl.seeds import episode_seeds, eval_seed, rank_seed, seeded
 from metacontroller.transformer import Transformer
 
 
@@ -39,23 +44,29 @@ def make_optimizer(params, config: RLConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr = config.lr, betas = config.betas, weight_decay = config.weight_decay)
 
 
-def clipped_step(loss: Tensor, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], max_grad_norm: float):
+def clipped_step(loss: Tensor, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], max_grad_norm: float,
+                 process: Process = SINGLE):
     optimizer.zero_grad(set_to_none = True)
-    loss.backward()
+    process.backward(loss, params)
     nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
 
 
-def ppo_epochs(loss_fn: Callable[[Tensor], Tensor], num_rows: int, optimizer, params, config: RLConfig, device) -> float:
-    """`epochs` passes over the batch, each split into `minibatches` random sets of trajectories."""
+def ppo_epochs(loss_fn: Callable[[Tensor], Tensor], steps: Tensor, optimizer, params, config: RLConfig,
+               process: Process = SINGLE) -> float:
+    """`epochs` passes over the batch, each split into `minibatches` random sets of trajectories.
+    steps: (N,) the steps each trajectory adds to its loss's mean, so that the ranks' losses combine
+    into the mean over all ranks' steps. Returns the last loss, averaged so over ranks."""
     for _ in range(config.epochs):
-        for rows in torch.randperm(num_rows, device = device).chunk(config.minibatches):
+        for rows in torch.randperm(len(steps), device = steps.device).chunk(config.minibatches):
+            share = process.share(steps[rows].sum())
             loss = loss_fn(rows)
-            clipped_step(loss, optimizer, params, config.max_grad_norm)
-    return loss.item()
+            clipped_step(loss * share, optimizer, params, config.max_grad_norm, process)
+    return process.mean(loss.detach() * share).item()
 
 
-def policy_update(meta_controller: MetaController, batch: AbstractBatch, advantages: Tensor, optimizer, config: RLConfig) -> float:
+def policy_update(meta_controller: MetaController, batch: AbstractBatch, advantages: Tensor, optimizer, config: RLConfig,
+                  process: Process = SINGLE) -> float:
     """PPO-clip on the causal policy, replayed over each trajectory's decision steps."""
     ones = torch.ones_like(batch.log_probs)   # the batch is already compacted to decision steps
 
@@ -65,7 +76,7 @@ def policy_update(meta_controller: MetaController, batch: AbstractBatch, advanta
             ones[rows], episode_lens = batch.decisions[rows], clip = config.clip,
         )
     params = list(meta_controller.policy.parameters())
-    return ppo_epochs(loss_fn, len(advantages), optimizer, params, config, batch.streams.device)
+    return ppo_epochs(loss_fn, batch.decisions, optimizer, params, config, process)
 
 
 def run_training(
@@ -77,19 +88,22 @@ def run_training(
     seed: int,
     progress: bool,
     desc: str,
+    process: Process = SINGLE,
 ) -> RLResult:
     """The loop: collect a batch (anything with `.episodes`), update on its advantages, evaluate now and then.
-    The budget is spent in whole batches, so the last one may pass `total_episodes`."""
+    The budget is spent in whole batches, so the last one may pass `total_episodes`.
+    `collect` gets this rank's share of the batch's env seeds; `update`, the advantages of its episodes."""
     curve, raw_curve, evals = [], [], []
     episodes = raw_steps = 0
     device = next(module.parameters()).device
-    bar = tqdm(total = config.total_episodes, desc = desc, disable = not progress, unit = 'ep')
+    bar = tqdm(total = config.total_episodes, desc = desc, disable = not (progress and process.is_main), unit = 'ep')
     next_eval = config.eval_every
+    mine = process.shard(config.num_envs)
 
-    with seeded(seed, device):
+    with seeded(rank_seed(seed, process.rank), device):
         while episodes < config.total_episodes:
-            batch = collect(episode_seeds(seed, episodes, config.num_envs, config.group_size))
-            ep: Episodes = batch.episodes
+            batch = collect(episode_seeds(seed, episodes, config.num_envs, config.group_size)[mine])
+            ep: Episodes = batch.episodes.gather(process)   # the global batch, in seed order
             episodes += len(ep.returns)
             raw_steps += int(ep.lengths.sum())
             success = ep.success.float().mean().item()
@@ -98,7 +112,7 @@ def run_training(
 
             postfix = dict(success = f'{success:.2f}')
             if ep.returns.std() > 0:
-                advantages = trajectory_advantages(ep.returns, config.group_size, config.advantage_eps)
+                advantages = trajectory_advantages(ep.returns, config.group_size, config.advantage_eps)[mine]
                 postfix['loss'] = f'{update(batch, advantages.to(device)):.3f}'
             if evaluate_fn is not None and (episodes >= next_eval or episodes >= config.total_episodes):
                 evals.append((episodes, evaluate_fn()))
@@ -120,34 +134,45 @@ def train_internal_rl(
     seed: int = 0,
     force_beta: float | None = None,
     progress: bool = True,
+    process: Process = SINGLE,
 ) -> RLResult:
     """Internal RL: train only the causal policy of a copy of `meta_controller`, acting on
     the abstract timescale; base model, switching unit, decoder and history stay frozen.
     force_beta = 1.0 gives the β ≡ 1 baseline (the policy acts at every raw step).
-    The caller's metacontroller is left untouched; the trained copy is `result.module`."""
+    The caller's metacontroller is left untouched; the trained copy is `result.module`.
+    With a multi-process `process`, every rank calls this with the same arguments."""
     if not isinstance(config, RLConfig):
         raise TypeError(f'config must be an RLConfig, got {type(config).__name__}')
     model._check_meta_controller(meta_controller)
     if config.algorithm == 'es':
-        return train_evolution(model, meta_controller, make_envs, config, seed, force_beta, progress)
+        return train_evolution(model, meta_controller, make_envs, config, seed, force_beta, progress, process)
 
     device = next(model.parameters()).device
     meta = copy.deepcopy(meta_controller).to(device)
+    process.broadcast_parameters(meta)
     optimizer = make_optimizer(meta.policy.parameters(), config)
-    env = make_envs(config.num_envs)
+    env = make_envs(local_num_envs(config, process))
 
     def collect(seeds):
         return collect_abstract(model, meta, env, seeds, force_beta, max_steps = config.max_steps)
 
     def update(batch, advantages):
-        return policy_update(meta, batch, advantages, optimizer, config)
+        return policy_update(meta, batch, advantages, optimizer, config, process)
 
     evaluate_fn = None
     if config.eval_every is not None:
         def evaluate_fn():
             return evaluate(model, make_envs, config.eval_episodes, meta_controller = meta, seed = eval_seed(seed),
                             deterministic = config.eval_deterministic, force_beta = force_beta,
-                            batch_size = config.num_envs, max_steps = config.max_steps)
+                            batch_size = config.num_envs, max_steps = config.max_steps, process = process)
 
     desc = 'internal RL' if force_beta is None else f'internal RL (β ≡ {force_beta:g})'
-    return run_training(collect, update, evaluate_fn, meta, config, seed, progress, desc)
+    return run_training(collect, update, evaluate_fn, meta, config, seed, progress, desc, process)
+
+
+def local_num_envs(config: RLConfig, process: Process) -> int:
+    """This rank's environments: its share of `num_envs`."""
+    if config.num_envs < process.world_size:
+        raise ValueError(f'num_envs ({config.num_envs}) must be at least the number of processes ({process.world_size})')
+    mine = process.shard(config.num_envs)
+    return mine.stop - mine.start
