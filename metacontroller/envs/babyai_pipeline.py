@@ -7,6 +7,7 @@ flags, so every flag still overrides and config.json records the values used.
 from __future__ import annotations
 
 import argparse
+import os
 from functools import partial
 from typing import Any
 
@@ -25,7 +26,8 @@ def babyai_adapter() -> EnvAdapter:
         pretraining_tasks = PRETRAINING_LEVELS,
         post_task = POST_TRAINING_LEVEL,
         post_task_name = POST_TRAINING_LEVEL,
-        generate_demos = generate_babyai_demos,
+        # the bot is pure Python: one worker per core (the episodes do not depend on the worker count)
+        generate_demos = partial(generate_babyai_demos, workers = min(os.cpu_count() or 1, 8)),
         vector_env = partial(VecBabyAIEnv, max_steps = MAX_STEPS),
     )
 
