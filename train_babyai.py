@@ -6,18 +6,11 @@
     python train_babyai.py --seeds 3          # median and quartiles over seeds
 
 Same phases, flags, presets and outputs as train_pinpad.py; the BabyAI presets
-change some data and RL budgets (metacontroller/envs/babyai_pipeline.py).
-`--help` lists the pipeline's (pinpad) preset values.
+change some data and RL budgets (metacontroller/envs/babyai_pipeline.py), and
+`--help` lists their values.
 """
-import sys
-
-from loguru import logger
-
-from metacontroller.envs.babyai_pipeline import main
+from metacontroller.envs.babyai_pipeline import babyai_adapter
+from metacontroller.pipeline.cli import run_cli
 
 if __name__ == '__main__':
-    try:
-        main(sys.argv[1:])
-    except (FileNotFoundError, ValueError) as error:
-        logger.error(str(error))
-        sys.exit(2)
+    run_cli(babyai_adapter())

@@ -41,8 +41,8 @@ def advantages_seen(process: Process) -> torch.Tensor:
         seen.append(advantages)
         return 0.
 
-    config = RLConfig(num_envs = len(CRAFTED_RETURNS), total_episodes = len(CRAFTED_RETURNS))
-    run_training(collect, update, None, torch.nn.Linear(1, 1), config, seed = 0, progress = False, desc = '', process = process)
+    config = RLConfig(num_envs = len(CRAFTED_RETURNS), total_episodes = len(CRAFTED_RETURNS), eval_every = None)
+    run_training(collect, update, lambda: None, torch.nn.Linear(1, 1), config, seed = 0, progress = False, desc = '', process = process)
     return seen[0]
 
 

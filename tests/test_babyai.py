@@ -11,7 +11,7 @@ from metacontroller.envs.babyai import (
     SLOT_DIM, SUBGOAL_NAMES, VecBabyAIEnv, decode, encode,
 )
 from metacontroller.envs.babyai_demos import generate_babyai_demos
-from metacontroller.envs.babyai_pipeline import BABYAI_OVERRIDES, main, preset_flags
+from metacontroller.envs.babyai_pipeline import BABYAI_OVERRIDES, babyai_adapter
 from metacontroller.pipeline import cli
 
 ALL_LEVELS = (*PRETRAINING_LEVELS, POST_TRAINING_LEVEL)
@@ -95,15 +95,18 @@ def test_bad_input_is_a_clear_error():
 
 
 def test_babyai_presets_apply_and_user_flags_win():
-    parser = cli.build_parser('babyai')
-    config = cli.config_from_args(parser.parse_args([*preset_flags('default'), '--pretrain.steps', '7']))
+    adapter = babyai_adapter()
+    parser = cli.build_parser(adapter)
+    documented = next(a.help for a in parser._actions if a.dest == 'data.pretrain_episodes')
+    assert f"default: {BABYAI_OVERRIDES['default']['data.pretrain_episodes']!r}" in documented   # --help shows BabyAI's values
+    config = cli.config_from_args(parser.parse_args(['--pretrain.steps', '7']), adapter)
     assert config.data.pretrain_episodes == BABYAI_OVERRIDES['default']['data.pretrain_episodes']
     assert config.discovery.alpha == BABYAI_OVERRIDES['default']['discovery.alpha'] and config.report.figure_copy == ''
     assert config.pretrain.steps == 7
 
 
 def test_smoke_pipeline_end_to_end(tmp_path):
-    result = main(['--preset', 'smoke', '--run-dir', str(tmp_path / 'run'), '--no-progress', '--threads', '1'])
+    result = cli.main(babyai_adapter(), ['--preset', 'smoke', '--run-dir', str(tmp_path / 'run'), '--no-progress', '--threads', '1'])
     on_disk = json.loads((tmp_path / 'run' / 'results.json').read_text())
     assert on_disk['config']['data']['pretrain_episodes'] == 128 and result['seed'] == 0
     assert set(on_disk['pretrain']) >= {'action_nll', 'expert_match', 'success_pretraining_tasks', 'success_post_task'}

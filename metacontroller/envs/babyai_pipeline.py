@@ -1,35 +1,18 @@
-"""BabyAI behind the pipeline: the adapter, and presets sized for BabyAI's short episodes.
+"""BabyAI behind the pipeline: the adapter, with presets sized for BabyAI's short episodes.
 
-The pipeline's presets are pinpad's; `train_babyai.py` applies BabyAI's on top
-of them as ordinary `--section.field` flags placed before the user's own
-flags, so every flag still overrides and config.json records the values used.
+The adapter's `preset_overrides` change some of the pipeline's preset values; the
+command line's `--section.field` flags still override them, `--help` shows them,
+and config.json records the values used.
 """
 from __future__ import annotations
 
-import argparse
 import os
 from functools import partial
 from typing import Any
 
 from metacontroller.envs.babyai import MAX_STEPS, NUM_ACTIONS, OBS_DIM, POST_TRAINING_LEVEL, PRETRAINING_LEVELS, SUBGOAL_NAMES, VecBabyAIEnv
 from metacontroller.envs.babyai_demos import generate_babyai_demos
-from metacontroller.pipeline import cli
 from metacontroller.pipeline.adapter import EnvAdapter
-
-
-def babyai_adapter() -> EnvAdapter:
-    return EnvAdapter(
-        name = 'babyai',
-        obs_dim = OBS_DIM,
-        num_actions = NUM_ACTIONS,
-        subgoal_names = SUBGOAL_NAMES,
-        pretraining_tasks = PRETRAINING_LEVELS,
-        post_task = POST_TRAINING_LEVEL,
-        post_task_name = POST_TRAINING_LEVEL,
-        # the bot is pure Python: one worker per core (the episodes do not depend on the worker count)
-        generate_demos = partial(generate_babyai_demos, workers = min(os.cpu_count() or 1, 8)),
-        vector_env = partial(VecBabyAIEnv, max_steps = MAX_STEPS),
-    )
 
 
 # preset -> {'section.field': value} applied on top of the pipeline's preset of that name
@@ -48,23 +31,17 @@ BABYAI_OVERRIDES: dict[str, dict[str, Any]] = dict(
 )
 
 
-def flag_value(value) -> str:
-    """The command-line spelling `cli` parses back to `value`."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, tuple):
-        return ','.join(map(str, value))
-    return str(value)
-
-
-def preset_flags(name: str) -> list[str]:
-    """BabyAI's flags for preset `name` (none for an unknown name: the pipeline's parser reports it)."""
-    return [f'--{key}={flag_value(value)}' for key, value in BABYAI_OVERRIDES.get(name, {}).items()]
-
-
-def main(argv: list[str]) -> dict:
-    """The pipeline CLI on BabyAI: the chosen preset's BabyAI flags first, so the user's flags win."""
-    pre = argparse.ArgumentParser(add_help = False)
-    pre.add_argument('--preset', default = 'default')
-    known, _ = pre.parse_known_args(argv)
-    return cli.main(babyai_adapter(), [*preset_flags(known.preset), *argv])
+def babyai_adapter() -> EnvAdapter:
+    return EnvAdapter(
+        name = 'babyai',
+        obs_dim = OBS_DIM,
+        num_actions = NUM_ACTIONS,
+        subgoal_names = SUBGOAL_NAMES,
+        pretraining_tasks = PRETRAINING_LEVELS,
+        post_task = POST_TRAINING_LEVEL,
+        post_task_name = POST_TRAINING_LEVEL,
+        # the bot is pure Python: one worker per core (the episodes do not depend on the worker count)
+        generate_demos = partial(generate_babyai_demos, workers = min(os.cpu_count() or 1, 8)),
+        vector_env = partial(VecBabyAIEnv, max_steps = MAX_STEPS),
+        preset_overrides = BABYAI_OVERRIDES,
+    )

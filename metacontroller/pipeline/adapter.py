@@ -5,9 +5,9 @@ its own adapter with the same fields.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from metacontroller.demos import DemoDataset
 from metacontroller.envs.egocentric import EgocentricEncoder
@@ -15,6 +15,7 @@ from metacontroller.envs.expert import generate_pinpad_demos
 from metacontroller.envs.pinpad import (
     MAX_STEPS, NUM_ACTIONS, OBS_DIM, POST_TRAINING_TASK, POST_TRAINING_TASK_NAME, PRETRAINING_TASKS, SUBGOAL_NAMES, VecPinpadEnv,
 )
+from metacontroller.pipeline.config import PipelineConfig, override, preset
 
 Task = Sequence[int]
 
@@ -31,6 +32,12 @@ class EnvAdapter:
     generate_demos: Callable[..., DemoDataset]          # (num_episodes, tasks, epsilon, seed, progress) -> DemoDataset
     vector_env: Callable[..., object]                   # (num_envs, tasks) -> batched env
     state_encoder: Callable[[int], object] | None = None  # dim -> module added to the observation embedding
+    # preset name -> {'section.field': value} on top of the pipeline's preset: sizes and budgets for this env
+    preset_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory = dict)
+
+    def preset(self, name: str) -> PipelineConfig:
+        """The pipeline's preset `name` with this environment's overrides."""
+        return override(preset(name), self.preset_overrides.get(name, {}))
 
     def make_envs(self, tasks: Sequence[Task]) -> Callable[[int], object]:
         """make_envs(num_envs) -> a fresh batched env on `tasks` (the internal-RL contract)."""

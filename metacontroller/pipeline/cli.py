@@ -16,7 +16,7 @@ from loguru import logger
 from metacontroller import distributed
 from metacontroller.pipeline.adapter import EnvAdapter
 from metacontroller.pipeline.aggregate import aggregate
-from metacontroller.pipeline.config import PRESETS, PipelineConfig, override, preset, sections
+from metacontroller.pipeline.config import PRESETS, PipelineConfig, override, sections
 from metacontroller.pipeline.phases import PHASES, Run
 from metacontroller.pipeline.runner import Plan, execute, parse_phases
 
@@ -41,9 +41,9 @@ def flag_type(value) -> Callable:
     return type(value)
 
 
-def add_config_flags(parser: argparse.ArgumentParser):
-    """--section.field for every field, documented with each preset's value."""
-    presets = {name: make() for name, make in PRESETS.items()}
+def add_config_flags(parser: argparse.ArgumentParser, adapter: EnvAdapter):
+    """--section.field for every field, documented with each of the environment's presets' value."""
+    presets = {name: adapter.preset(name) for name in PRESETS}
     for section, sub in sections(presets['default']).items():
         group = parser.add_argument_group(f'{section} settings')
         for f in fields(sub):
@@ -53,7 +53,8 @@ def add_config_flags(parser: argparse.ArgumentParser):
                                help = f'{f.metadata["help"]} ({values})')
 
 
-def build_parser(env_name: str) -> argparse.ArgumentParser:
+def build_parser(adapter: EnvAdapter) -> argparse.ArgumentParser:
+    env_name = adapter.name
     parser = argparse.ArgumentParser(
         description = f'The paper\'s {env_name} experiment end to end: ' + ' → '.join(PHASES) + '. '
                       'Finished phases are skipped on a rerun (resume); --force redoes them.',
@@ -73,22 +74,22 @@ def build_parser(env_name: str) -> argparse.ArgumentParser:
     parser.add_argument('--name', default = None, help = 'run name (default: the preset name)')
     parser.add_argument('--run-dir', type = Path, default = None, help = f'run folder (default: runs/{env_name}/<name>)')
     parser.add_argument('--no-progress', action = 'store_true', help = 'no progress bars (logs only)')
-    add_config_flags(parser)
+    add_config_flags(parser, adapter)
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+def config_from_args(args: argparse.Namespace, adapter: EnvAdapter) -> PipelineConfig:
     values = {key: value for key, value in vars(args).items() if '.' in key}   # only the flags given
-    return override(preset(args.preset), values)
+    return override(adapter.preset(args.preset), values)
 
 
 def main(adapter: EnvAdapter, argv: list[str] | None = None) -> dict:
-    parser = build_parser(adapter.name)
+    parser = build_parser(adapter)
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f'--seeds must be >= 1, got {args.seeds}')
     try:
-        config = config_from_args(args)
+        config = config_from_args(args, adapter)
         torch.device(args.device)
     except (ValueError, RuntimeError) as error:
         parser.error(str(error))

@@ -107,10 +107,8 @@ def train_raw_action_rl(
     def update(batch, advantages):
         return raw_update(policy, batch, advantages, optimizer, params, config, process)
 
-    evaluate_fn = None
-    if config.eval_every is not None:
-        def evaluate_fn():
-            return evaluate(policy, make_envs, config.eval_episodes, seed = eval_seed(seed), deterministic = config.eval_deterministic,
-                            batch_size = config.num_envs, max_steps = config.max_steps, process = process)
+    def evaluate_fn():
+        return evaluate(policy, make_envs, config.eval_episodes, seed = eval_seed(seed), deterministic = config.eval_deterministic,
+                        batch_size = config.num_envs, max_steps = config.max_steps, process = process)
 
     return run_training(collect, update, evaluate_fn, policy, config, seed, progress, 'raw-action RL', process)

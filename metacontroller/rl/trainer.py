@@ -82,7 +82,7 @@ def policy_update(meta_controller: MetaController, batch: AbstractBatch, advanta
 def run_training(
     collect: Callable[[list[int]], object],
     update: Callable[[object, Tensor], float],
-    evaluate_fn: Callable[[], EvalStats] | None,
+    evaluate_fn: Callable[[], EvalStats],
     module: nn.Module,
     config: RLConfig,
     seed: int,
@@ -90,7 +90,8 @@ def run_training(
     desc: str,
     process: Process = SINGLE,
 ) -> RLResult:
-    """The loop: collect a batch (anything with `.episodes`), update on its advantages, evaluate now and then.
+    """The loop: collect a batch (anything with `.episodes`), update on its advantages, evaluate every
+    `eval_every` episodes (never when None).
     The budget is spent in whole batches, so the last one may pass `total_episodes`.
     `collect` gets this rank's share of the batch's env seeds; `update`, the advantages of its episodes."""
     curve, raw_curve, evals = [], [], []
@@ -114,7 +115,7 @@ def run_training(
             if ep.returns.std() > 0:
                 advantages = trajectory_advantages(ep.returns, config.group_size, config.advantage_eps)[mine]
                 postfix['loss'] = f'{update(batch, advantages.to(device)):.3f}'
-            if evaluate_fn is not None and (episodes >= next_eval or episodes >= config.total_episodes):
+            if next_eval is not None and (episodes >= next_eval or episodes >= config.total_episodes):
                 evals.append((episodes, evaluate_fn()))
                 next_eval += config.eval_every
                 postfix['eval'] = f'{evals[-1][1].success:.2f}'
@@ -159,12 +160,10 @@ def train_internal_rl(
     def update(batch, advantages):
         return policy_update(meta, batch, advantages, optimizer, config, process)
 
-    evaluate_fn = None
-    if config.eval_every is not None:
-        def evaluate_fn():
-            return evaluate(model, make_envs, config.eval_episodes, meta_controller = meta, seed = eval_seed(seed),
-                            deterministic = config.eval_deterministic, force_beta = force_beta,
-                            batch_size = config.num_envs, max_steps = config.max_steps, process = process)
+    def evaluate_fn():
+        return evaluate(model, make_envs, config.eval_episodes, meta_controller = meta, seed = eval_seed(seed),
+                        deterministic = config.eval_deterministic, force_beta = force_beta,
+                        batch_size = config.num_envs, max_steps = config.max_steps, process = process)
 
     desc = 'internal RL' if force_beta is None else f'internal RL (β ≡ {force_beta:g})'
     return run_training(collect, update, evaluate_fn, meta, config, seed, progress, desc, process)
