@@ -56,6 +56,13 @@ def library_version() -> str:
         return "unknown"
 
 
+class ActionSets(NamedTuple):
+    """Which actions the expert ranks how at each stored step of a dataset (rows as in the dataset)."""
+
+    optimal: np.ndarray  # (S, A) bool: the actions the noise-free expert picks among (ties included)
+    fatal: np.ndarray  # (S, A) bool: the actions that end the episode as a failure
+
+
 @dataclass(frozen=True)
 class DemoDataset:
     """Episodes in stored form; build with `from_steps`, read with `batch` / `iter_batches`."""
@@ -169,13 +176,18 @@ class DemoDataset:
         bits = np.unpackbits(self.observations[rows], axis=1, count=int(np.prod(shape)))
         return bits.astype(np.float32).reshape(len(rows), *shape)
 
+    def rows(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Stored rows of the steps of episodes `indices`, batch-major: the order of `batch(indices)`'s valid steps."""
+        indices = np.asarray(indices, dtype=np.int64)
+        steps = np.arange(self.episode_lens[indices].max())
+        return (self.offsets[indices][:, None] + steps)[steps < self.episode_lens[indices][:, None]]
+
     def batch(self, indices: Sequence[int] | np.ndarray) -> DemoBatch:
         """Episodes `indices` as padded torch tensors."""
         indices = np.asarray(indices, dtype=np.int64)
         lens = self.episode_lens[indices].astype(np.int64)
-        steps = np.arange(lens.max())
-        valid = steps < lens[:, None]  # (B, T)
-        rows = (self.offsets[indices][:, None] + steps)[valid]  # rows of the valid steps, batch-major
+        valid = np.arange(lens.max()) < lens[:, None]  # (B, T)
+        rows = self.rows(indices)
 
         def padded(values: np.ndarray, fill) -> torch.Tensor:
             out = np.full((*valid.shape, *values.shape[1:]), fill, dtype=values.dtype)

@@ -10,7 +10,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from metacontroller.envs import register_envs
-from metacontroller.envs.expert import PinpadExpert
+from metacontroller.envs.expert import PinpadExpert, generate_pinpad_demos, pinpad_action_sets
 from metacontroller.envs.pinpad import (
     ENV_ID, NEIGHBOURS, NUM_CHANNELS, OBS_DIM, POST_TRAINING_TASK, PRETRAINING_TASKS, UNREACHABLE,
     Layout, PinpadEnv, VecPinpadEnv, distance_maps, route_lengths, task_from_subgoals,
@@ -302,6 +302,28 @@ def test_epsilon_random_actions_never_fail():
     for _ in range(100):
         _, reward, terminated, _, _ = env.step(expert.act(env))
         assert (reward[terminated] == 1.0).all()
+
+
+def test_action_sets_replay_the_dataset():
+    """Stored actions are optimal (clean expert) or at least never fatal (ε-noise); each step's
+    fatal set is exactly the actions after which the env, rebuilt from the episode's seed and
+    replayed to that step, reports a failure."""
+    clean, noisy = (generate_pinpad_demos(24, epsilon=eps, seed=3, num_envs=8, progress=False) for eps in (0.0, 0.5))
+    for dataset in (clean, noisy):
+        sets = pinpad_action_sets(dataset)
+        taken = np.arange(dataset.num_steps), dataset.actions.astype(np.int64)
+        assert not sets.fatal[taken].any() and not (sets.optimal & sets.fatal).any() and sets.optimal.any(1).all()
+        assert sets.optimal[taken].all() == (dataset is clean)
+    for episode in range(4):
+        rows = noisy.rows([episode])
+        for t in (0, len(rows) // 2):
+            for action in range(4):
+                env = PinpadEnv(tasks=[tuple(task) for task in noisy.metadata["tasks"]])
+                env.reset(seed=int(noisy.seeds[episode]))
+                for past in noisy.actions[rows[:t]]:
+                    env.step(int(past))
+                _, reward, terminated, _, _ = env.step(action)
+                assert sets.fatal[rows[t], action] == (terminated and reward == 0.0)
 
 
 def test_expert_rejects_bad_epsilon():

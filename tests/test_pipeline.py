@@ -3,13 +3,18 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
+from metacontroller.envs.expert import generate_pinpad_demos, pinpad_action_sets
 from metacontroller.pipeline.adapter import pinpad_adapter
 from metacontroller.pipeline.aggregate import aggregate
 from metacontroller.pipeline.cli import main
+from metacontroller.pipeline.config import smoke_config
 from metacontroller.pipeline.metrics import beta_binary_fraction, match_switches, switch_counts
+from metacontroller.pipeline.models import build_transformer
+from metacontroller.pipeline.pretrain import imitation_metrics
 
 PHASE_FILES = ['config.json', 'results.json', 'run.log', 'data/pretrain.npz', 'data/discovery.npz', 'pretrain/model.pt',
                'discover/meta_controller.pt', 'rl/meta_controller.pt', 'baselines/raw_action_model.pt',
@@ -46,7 +51,8 @@ def test_smoke_pipeline_writes_everything(smoke_run):
         assert (tmp_path / 'run' / name).is_file(), name
     on_disk = json.loads((tmp_path / 'run' / 'results.json').read_text())
     assert on_disk['seed'] == 0 and on_disk['config']['preset'] == 'smoke'
-    assert set(on_disk['pretrain']) >= {'action_nll', 'expert_match', 'success_pretraining_tasks', 'success_post_task'}
+    assert set(on_disk['pretrain']) >= {'action_nll', 'expert_match', 'success_pretraining_tasks', 'success_post_task',
+                                        'action_nll_floor', 'p_optimal', 'p_fatal', 'expert_path_survival'}
     assert len(on_disk['probe']['accuracy_by_layer']) == on_disk['config']['model']['depth'] + 1
     assert set(on_disk['discovery']) >= {'switch_f1', 'switches_per_episode', 'beta_binary_fraction', 'action_nll', 'kl'}
     for name in ('internal', 'raw_action', 'no_temporal_abstraction'):
@@ -129,3 +135,21 @@ def test_seeds_aggregate_to_median_and_quartiles(smoke_run, tmp_path):
     assert success['q25'] <= success['median'] <= success['q75'] and len(success['per_seed']) == 3
     assert (tmp_path / 'rl_curves.png').is_file() and (tmp_path / 'fig1.png').is_file()
     assert json.loads((tmp_path / 'results.json').read_text())['seeds'] == [0, 0, 0]
+
+
+def test_imitation_metrics_score_against_the_experts_action_sets():
+    """A model with uniform action probabilities: every diagnostic has a closed form."""
+    dataset = generate_pinpad_demos(12, seed = 1, num_envs = 4, progress = False)
+    sets = pinpad_action_sets(dataset)
+    model = build_transformer(pinpad_adapter(), smoke_config().model).eval()
+    for parameter in model.action_readout.parameters():
+        torch.nn.init.zeros_(parameter)
+    metrics = imitation_metrics(model, dataset, 'cpu', batch_size = 5, action_sets = sets)
+    episode = np.repeat(np.arange(len(dataset)), dataset.episode_lens)
+    survival = np.exp(np.bincount(episode, weights = np.log1p(-sets.fatal.sum(1) / 4))).mean()
+    assert metrics['action_nll'] == pytest.approx(math.log(4), abs = 1e-5)
+    assert metrics['p_optimal'] == pytest.approx(sets.optimal.sum(1).mean() / 4, abs = 1e-5)
+    assert metrics['p_fatal'] == pytest.approx(sets.fatal.sum(1).mean() / 4, abs = 1e-5)
+    assert metrics['expert_path_survival'] == pytest.approx(survival, rel = 1e-4)
+    assert metrics['action_nll_floor'] == pytest.approx(np.log(sets.optimal.sum(1)).mean())
+    assert set(imitation_metrics(model, dataset, 'cpu')) == {'action_nll', 'expert_match'}

@@ -15,9 +15,9 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from metacontroller.demos import DemoDataset
+from metacontroller.demos import ActionSets, DemoDataset
 from metacontroller.envs.pinpad import (
-    ENV_ID, MAX_STEPS, NEIGHBOURS, OBS_DIM, PRETRAINING_TASKS, SUBGOAL_NAMES, UNREACHABLE, PinpadEnv, VecPinpadEnv,
+    ENV_ID, MAX_STEPS, NEIGHBOURS, NUM_ACTIONS, OBS_DIM, PRETRAINING_TASKS, SUBGOAL_NAMES, UNREACHABLE, PinpadEnv, VecPinpadEnv,
 )
 
 
@@ -34,21 +34,50 @@ class PinpadExpert:
         """(N,) int64 actions for the env's current states (N = 1 for a PinpadEnv).
         Finished slots get arbitrary actions, which the env ignores."""
         base = env.unwrapped  # see through gymnasium.make's wrappers
-        core = base.core if isinstance(base, PinpadEnv) else base
-        slots = np.arange(core.num_envs)[:, None]
-        target = np.maximum(core.target, 0)[:, None]  # (N, 1); finished slots (-1) read any map
-        cells = NEIGHBOURS[core.agent_cell]  # (N, 4) cell each action leads to (OFF_GRID for edges)
-        colour = core.cell_colour[slots, cells]
-        fails = (colour >= 0) & (colour != target)  # entering a non-target colour ends the episode
-        # Moves to go from the cell after each action; walls, edges and dead ends are UNREACHABLE,
-        # failing moves rank even later so a stuck agent (possible only after ε-moves) bumps instead.
-        cost = core.distances[slots, target, cells] + fails * UNREACHABLE
+        cost, fails = action_costs(base.core if isinstance(base, PinpadEnv) else base)
         # Noise in [0, 0.5) keeps integer costs ordered and picks uniformly among the tied minima.
         actions = np.argmin(cost + 0.5 * self.rng.random(cost.shape), axis=1)
         if self.epsilon > 0:
             random_safe = np.argmax(self.rng.random(cost.shape) + ~fails, axis=1)  # uniform over non-failing
             actions = np.where(self.rng.random(len(actions)) < self.epsilon, random_safe, actions)
         return actions
+
+
+def action_costs(core: VecPinpadEnv) -> tuple[np.ndarray, np.ndarray]:
+    """What each action costs in every slot: (cost, fails), both (N, 4).
+
+    cost: moves still needed after the action; walls, edges and dead ends are
+    UNREACHABLE, and failing moves rank even later, so a stuck agent (possible
+    only after ε-moves) bumps instead. fails: the action enters a non-target
+    colour, which ends the episode. Finished slots read an arbitrary map.
+    """
+    slots = np.arange(core.num_envs)[:, None]
+    target = np.maximum(core.target, 0)[:, None]  # (N, 1)
+    cells = NEIGHBOURS[core.agent_cell]  # (N, 4) cell each action leads to (OFF_GRID for edges)
+    colour = core.cell_colour[slots, cells]
+    fails = (colour >= 0) & (colour != target)
+    return core.distances[slots, target, cells] + fails * UNREACHABLE, fails
+
+
+def pinpad_action_sets(dataset: DemoDataset) -> ActionSets:
+    """Replay a pinpad dataset (layouts and tasks from its seeds, its stored actions)
+    and mark each step's optimal and fatal actions: what a model's action
+    distribution is scored against in `imitation_metrics`."""
+    tasks = [tuple(task) for task in dataset.metadata["tasks"]]
+    env = VecPinpadEnv(len(dataset.episode_lens), tasks=tasks, max_steps=dataset.metadata["max_steps"])
+    env.reset(seed=dataset.seeds.tolist())
+    if not (env.task_id == dataset.task_ids).all():
+        raise ValueError("the dataset's seeds do not rebuild its tasks: was it made by generate_pinpad_demos?")
+    lens, horizon = dataset.episode_lens, int(dataset.episode_lens.max())
+    valid = np.arange(horizon) < lens[:, None]  # (E, T)
+    rows = np.where(valid, dataset.offsets[:, None] + np.arange(horizon), 0)
+    actions = dataset.actions[rows].astype(np.int64)  # (E, T); padding steps replay action 0 on finished slots
+    optimal, fatal = np.zeros((*valid.shape, NUM_ACTIONS), bool), np.zeros((*valid.shape, NUM_ACTIONS), bool)
+    for t in range(horizon):
+        cost, fatal[:, t] = action_costs(env)
+        optimal[:, t] = cost == cost.min(axis=1, keepdims=True)
+        env.step(actions[:, t])
+    return ActionSets(optimal[valid], fatal[valid])
 
 
 def generate_pinpad_demos(

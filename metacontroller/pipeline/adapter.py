@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Mapping, Sequence
 
-from metacontroller.demos import DemoDataset
+from metacontroller.demos import ActionSets, DemoDataset
 from metacontroller.envs.egocentric import EgocentricEncoder
-from metacontroller.envs.expert import generate_pinpad_demos
+from metacontroller.envs.expert import generate_pinpad_demos, pinpad_action_sets
 from metacontroller.envs.pinpad import (
     MAX_STEPS, NUM_ACTIONS, OBS_DIM, POST_TRAINING_TASK, POST_TRAINING_TASK_NAME, PRETRAINING_TASKS, SUBGOAL_NAMES, VecPinpadEnv,
 )
@@ -32,6 +32,8 @@ class EnvAdapter:
     generate_demos: Callable[..., DemoDataset]          # (num_episodes, tasks, epsilon, seed, progress) -> DemoDataset
     vector_env: Callable[..., object]                   # (num_envs, tasks) -> batched env
     state_encoder: Callable[[int], object] | None = None  # dim -> module added to the observation embedding
+    # dataset -> the expert's optimal and fatal actions per stored step (for base-model diagnostics), if known
+    expert_action_sets: Callable[[DemoDataset], ActionSets] | None = None
     # preset name -> {'section.field': value} on top of the pipeline's preset: sizes and budgets for this env
     preset_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory = dict)
 
@@ -61,4 +63,5 @@ def pinpad_adapter() -> EnvAdapter:
         vector_env = partial(VecPinpadEnv, max_steps = MAX_STEPS),
         # a fixed egocentric re-indexing of the grid: BC learns about twice as fast per step at CPU scale
         state_encoder = EgocentricEncoder,
+        expert_action_sets = pinpad_action_sets,
     )

@@ -67,7 +67,9 @@ def run_pretrain(run: Run) -> dict:
     trace = pretrain.train(model, data.load(run.data_dir, 'pretrain'), config, run.seed, run.device, run.progress, run.process)
     run.save(model, 'pretrain', 'model.pt')
 
-    metrics = pretrain.imitation_metrics(model, data.load(run.data_dir, 'heldout'), run.device)
+    heldout = data.load(run.data_dir, 'heldout')
+    sets = run.adapter.expert_action_sets
+    metrics = pretrain.imitation_metrics(model, heldout, run.device, action_sets = sets(heldout) if sets is not None else None)
     for name, tasks in (('pretraining_tasks', run.adapter.pretraining_tasks), ('post_task', (run.adapter.post_task,))):
         stats = evaluate(model, run.adapter.make_envs(tasks), config.eval_episodes, seed = run.seed, process = run.process)
         metrics[f'success_{name}'] = stats.success

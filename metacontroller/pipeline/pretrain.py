@@ -7,10 +7,10 @@ from torch_einops_utils import lens_to_mask
 from tqdm.auto import tqdm
 
 from metacontroller import Transformer
-from metacontroller.demos import DemoDataset
+from metacontroller.demos import ActionSets, DemoDataset
 from metacontroller.distributed import SINGLE, Process
 from metacontroller.pipeline.config import PretrainConfig
-from metacontroller.pipeline.data import bucketed_batches, ordered_batches, to_device
+from metacontroller.pipeline.data import bucketed_batches, to_device
 
 
 def train(model: Transformer, dataset: DemoDataset, config: PretrainConfig, seed: int, device: str, progress: bool = True,
@@ -44,17 +44,38 @@ def train(model: Transformer, dataset: DemoDataset, config: PretrainConfig, seed
 
 
 @torch.no_grad()
-def imitation_metrics(model: Transformer, dataset: DemoDataset, device: str, batch_size: int = 256) -> dict:
+@torch.no_grad()
+def imitation_metrics(model: Transformer, dataset: DemoDataset, device: str, batch_size: int = 256,
+                      action_sets: ActionSets | None = None) -> dict:
     """Action NLL and expert-match rate (argmax action = the expert's) over valid steps.
-    The expert breaks ties at random, so expert_match < 1 even for a perfect imitator."""
-    nll_sum, match_sum, steps = 0., 0., 0
-    for batch in ordered_batches(dataset, batch_size, device):
-        stream = model.upper_body(model.residual_stream(batch.observations))
-        logits = model.action_readout(stream)
+    The expert breaks ties at random, so expert_match < 1 even for a perfect imitator.
+
+    With the expert's `action_sets` (rows as in `dataset`), also where the model
+    falls short of it: `action_nll_floor` (the NLL of the expert itself, uniform
+    over its tied optimal actions), `p_optimal` and `p_fatal` (mean probability
+    the model puts on optimal and on episode-ending actions), and
+    `expert_path_survival` (mean over episodes of the chance that sampling never
+    picks a fatal action along the expert's path; on-policy drift makes the
+    model's own success lower still)."""
+    nll, match, probs = [], [], []
+    order = np.argsort(dataset.episode_lens, kind = 'stable')
+    for start in range(0, len(order), batch_size):
+        batch = to_device(dataset.batch(order[start:start + batch_size]), device)
+        logits = model.action_readout(model.upper_body(model.residual_stream(batch.observations)))
         mask = lens_to_mask(batch.episode_lens, logits.shape[1])
         log_probs = logits.log_softmax(dim = -1)
-        nll = -log_probs.gather(-1, batch.actions[..., None])[..., 0]
-        nll_sum += nll[mask].sum().item()
-        match_sum += (logits.argmax(dim = -1) == batch.actions)[mask].sum().item()
-        steps += int(mask.sum())
-    return dict(action_nll = nll_sum / steps, expert_match = match_sum / steps)
+        nll.append(-log_probs.gather(-1, batch.actions[..., None])[..., 0][mask])
+        match.append((logits.argmax(dim = -1) == batch.actions)[mask])
+        probs.append(log_probs.exp()[mask])
+    metrics = dict(action_nll = torch.cat(nll).mean().item(), expert_match = torch.cat(match).float().mean().item())
+    if action_sets is None:
+        return metrics
+
+    rows = dataset.rows(order)   # the stored row of each step above, in the same order
+    probs = torch.cat(probs).cpu().numpy()
+    optimal, fatal = action_sets.optimal[rows], action_sets.fatal[rows]
+    p_fatal = (probs * fatal).sum(-1)
+    episode = np.repeat(np.arange(len(order)), dataset.episode_lens[order])
+    log_survival = np.bincount(episode, weights = np.log1p(-np.minimum(p_fatal, 1 - 1e-7)))
+    return dict(metrics, action_nll_floor = float(np.log(optimal.sum(-1)).mean()), p_optimal = float((probs * optimal).sum(-1).mean()),
+                p_fatal = float(p_fatal.mean()), expert_path_survival = float(np.exp(log_survival).mean()))
