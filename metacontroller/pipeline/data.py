@@ -68,8 +68,13 @@ def to_device(batch: DemoBatch, device: str) -> DemoBatch:
     return DemoBatch(*(t.to(device) for t in batch))
 
 
+def length_order(dataset: DemoDataset) -> np.ndarray:
+    """Episode indices by length (stable): the order `ordered_batches` visits them in."""
+    return np.argsort(dataset.episode_lens, kind = 'stable')
+
+
 def ordered_batches(dataset: DemoDataset, batch_size: int, device: str) -> Iterator[DemoBatch]:
     """One pass in length order (for evaluation and precomputed streams)."""
-    order = np.argsort(dataset.episode_lens, kind = 'stable')
+    order = length_order(dataset)
     for start in range(0, len(order), batch_size):
         yield to_device(dataset.batch(order[start:start + batch_size]), device)

@@ -10,7 +10,7 @@ from metacontroller import Transformer
 from metacontroller.demos import ActionSets, DemoDataset
 from metacontroller.distributed import SINGLE, Process
 from metacontroller.pipeline.config import PretrainConfig
-from metacontroller.pipeline.data import bucketed_batches, to_device
+from metacontroller.pipeline.data import bucketed_batches, length_order, ordered_batches, to_device
 
 
 def train(model: Transformer, dataset: DemoDataset, config: PretrainConfig, seed: int, device: str, progress: bool = True,
@@ -44,7 +44,6 @@ def train(model: Transformer, dataset: DemoDataset, config: PretrainConfig, seed
 
 
 @torch.no_grad()
-@torch.no_grad()
 def imitation_metrics(model: Transformer, dataset: DemoDataset, device: str, batch_size: int = 256,
                       action_sets: ActionSets | None = None) -> dict:
     """Action NLL and expert-match rate (argmax action = the expert's) over valid steps.
@@ -58,9 +57,7 @@ def imitation_metrics(model: Transformer, dataset: DemoDataset, device: str, bat
     picks a fatal action along the expert's path; on-policy drift makes the
     model's own success lower still)."""
     nll, match, probs = [], [], []
-    order = np.argsort(dataset.episode_lens, kind = 'stable')
-    for start in range(0, len(order), batch_size):
-        batch = to_device(dataset.batch(order[start:start + batch_size]), device)
+    for batch in ordered_batches(dataset, batch_size, device):
         logits = model.action_readout(model.upper_body(model.residual_stream(batch.observations)))
         mask = lens_to_mask(batch.episode_lens, logits.shape[1])
         log_probs = logits.log_softmax(dim = -1)
@@ -71,6 +68,7 @@ def imitation_metrics(model: Transformer, dataset: DemoDataset, device: str, bat
     if action_sets is None:
         return metrics
 
+    order = length_order(dataset)
     rows = dataset.rows(order)   # the stored row of each step above, in the same order
     probs = torch.cat(probs).cpu().numpy()
     optimal, fatal = action_sets.optimal[rows], action_sets.fatal[rows]
