@@ -68,10 +68,10 @@ def pinpad_action_sets(dataset: DemoDataset) -> ActionSets:
     env.reset(seed=dataset.seeds.tolist())
     if not (env.task_id == dataset.task_ids).all():
         raise ValueError("the dataset's seeds do not rebuild its tasks: was it made by generate_pinpad_demos?")
-    lens, horizon = dataset.episode_lens, int(dataset.episode_lens.max())
-    valid = np.arange(horizon) < lens[:, None]  # (E, T)
-    rows = np.where(valid, dataset.offsets[:, None] + np.arange(horizon), 0)
-    actions = dataset.actions[rows].astype(np.int64)  # (E, T); padding steps replay action 0 on finished slots
+    horizon = int(dataset.episode_lens.max())
+    valid = np.arange(horizon) < dataset.episode_lens[:, None]  # (E, T); stored rows are these steps, episode-major
+    actions = np.zeros(valid.shape, dtype=np.int64)  # padding steps replay action 0 on finished slots
+    actions[valid] = dataset.actions
     optimal, fatal = np.zeros((*valid.shape, NUM_ACTIONS), bool), np.zeros((*valid.shape, NUM_ACTIONS), bool)
     for t in range(horizon):
         cost, fatal[:, t] = action_costs(env)
