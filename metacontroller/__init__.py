@@ -2,9 +2,10 @@
 __version__ = '0.1.0'
 
 from metacontroller.meta_controller import DiscoveryOutput, MetaController, MetaControllerStep
+from metacontroller.switching import periodic_beta
 from metacontroller.transformer import BehaviourCloningLosses, DiscoveryLosses, Transformer, TransformerCache
 
 __all__ = [
-    'Transformer', 'MetaController',
+    'Transformer', 'MetaController', 'periodic_beta',
     'BehaviourCloningLosses', 'DiscoveryLosses', 'DiscoveryOutput', 'MetaControllerStep', 'TransformerCache',
 ]

@@ -1,6 +1,7 @@
 """Speed and memory of a discovery step and a cached rollout step.
 
     python -m metacontroller.benchmark [readme] [gridworld] [--peer PATH/TO/run.sh]
+    python -m metacontroller.benchmark pretrain [--bf16] [--steps N]   (metacontroller.pipeline.benchmark)
 
 Measured exactly as the peer's script (`shared/peer/bench_peer.py`): same
 shapes, 2 threads, median over steps after warm-up, peak RSS of the process.
@@ -102,6 +103,8 @@ def parse(lines: str) -> dict:
 
 
 def main():
+    if sys.argv[1:2] == ['pretrain']:   # pretraining throughput: a pipeline-level benchmark with its own flags
+        sys.exit(subprocess.run([sys.executable, '-m', 'metacontroller.pipeline.benchmark', *sys.argv[2:]]).returncode)
     parser = argparse.ArgumentParser(description = __doc__, formatter_class = argparse.RawDescriptionHelpFormatter)
     parser.add_argument('configs', nargs = '*', help = f'any of {list(CONFIGS)} (default: all)')
     parser.add_argument('--peer', help = 'path to the peer run.sh: time it in the same run and print ratios')

@@ -61,6 +61,9 @@ class ActionSets(NamedTuple):
 
     optimal: np.ndarray  # (S, A) bool: the actions the noise-free expert picks among (ties included)
     fatal: np.ndarray  # (S, A) bool: the actions that end the episode as a failure
+    # (S,) bool: the step heads to the first stage of its subgoal (pinpad: a pair's first colour), where
+    # the behaviour so far does not reveal which subgoal comes next; None when the env does not say
+    onset: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -95,8 +98,19 @@ class DemoDataset:
         if self.observations.shape[1:] != stored_shape:
             raise ValueError(f"inconsistent dataset: observation rows of shape {self.observations.shape[1:]}, "
                              f"expected {stored_shape} for {self.metadata['obs_encoding']} observations of shape {shape}")
+        self._check_actions()
         lens = self.episode_lens.astype(np.int64)
         object.__setattr__(self, "offsets", np.cumsum(lens) - lens)
+
+    def _check_actions(self):
+        """Integer actions are ids in [0, metadata["num_actions"]), or at least >= 0 where the count is not recorded."""
+        if not np.issubdtype(self.actions.dtype, np.integer) or len(self.actions) == 0:
+            return
+        num = self.metadata.get("num_actions")
+        low, high = int(self.actions.min()), int(self.actions.max())
+        if low < 0 or (num is not None and high >= num):
+            expected = f"ids in [0, {num})" if num is not None else "non-negative ids"
+            raise ValueError(f"inconsistent dataset: actions must be {expected}, got values in [{low}, {high}]")
 
     @classmethod
     def from_steps(cls, observations: np.ndarray, actions: np.ndarray, subgoals: np.ndarray, boundaries: np.ndarray,
@@ -148,6 +162,9 @@ class DemoDataset:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no demonstration dataset file at {path}")
+        if not zipfile.is_zipfile(path):  # np.load would return a .npy array, or try to unpickle
+            raise ValueError(f"{path} is not a readable demonstration dataset (truncated or corrupt?): "
+                             f"expected an .npz archive as DemoDataset.save writes, got a file that is not a zip archive")
         try:
             with np.load(path, allow_pickle=False) as npz:
                 missing = {"metadata", *STEP_FIELDS, *EPISODE_FIELDS} - set(npz.files)
@@ -164,7 +181,10 @@ class DemoDataset:
         if version != FORMAT_VERSION:
             raise ValueError(f"{path} has dataset format version {version!r} but this library "
                              f"(metacontroller {library_version()}) reads version {FORMAT_VERSION}: regenerate it")
-        return cls(**arrays, metadata=metadata)
+        try:
+            return cls(**arrays, metadata=metadata)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from error
 
     # ------------------------------------------------------------ batches
 

@@ -205,6 +205,9 @@ class CachedDecoder:
     def init_state(self, batch: int, like: Tensor):
         if self.plan is None:
             return XTransformersDecodeState()
+        # each rollout re-reads the weights (a copy of O(params), checked once at construction):
+        # updates through `.data` (e.g. x-evolution's noise) bump no version counter to notice
+        self.plan = DecoderPlan(self.decoder)
         return self.plan.init_state(batch, self.capacity, like)
 
     def step(self, x: Tensor, state) -> Tensor:

@@ -10,7 +10,8 @@ so `control` contracts the weights with e and g directly:
     Bᵀe = (e W_b) · g + b_0ᵀ e        A c = W_a (c ⊗ g) + a_0 c
 
 two plain matmuls over all steps and O(d·r·n_hidden) per step, without ever
-materialising a d×d matrix (nor the per-step d×r factors). `forward` returns
+materialising a d×d matrix (nor the per-step d×r factors). An optional multiplier c
+(ê = e + c·U e, default 1) scales the control for ablations. `forward` returns
 the factors themselves, for analysis and for the dense reference in tests.
 
 The output layer that produces A (or U) starts at zero, so control starts as
@@ -65,14 +66,19 @@ class ControllerDecoder(nn.Module):
         weight = linear.weight.view(d, -1)                            # (d, k * h)
         return _outer(x, g) @ weight.t() + x @ linear.bias.view(d, -1).t()
 
-    def control(self, latent: Tensor, stream: Tensor) -> Tensor:
-        """ê = e + U e for z (..., n_z) and e (..., d)."""
+    def control(self, latent: Tensor, stream: Tensor, scale: float = 1.) -> Tensor:
+        """ê = e + c·U e for z (..., n_z) and e (..., d), c = `scale`: 1 is the paper's control,
+        0 leaves e (and so the base model) exactly as it is (an ablation, not in the paper)."""
+        return stream + scale * self.steer(latent, stream)
+
+    def steer(self, latent: Tensor, stream: Tensor) -> Tensor:
+        """U e for z (..., n_z) and e (..., d)."""
         g = self.hidden(latent)                                       # (..., h)
         if self.to_b is None:
-            return stream + self._bilinear(self.to_a, stream, g)
+            return self._bilinear(self.to_a, stream, g)
 
         d, r, h = self.dim_model, self.rank, self.dim_hidden
         # Bᵀe: contract e with W_b over d first, then with g over h
         projected = (stream @ self.to_b.weight.view(d, r * h)).unflatten(-1, (r, h))
         coeffs = (projected * g[..., None, :]).sum(-1) + stream @ self.to_b.bias.view(d, r)   # (..., r)
-        return stream + self._bilinear(self.to_a, coeffs, g)
+        return self._bilinear(self.to_a, coeffs, g)

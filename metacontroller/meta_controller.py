@@ -17,8 +17,10 @@ Choices where the paper is silent or differs (documented in the README):
 - f_emb: the paper uses a Hawk SSM; ours is its recurrence alone (RG-LRU),
   run as a parallel scan, read at each row's last valid step.
 - f_enc and f_switch are one-hidden-layer MLPs (SiLU); β is a scalar.
-- Not in the paper, default off: Gumbel-sigmoid β (`switch_gumbel_temperature`)
-  and the H-Net ratio loss (`ratio_loss_weight`).
+- Not in the paper, default off: Gumbel-sigmoid β (`switch_gumbel_temperature`),
+  the H-Net ratio loss (`ratio_loss_weight`), a control multiplier c in
+  ê = e + c·U e (`control_scale`, default 1) and discrete codes z (binary or
+  categorical, KL against a uniform prior; `latent_code`, see `metacontroller.codes`).
 """
 from __future__ import annotations
 
@@ -30,9 +32,10 @@ from torch import Tensor, nn
 from torch_einops_utils import lens_to_mask
 
 from metacontroller.checkpoint import Checkpointable
+from metacontroller.codes import make_latent_code
 from metacontroller.embedder import SequenceEmbedder
 from metacontroller.hypernetwork import Controller, ControllerDecoder
-from metacontroller.policy import CausalPolicy, gaussian_log_prob, gaussian_sample
+from metacontroller.policy import CausalPolicy
 from metacontroller.ppo import compact, ppo_clip_loss
 from metacontroller.recurrence import gru_sequence, gru_step
 from metacontroller.switching import Switching, SwitchingUnit
@@ -43,16 +46,25 @@ class DiscoveryOutput(NamedTuple):
     beta: Tensor         # (b, t)
     latent: Tensor       # z (b, t, n_z)
     proposal: Tensor     # z̃ (b, t, n_z)
-    mean: Tensor         # μ (b, t, n_z)
-    log_var: Tensor      # log σ² (b, t, n_z)
-    kl: Tensor           # KL(N(μ, σ²) ‖ N(0, I)) per step, summed over n_z (b, t)
+    posterior: Tensor    # q(z̃_t) (b, t, n_z, k): (μ, log σ²) for the Gaussian code, logits (k = 1) for a discrete one
+    kl: Tensor           # KL(q(z̃_t) ‖ prior) per step, summed over n_z (b, t)
+
+    @property
+    def mean(self) -> Tensor:
+        """μ (b, t, n_z) of the Gaussian code."""
+        return self.posterior[..., 0]
+
+    @property
+    def log_var(self) -> Tensor:
+        """log σ² (b, t, n_z) of the Gaussian code."""
+        return self.posterior[..., 1]
 
 
 class MetaControllerStep(NamedTuple):
     """One internal-RL step; also the recurrent state carried to the next step."""
     input_residual_stream: Tensor   # e the metacontroller read (b, 1, d)
     controlled: Tensor              # ê (b, 1, d)
-    action_dist: Tensor             # policy's Gaussian over z̃ (b, 1, n_z, 2)
+    action_dist: Tensor             # policy's distribution over z̃ (b, 1, n_z, k): Gaussian (k = 2) or logits (k = 1)
     actions: Tensor                 # sampled z̃ (b, 1, n_z)
     switch_beta: Tensor             # β (b, 1); 1 at the first step
     latent: Tensor                  # the held code z (b, n_z)
@@ -63,6 +75,34 @@ class MetaControllerStep(NamedTuple):
 def shift_right(values: Tensor) -> Tensor:
     """(b, t, f) -> (b, t, f), row t holding row t - 1 and zeros at t = 0."""
     return F.pad(values, (0, 0, 1, -1))
+
+
+def check_float_tensor(what: str, value, shape: tuple[int, ...]):
+    if not torch.is_tensor(value) or not value.is_floating_point() or tuple(value.shape) != shape:
+        given = f'a {value.dtype} tensor of shape {tuple(value.shape)}' if torch.is_tensor(value) else type(value).__name__
+        raise ValueError(f'{what} must be a float tensor of shape {shape}, got {given}')
+
+
+def check_episode_lens(episode_lens, batch: int, time: int):
+    """(batch,) integer lengths in [1, time]: every row holds at least one valid step."""
+    if not torch.is_tensor(episode_lens) or episode_lens.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f'episode_lens must be an integer tensor of shape ({batch},), got {getattr(episode_lens, "dtype", type(episode_lens).__name__)}')
+    if tuple(episode_lens.shape) != (batch,):
+        raise ValueError(f'episode_lens must have shape ({batch},), got {tuple(episode_lens.shape)}')
+    if episode_lens.min() < 1 or episode_lens.max() > time:
+        raise ValueError(f'episode_lens must lie in [1, {time}] (the sequence length), got values in [{episode_lens.min().item()}, {episode_lens.max().item()}]')
+
+
+def forced_beta(force_beta: Tensor | float, shape: torch.Size) -> Tensor:
+    """A given β (a number, or a tensor that broadcasts to (b, t)) expanded to `shape`; values must lie in [0, 1]."""
+    beta = torch.as_tensor(force_beta, dtype = torch.float32)
+    if not torch.all((beta >= 0) & (beta <= 1)):   # NaN fails too
+        given = f'{beta.item():g}' if beta.numel() == 1 else f'values in [{beta.min().item():g}, {beta.max().item():g}]'
+        raise ValueError(f'force_beta must lie in [0, 1] (1: a new code at every step), got {given}')
+    try:
+        return beta.expand(shape)
+    except RuntimeError:
+        raise ValueError(f'force_beta must be a number or broadcast to (batch, time) = {tuple(shape)}, got shape {tuple(beta.shape)}') from None
 
 
 class MetaController(Checkpointable, nn.Module):
@@ -79,12 +119,21 @@ class MetaController(Checkpointable, nn.Module):
         switch_gumbel_temperature: float | None = None,
         ratio_loss_weight: float = 0.,
         target_segment_length: float = 8.,
+        control_scale: float = 1.,
+        latent_code: str = 'gaussian',
+        code_temperature: float = 1.,
+        code_straight_through: bool = True,
     ):
+        """control_scale c: ê = e + c·U e (1: the paper; 0: the base model untouched, an ablation).
+        latent_code: 'gaussian' (the paper), 'binary' (n_z bits) or 'categorical' (one of n_z codes);
+        the discrete codes sample with Gumbel noise at `code_temperature` in discovery, hard and
+        straight-through unless `code_straight_through` is False."""
         super().__init__()
         if hypernetwork_low_rank is not None and not 0 < hypernetwork_low_rank <= dim_model:
             raise ValueError(f'hypernetwork_low_rank must be in [1, dim_model={dim_model}] or None (full rank), got {hypernetwork_low_rank}')
 
         self.dim_model, self.dim_latent = dim_model, dim_latent
+        self.code = make_latent_code(latent_code, code_temperature, code_straight_through)
         dim_history = dim_summary = dim_meta_controller
 
         self.history = nn.GRU(dim_model, dim_history, batch_first = True)
@@ -92,14 +141,15 @@ class MetaController(Checkpointable, nn.Module):
         self.encoder = nn.Sequential(
             nn.Linear(dim_model + dim_history + dim_summary, dim_encoder_hidden),
             nn.SiLU(),
-            nn.Linear(dim_encoder_hidden, dim_latent * 2),
+            nn.Linear(dim_encoder_hidden, dim_latent * self.code.params),
         )
         self.switching = SwitchingUnit(dim_model, dim_history, dim_latent, dim_meta_controller, switch_gumbel_temperature)
         self.decoder = ControllerDecoder(dim_latent, dim_model, dim_hypernetwork_hidden, hypernetwork_low_rank)
-        self.policy = CausalPolicy(dim_model, dim_latent, dim_policy)
+        self.policy = CausalPolicy(dim_model, dim_latent, dim_policy, self.code.params)
 
         self.ratio_loss_weight = ratio_loss_weight
         self.target_segment_length = target_segment_length
+        self.control_scale = control_scale
 
     # discovery
 
@@ -109,27 +159,34 @@ class MetaController(Checkpointable, nn.Module):
         force_beta: None (learned switching), a float (1. = no temporal
         abstraction) or a (b, t) schedule; β_1 is always 1.
         """
+        self._check_stream(stream, 'stream')
         b, t, _ = stream.shape
+        if episode_lens is not None:
+            check_episode_lens(episode_lens, b, t)
         lens = episode_lens if episode_lens is not None else torch.full((b,), t, device = stream.device)
 
         history = gru_sequence(self.history, stream)
         prev_history = shift_right(history)                              # h_{t-1}
         summary = self.embedder(stream, lens)[:, None].expand(-1, t, -1)  # s (b, t, n_s)
 
-        mean, log_var = self.encoder(torch.cat((stream, prev_history, summary), dim = -1)).chunk(2, dim = -1)
-        proposal = mean + (0.5 * log_var).exp() * torch.randn_like(mean)
+        encoded = self.encoder(torch.cat((stream, prev_history, summary), dim = -1))
+        posterior = torch.stack(encoded.chunk(self.code.params, dim = -1), dim = -1)   # (b, t, n_z, k)
+        proposal = self.code.rsample(posterior)
 
         switching = self._switch(stream, prev_history, proposal, force_beta)
-        controlled = self.decoder.control(switching.latent, stream)
-        kl = 0.5 * (mean.pow(2) + log_var.exp() - log_var - 1.).sum(dim = -1)
-
-        return DiscoveryOutput(controlled, switching.beta, switching.latent, proposal, mean, log_var, kl)
+        controlled = self.decoder.control(switching.latent, stream, self.control_scale)
+        return DiscoveryOutput(controlled, switching.beta, switching.latent, proposal, posterior, self.code.kl(posterior))
 
     def _switch(self, stream, prev_history, proposal, force_beta) -> Switching:
         if force_beta is None:
             return self.switching(self.switching.project_inputs(stream, prev_history), proposal)
-        beta = torch.as_tensor(force_beta, dtype = proposal.dtype, device = proposal.device)
-        return self.switching.integrate(beta.expand(proposal.shape[:2]), proposal)
+        return self.switching.integrate(forced_beta(force_beta, proposal.shape[:2]).to(proposal), proposal)
+
+    def _check_stream(self, stream: Tensor, what: str):
+        """(b, t, dim_model) with at least one row and one step."""
+        if not torch.is_tensor(stream) or stream.ndim != 3 or stream.shape[-1] != self.dim_model or 0 in stream.shape:
+            given = tuple(stream.shape) if torch.is_tensor(stream) else type(stream).__name__
+            raise ValueError(f'{what} must be (batch >= 1, time >= 1, dim_model = {self.dim_model}), got {given}')
 
     def ratio_loss(self, beta: Tensor, mask: Tensor) -> Tensor:
         """H-Net ratio loss (not in the paper; weight 0 by default), already weighted."""
@@ -147,11 +204,14 @@ class MetaController(Checkpointable, nn.Module):
         self,
         stream: Tensor,
         prev: MetaControllerStep | None = None,
-        force_beta: float | None = None,
+        force_beta: Tensor | float | None = None,
         deterministic: bool = False,
     ) -> MetaControllerStep:
-        """One causal step on e_t (b, d): switch (β ≥ 0.5) or hold, and control."""
+        """One causal step on e_t (b, d): switch (β ≥ 0.5) or hold, and control.
+        force_beta: a number, or a tensor that broadcasts to (b,) (e.g. `periodic_beta(k, T)[t]`)."""
         b = stream.shape[0]
+        if prev is not None and prev.latent.shape[0] != b:
+            raise ValueError(f'the previous step holds {prev.latent.shape[0]} rows but stream has {b}: step every row of a rollout together')
         if prev is None:
             history = stream.new_zeros(b, self.history.hidden_size)
             latent = stream.new_zeros(b, self.dim_latent)
@@ -163,16 +223,17 @@ class MetaController(Checkpointable, nn.Module):
             beta = torch.sigmoid(self.switching.logit(projected, latent))
 
         if force_beta is not None:
-            beta = torch.full_like(beta, force_beta) if prev is not None else beta
+            forced = forced_beta(force_beta, beta.shape).to(beta)   # checked at every step; β_1 stays 1
+            beta = forced if prev is not None else beta
 
         switch = beta >= 0.5
         dist, new_policy_hidden = self.policy.step(stream, policy_hidden)
-        proposal = gaussian_sample(dist, deterministic)
+        proposal = self.code.sample(dist, deterministic)
 
         latent = torch.where(switch[:, None], proposal, latent)
         policy_hidden = torch.where(switch[:, None], new_policy_hidden, policy_hidden)  # the policy lives on the abstract timescale
         history = gru_step(self.history, stream, history)
-        controlled = self.decoder.control(latent, stream)
+        controlled = self.decoder.control(latent, stream, self.control_scale)
 
         return MetaControllerStep(
             stream[:, None], controlled[:, None], dist[:, None], proposal[:, None], beta[:, None],
@@ -180,8 +241,8 @@ class MetaController(Checkpointable, nn.Module):
         )
 
     def log_prob(self, action_dist: Tensor, actions: Tensor) -> Tensor:
-        """Joint log-prob of sampled latents (..., n_z) under (..., n_z, 2), summed over n_z."""
-        return gaussian_log_prob(action_dist, actions)
+        """Joint log-prob of sampled latents (..., n_z) under (..., n_z, k), summed over n_z."""
+        return self.code.log_prob(action_dist, actions)
 
     def policy_loss(
         self,
@@ -199,13 +260,17 @@ class MetaController(Checkpointable, nn.Module):
         latent_actions (B, T, n_z); advantages (B,) per trajectory; switch_betas
         (B, T). Decision steps = (β ≥ 0.5) ∧ valid; the policy is replayed over
         each row's decision steps in order, as it ran during the rollout.
+
+        The rollout is data: every input is detached, so a rollout recorded with
+        gradients enabled gives the same loss and gradients as one under no_grad.
         """
-        if states.ndim != 3 or states.shape[-1] != self.dim_model:
-            raise ValueError(f'states must be (B, T, dim_model={self.dim_model}), got {tuple(states.shape)}')
+        self._check_rollout(states, old_log_probs, latent_actions, advantages, switch_betas, episode_lens, clip)
+        states, old_log_probs, latent_actions, advantages, switch_betas = (
+            x.detach() for x in (states, old_log_probs, latent_actions, advantages, switch_betas))
         b, t, _ = states.shape
         mask = switch_betas >= 0.5
         if episode_lens is not None:
-            mask = mask & lens_to_mask(episode_lens, t)
+            mask = mask & lens_to_mask(episode_lens.to(states.device), t)
 
         decision_states, lens = compact(states, mask)
         decision_actions, _ = compact(latent_actions, mask)
@@ -214,6 +279,19 @@ class MetaController(Checkpointable, nn.Module):
 
         log_probs = self.log_prob(self.policy(decision_states), decision_actions)
         return ppo_clip_loss(log_probs, decision_old, advantages, valid, clip)
+
+    def _check_rollout(self, states, old_log_probs, latent_actions, advantages, switch_betas, episode_lens, clip):
+        """Every argument of `policy_loss` against states (B, T, d): a mismatch would broadcast silently."""
+        self._check_stream(states, 'states')
+        b, t, _ = states.shape
+        check_float_tensor('old_log_probs', old_log_probs, (b, t))
+        check_float_tensor('latent_actions', latent_actions, (b, t, self.dim_latent))
+        check_float_tensor('advantages', advantages, (b,))
+        check_float_tensor('switch_betas', switch_betas, (b, t))
+        if episode_lens is not None:
+            check_episode_lens(episode_lens, b, t)
+        if not clip > 0:
+            raise ValueError(f'clip must be > 0 (the PPO ratio is clipped to [1 - clip, 1 + clip]), got {clip}')
 
     def controller(self, latent: Tensor) -> Controller:
         """U for a code z (..., n_z): for analysis."""

@@ -6,8 +6,9 @@ only at decision steps (Algorithm 3), so replaying a trajectory means running
 it over the residual streams of that trajectory's decision steps.
 
 The output is a diagonal Gaussian over z as a (..., n_z, 2) tensor of
-(mean, log variance); the head starts near zero, i.e. near the N(0, I) prior
-the metacontroller was regularised towards.
+(mean, log variance), or logits (..., n_z, 1) for a discrete code
+(`metacontroller.codes`); the head starts near zero, i.e. near the prior
+(N(0, I), or uniform) the metacontroller was regularised towards.
 """
 from __future__ import annotations
 
@@ -31,24 +32,24 @@ def gaussian_sample(dist: Tensor, deterministic: bool = False) -> Tensor:
 
 
 class CausalPolicy(nn.Module):
-    def __init__(self, dim_model: int, dim_latent: int, dim_hidden: int = 256):
+    def __init__(self, dim_model: int, dim_latent: int, dim_hidden: int = 256, params_per_latent: int = 2):
         super().__init__()
-        self.dim_hidden = dim_hidden
+        self.dim_hidden, self.params_per_latent = dim_hidden, params_per_latent
         self.rnn = nn.GRU(dim_model, dim_hidden, batch_first = True)
-        self.head = nn.Linear(dim_hidden, dim_latent * 2)
+        self.head = nn.Linear(dim_hidden, dim_latent * params_per_latent)
         nn.init.normal_(self.head.weight, std = 1e-3)
         nn.init.zeros_(self.head.bias)
 
     def _dist(self, hidden: Tensor) -> Tensor:
-        return self.head(hidden).unflatten(-1, (-1, 2))
+        return self.head(hidden).unflatten(-1, (-1, self.params_per_latent))
 
     def forward(self, streams: Tensor) -> Tensor:
-        """Decision-step streams (b, k, d) -> dists (b, k, n_z, 2)."""
+        """Decision-step streams (b, k, d) -> dists (b, k, n_z, params_per_latent)."""
         out, _ = self.rnn(streams)
         return self._dist(out)
 
     def step(self, stream: Tensor, hidden: Tensor | None) -> tuple[Tensor, Tensor]:
-        """One decision step: (b, d), (b, h) | None -> (dist (b, n_z, 2), new hidden (b, h))."""
+        """One decision step: (b, d), (b, h) | None -> (dist (b, n_z, params_per_latent), new hidden (b, h))."""
         if hidden is None:
             hidden = stream.new_zeros(stream.shape[0], self.dim_hidden)
         hidden = gru_step(self.rnn, stream, hidden)

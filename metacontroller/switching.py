@@ -8,7 +8,7 @@
 depend on z (the projection of e_t and h_{t-1}) is computed for all t at once,
 so each step is one small matmul, an activation, a dot product and a lerp.
 When β is given (ablations) the recurrence is linear and runs as a parallel
-associative scan.
+associative scan; `periodic_beta` builds the fixed-period schedule (not in the paper).
 """
 from __future__ import annotations
 
@@ -18,6 +18,18 @@ import torch
 import torch.nn.functional as F
 from assoc_scan import AssocScan
 from torch import Tensor, nn
+
+from metacontroller.codes import logistic_noise
+
+
+def periodic_beta(period: int, steps: int, device: torch.device | str | None = None) -> Tensor:
+    """A fixed switch schedule (an ablation, not in the paper): β_t = 1 at t = 0, k, 2k, ... else 0, shape (steps,).
+
+    As `force_beta`, it broadcasts over the batch in `MetaController.forward`; the cached step
+    at step t takes its t-th entry. k = 1 is the β ≡ 1 baseline."""
+    if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+        raise ValueError(f'period must be an integer >= 1 (steps from one switch to the next), got {period!r}')
+    return (torch.arange(steps, device = device) % period == 0).float()
 
 
 class Switching(NamedTuple):
@@ -57,8 +69,7 @@ class SwitchingUnit(nn.Module):
         """
         noise, temperature = torch.zeros_like(proposals[..., 0]), 1.
         if self.training and self.gumbel_temperature is not None:
-            u = torch.rand_like(noise).clamp(1e-6, 1 - 1e-6)
-            noise, temperature = u.log() - (-u).log1p(), self.gumbel_temperature
+            noise, temperature = logistic_noise(noise), self.gumbel_temperature
         beta, latent = _SwitchRecurrence.apply(
             projected, proposals, self.from_latent.weight, self.to_logit.weight[0], self.to_logit.bias, noise, temperature
         )

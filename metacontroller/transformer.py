@@ -25,11 +25,13 @@ from x_transformers import Decoder
 
 from metacontroller.checkpoint import Checkpointable
 from metacontroller.fast_decode import CachedDecoder
-from metacontroller.meta_controller import MetaController, MetaControllerStep, shift_right
+from metacontroller.fast_train import fast_paths_enabled, fused_decoder, sparse_matmul
+from metacontroller.meta_controller import MetaController, MetaControllerStep, check_episode_lens, shift_right
+from metacontroller.readouts import BinaryReadout
 
 
 class BehaviourCloningLosses(NamedTuple):
-    state: Tensor    # observation-prediction loss, mean over valid steps with a next observation
+    state: Tensor | None   # observation-prediction loss, mean over valid steps with a next observation; None unless predict_state
     action: Tensor   # action NLL, mean over valid steps
 
 
@@ -49,13 +51,14 @@ class TransformerCache:
     lower: object
     upper: object
     prev_hiddens: PrevHiddens
+    batch: int
     length: int = 0
 
     def select(self, rows: Tensor) -> TransformerCache:
         """The cache of a subset of the batch (e.g. the episodes still running); consumes this cache."""
         meta = self.prev_hiddens.meta_controller
         meta = None if meta is None else MetaControllerStep(*(x[rows] for x in meta))
-        return TransformerCache(self.lower.select(rows), self.upper.select(rows), PrevHiddens(meta), self.length)
+        return TransformerCache(self.lower.select(rows), self.upper.select(rows), PrevHiddens(meta), len(rows), self.length)
 
 
 @contextmanager
@@ -95,19 +98,27 @@ class Transformer(Checkpointable, nn.Module):
         upper_body: dict | nn.Module,
         embed_past_action: bool = False,
         state_encoder: nn.Module | None = None,
+        binary_state_readout: bool = False,
     ):
         """state_encoder: optional module (..., *obs) -> (..., dim) whose output is added to the
-        observation embedding, e.g. `metacontroller.envs.egocentric.EgocentricEncoder` for grids."""
+        observation embedding, e.g. `metacontroller.envs.egocentric.EgocentricEncoder` for grids.
+        binary_state_readout: the observations are 0/1 features; predict o_{t+1} with Bernoulli
+        logits (`metacontroller.readouts.BinaryReadout`) instead of the readout's Gaussian."""
         super().__init__()
         self.dim = dim
         self.embed_past_action = embed_past_action
         self.state_embed, self.state_readout = EmbedAndReadout(dim, **state_embed_readout)
+        if binary_state_readout:
+            if self.state_embed.num_continuous == 0:
+                raise ValueError('binary_state_readout predicts 0/1 observation features: state_embed_readout must set num_continuous')
+            self.state_readout = BinaryReadout(dim, self.state_embed.num_continuous)
         self.state_encoder = state_encoder
         self.action_embed, self.action_readout = EmbedAndReadout(dim, **action_embed_readout)
         self.lower_body = build_body(dim, lower_body, pre_norm_has_final_norm = False)
         self.upper_body = build_body(dim, upper_body)
         self.meta_controller = None
         self._step_decoders = {}
+        self._fused_bodies = {}
 
     def base_modules(self) -> list[nn.Module]:
         """Everything but an attached metacontroller: what discovery and internal RL keep frozen."""
@@ -121,15 +132,25 @@ class Transformer(Checkpointable, nn.Module):
             raise TypeError(f'{what} must be a tensor, got {type(state).__name__}')
         n = self.state_embed.num_continuous
         if n > 0:
-            if not state.is_floating_point():
-                raise TypeError(f'{what} must be a float tensor (continuous observations), got {state.dtype}')
-            if state.ndim != 3 or state.shape[-1] != n:
-                raise ValueError(f'{what} must have shape (batch, time, {n}), got {tuple(state.shape)}')
+            self._check_continuous_states(state, what, n)
         else:
             if state.dtype not in (torch.int64, torch.int32):
                 raise TypeError(f'{what} must be an integer tensor (discrete observations), got {state.dtype}')
             if state.ndim not in (2, 3):
                 raise ValueError(f'{what} must have shape (batch, time[, sets]), got {tuple(state.shape)}')
+        if state.shape[0] == 0 or state.shape[1] == 0:
+            raise ValueError(f'{what} must hold at least one episode and one step, got shape {tuple(state.shape)}')
+
+    def _check_continuous_states(self, state: Tensor, what: str, n: int):
+        dtype = next(self.parameters()).dtype   # autocast, when on, lowers the precision inside the model
+        if state.dtype != dtype:
+            raise TypeError(f'{what} must be a float tensor of the model\'s dtype ({dtype}) for continuous observations, got {state.dtype}')
+        if state.ndim != 3 or state.shape[-1] != n:
+            raise ValueError(f'{what} must have shape (batch, time, {n}), got {tuple(state.shape)}')
+        # padding included: attention would still spread NaN to every step. 0 * x is NaN exactly where x is
+        # not finite, and a sum keeps NaN: one pass, ~5x cheaper than isfinite().all() on a training batch
+        if state.mul(0).sum().isnan():
+            raise ValueError(f'{what} must be finite, got {(~torch.isfinite(state)).sum().item()} NaN or inf entries')
 
     def _check_actions(self, actions: Tensor, batch_time: tuple[int, ...], what: str = 'actions', mask: Tensor | None = None):
         if not torch.is_tensor(actions):
@@ -151,12 +172,7 @@ class Transformer(Checkpointable, nn.Module):
     def _valid_mask(self, episode_lens: Tensor | None, batch: int, time: int, device) -> Tensor:
         if episode_lens is None:
             return torch.ones(batch, time, dtype = torch.bool, device = device)
-        if not torch.is_tensor(episode_lens) or episode_lens.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f'episode_lens must be an integer tensor of shape ({batch},), got {getattr(episode_lens, "dtype", type(episode_lens).__name__)}')
-        if tuple(episode_lens.shape) != (batch,):
-            raise ValueError(f'episode_lens must have shape ({batch},), got {tuple(episode_lens.shape)}')
-        if episode_lens.min() < 1 or episode_lens.max() > time:
-            raise ValueError(f'episode_lens must lie in [1, {time}] (the sequence length), got values in [{episode_lens.min().item()}, {episode_lens.max().item()}]')
+        check_episode_lens(episode_lens, batch, time)
         return lens_to_mask(episode_lens.to(device), time)
 
     def _check_meta_controller(self, meta_controller):
@@ -169,8 +185,26 @@ class Transformer(Checkpointable, nn.Module):
 
     def embed_states(self, state: Tensor) -> Tensor:
         """(b, t, ...) observations -> (b, t, d)."""
-        tokens = self.state_embed(state)
+        tokens = self._embed_continuous(state)
         return tokens if self.state_encoder is None else tokens + self.state_encoder(state)
+
+    def _embed_continuous(self, state: Tensor) -> Tensor:
+        """The state embedding; a one-hot observation gathers the embedding rows it selects (`sparse_matmul`)."""
+        embed = self.state_embed
+        selector = embed.selectors[0]
+        if not state.is_floating_point() or len(embed.selectors) > 1 or selector.has_discrete or embed.can_norm_continuous:
+            return embed(state)
+        return sparse_matmul(state, selector.continuous_selector.get_embed())
+
+    def _body(self, name: str) -> Callable[[Tensor], Tensor]:
+        """The sequence forward of a body: its fused forward where that matches x-transformers' (see fast_train)."""
+        body = getattr(self, name)
+        if not fast_paths_enabled():
+            return body
+        cached = self._fused_bodies.get(name)
+        if cached is None or cached[0] is not body:
+            cached = self._fused_bodies[name] = (body, fused_decoder(body))
+        return cached[1] or body
 
     def embed(self, state: Tensor, actions: Tensor | None = None) -> Tensor:
         """(b, t, ...) observations [+ actions a_{1:t}] -> tokens (b, t, d); step t sees o_t and a_{t-1}."""
@@ -184,7 +218,7 @@ class Transformer(Checkpointable, nn.Module):
     def residual_stream(self, state: Tensor, actions: Tensor | None = None) -> Tensor:
         """e at the cut between the bodies: (b, t, d)."""
         self._check_states(state)
-        return self.lower_body(self.embed(state, actions))
+        return self._body('lower_body')(self.embed(state, actions))
 
     def layer_residuals(self, state: Tensor, actions: Tensor | None = None) -> list[Tensor]:
         """The residual stream before each transformer layer and after the last: L + 1 tensors (b, t, d)."""
@@ -213,9 +247,13 @@ class Transformer(Checkpointable, nn.Module):
             actions = actions.masked_fill(~mask, 0)  # padding may hold anything; keep it a valid id
         return actions, mask
 
-    def behaviour_cloning_losses(self, state: Tensor, actions: Tensor, episode_lens: Tensor | None = None) -> BehaviourCloningLosses:
+    def behaviour_cloning_losses(self, state: Tensor, actions: Tensor, episode_lens: Tensor | None = None,
+                                 predict_state: bool = True) -> BehaviourCloningLosses:
+        """predict_state = False skips the next-observation readout (its loss is None): at λ = 0 it is pure cost."""
         actions, mask = self._prepare(state, actions, episode_lens)
-        hidden = self.upper_body(self.lower_body(self.embed(state, actions)))
+        hidden = self._body('upper_body')(self._body('lower_body')(self.embed(state, actions)))
+        if not predict_state:
+            return BehaviourCloningLosses(None, self.action_readout(hidden, targets = actions, loss_mask = mask))
         return BehaviourCloningLosses(*self._readout_losses(hidden, state, actions, mask))
 
     def discovery_losses(
@@ -235,13 +273,13 @@ class Transformer(Checkpointable, nn.Module):
         actions, mask = self._prepare(state, actions, episode_lens)
         if stream is None:
             with torch.no_grad():
-                stream = self.lower_body(self.embed(state, actions))
+                stream = self._body('lower_body')(self.embed(state, actions))
 
         # under bf16 autocast only the bodies run in bf16: the metacontroller's hand-written recurrences are fp32
         with torch.autocast(stream.device.type, enabled = False):
             out = meta_controller(stream.float(), episode_lens, force_beta)
         with frozen(*self.base_modules()):
-            hidden = self.upper_body(out.controlled)
+            hidden = self._body('upper_body')(out.controlled)
             state_loss, action_loss = self._readout_losses(hidden, state, actions, mask)
 
         maskf = mask.to(out.kl.dtype)
@@ -269,37 +307,51 @@ class Transformer(Checkpointable, nn.Module):
         meta_controller: MetaController | None = None,
         force_beta: float | None = None,
         deterministic: bool = False,
+        intervention: Callable[[Tensor], Tensor] | None = None,
     ) -> tuple[Tensor, TransformerCache]:
         """One step for a batch of environments: state (b, 1, ...), past action a_{t-1} (b, 1) or (b,).
 
         Returns action logits (b, 1, num_actions) and the cache for the next step.
-        For rollouts (no gradient to the base weights); train with the sequence forward.
+        For rollouts, which are data: the frozen base builds no autograd graph, with or
+        without torch.no_grad() around the call; train with the sequence forward.
+        `intervention` maps e_t (b, d) at the cut to the ê_t the upper body reads, in place
+        of a metacontroller (e.g. ground-truth subgoal controllers, or a steering vector).
         """
         self._check_states(state, 'one_state')
         if state.shape[1] != 1:
             raise ValueError(f'step-wise inference takes one step at a time: one_state must be (batch, 1, ...), got {tuple(state.shape)}')
         if meta_controller is not None:
             self._check_meta_controller(meta_controller)
+        if meta_controller is not None and intervention is not None:
+            raise ValueError('pass a meta_controller or an intervention, not both: each rewrites the residual stream at the cut')
 
         b = state.shape[0]
-        tokens = self.embed_states(state)[:, 0]
-        if self.embed_past_action and past_action is not None:
-            past_action = past_action.reshape(b, *past_action.shape[2:] if past_action.ndim > 2 else ())
-            self._check_actions(past_action, (b,), 'past_action')
-            tokens = tokens + self.action_embed(past_action)
+        if cache is not None and cache.batch != b:
+            raise ValueError(f'the cache holds {cache.batch} episodes but one_state has {b}: step them all together, '
+                             f'or keep some with cache.select(rows)')
 
         lower, upper = self._step_decoder('lower_body'), self._step_decoder('upper_body')
-        if cache is None:
-            cache = TransformerCache(lower.init_state(b, tokens), upper.init_state(b, tokens), PrevHiddens(None))
+        # no graph through the frozen base: the plan also writes its KV buffers in place
+        with torch.no_grad():
+            tokens = self.embed_states(state)[:, 0]
+            if self.embed_past_action and past_action is not None:
+                past_action = past_action.reshape(b, *past_action.shape[2:] if past_action.ndim > 2 else ())
+                self._check_actions(past_action, (b,), 'past_action')
+                tokens = tokens + self.action_embed(past_action)
+            if cache is None:
+                cache = TransformerCache(lower.init_state(b, tokens), upper.init_state(b, tokens), PrevHiddens(None), b)
+            stream = lower.step(tokens, cache.lower)
 
-        stream = lower.step(tokens, cache.lower)
         meta = None
         if meta_controller is not None:
             meta = meta_controller.step(stream, cache.prev_hiddens.meta_controller, force_beta, deterministic)
             stream = meta.controlled[:, 0]
+        if intervention is not None:
+            stream = intervention(stream)
 
-        logits = self.action_readout(upper.step(stream, cache.upper)[:, None])
-        return logits, TransformerCache(cache.lower, cache.upper, PrevHiddens(meta), cache.length + 1)
+        with torch.no_grad():
+            logits = self.action_readout(upper.step(stream, cache.upper)[:, None])
+        return logits, TransformerCache(cache.lower, cache.upper, PrevHiddens(meta), b, cache.length + 1)
 
     def forward(
         self,
@@ -312,10 +364,11 @@ class Transformer(Checkpointable, nn.Module):
         cache: TransformerCache | None = None,
         return_cache: bool = False,
         force_beta: Tensor | float | None = None,
+        predict_state: bool = True,
     ):
         """Three modes, one return type each:
 
-        - behaviour cloning: model(state, actions) -> BehaviourCloningLosses
+        - behaviour cloning: model(state, actions[, predict_state = False]) -> BehaviourCloningLosses
         - discovery: model(state, actions, meta_controller = mc, discovery_phase = True) -> DiscoveryLosses
         - stepping: model(one_state, past_action, cache = cache, return_cache = True) -> (logits, cache)
         """
@@ -328,7 +381,7 @@ class Transformer(Checkpointable, nn.Module):
             return self.discovery_losses(state, actions, meta_controller, episode_lens, force_beta = force_beta)
         if meta_controller is not None:
             raise ValueError('a meta_controller over a whole sequence is only used in discovery (discovery_phase = True); step with return_cache = True for control')
-        return self.behaviour_cloning_losses(state, actions, episode_lens)
+        return self.behaviour_cloning_losses(state, actions, episode_lens, predict_state)
 
     # evolution strategies
 

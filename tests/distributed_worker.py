@@ -35,7 +35,7 @@ def advantages_seen(process: Process) -> torch.Tensor:
 
     def collect(seeds):
         n = len(seeds)
-        return SimpleNamespace(episodes = Episodes(CRAFTED_RETURNS[list(seeds)], torch.ones(n, dtype = torch.long), torch.ones(n, dtype = torch.long)))
+        return SimpleNamespace(episodes = Episodes(CRAFTED_RETURNS[list(seeds)], *torch.ones(3, n, dtype = torch.long)))
 
     def update(_batch, advantages):
         seen.append(advantages)
@@ -56,12 +56,12 @@ def policy_after_update(process: Process) -> dict:
     decisions = torch.tensor([5, 1, 3, 2, 4, 5])
     with torch.no_grad():
         log_probs = meta.log_prob(meta.policy(streams), latents)
-    episodes = Episodes(torch.tensor([1., 0., 0., 1., 0., 0.]), decisions, decisions)
+    episodes = Episodes(torch.tensor([1., 0., 0., 1., 0., 0.]), decisions, decisions, decisions)
     advantages = trajectory_advantages(episodes.returns)
 
     mine = process.shard(len(decisions))
-    batch = AbstractBatch(streams[mine], latents[mine], log_probs[mine], torch.zeros_like(log_probs[mine]), decisions[mine],
-                          Episodes(*(field[mine] for field in episodes)))
+    batch = AbstractBatch(streams[mine], latents[mine], log_probs[mine], torch.ones_like(log_probs[mine]), torch.zeros_like(log_probs[mine]),
+                          decisions[mine], Episodes(*(field[mine] for field in episodes)))
     config = RLConfig(num_envs = len(decisions), lr = 1e-2)
     policy_update(meta, batch, advantages[mine], make_optimizer(meta.policy.parameters(), config), config, process)
     return meta.policy.state_dict()

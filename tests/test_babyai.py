@@ -116,3 +116,18 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     assert all((tmp_path / 'run' / name).is_file() for name in ('data/pretrain.npz', 'fig1.png', 'rl/meta_controller.pt'))
     meta = DemoDataset.load(tmp_path / 'run' / 'data' / 'post_task.npz').metadata
     assert meta['levels'] == [POST_TRAINING_LEVEL] and meta['obs_shape'] == [OBS_DIM]
+
+
+def test_live_subgoal_agrees_with_the_bots_labels(demos):
+    """Replaying the bot's actions, `env.subgoal` (the instruction to complete next) is the label the
+    demonstration carries, except while the bot replans (detours stay with their instruction)."""
+    env = VecBabyAIEnv(len(demos), ALL_LEVELS)
+    env.reset(seed = demos.seeds.tolist())
+    batch = demos.batch(np.arange(len(demos)))
+    agree = []
+    for t in range(int(batch.episode_lens.max())):
+        live = (t < batch.episode_lens).numpy()
+        agree.append(env.subgoal[live] == batch.subgoals[live, t].numpy())
+        env.step(np.where(live, batch.actions[:, t].numpy(), 0))
+    assert np.concatenate(agree).mean() > 0.9   # 0.96 on these 48 episodes
+    assert (env.subgoal == -1).all()   # every episode ended

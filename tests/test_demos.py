@@ -1,11 +1,12 @@
 """Demonstration datasets: generation, file round trip, padded batches, bad input."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from metacontroller.demos import FORMAT_VERSION, NO_SUBGOAL, DemoDataset
+from metacontroller.demos import EPISODE_FIELDS, FORMAT_VERSION, NO_SUBGOAL, STEP_FIELDS, DemoDataset
 from metacontroller.envs.expert import generate_pinpad_demos
 from metacontroller.envs.pinpad import PRETRAINING_TASKS, PinpadEnv
 
@@ -118,6 +119,34 @@ def test_truncated_and_garbage_files(demos, tmp_path):
         DemoDataset.load(path)
     path.write_bytes(b"not a dataset")
     with pytest.raises(ValueError, match="truncated or corrupt"):
+        DemoDataset.load(path)
+
+
+def test_files_that_are_not_npz_archives(tmp_path):
+    path = tmp_path / "array.npy"
+    np.save(path, np.zeros(3))
+    with pytest.raises(ValueError, match=r"array.npy is not a readable demonstration dataset .* not a zip archive"):
+        DemoDataset.load(path)
+
+
+def save_raw(path, demos, metadata, **arrays):
+    """Write a dataset file as is, without DemoDataset's checks."""
+    arrays = {name: getattr(demos, name) for name in STEP_FIELDS + EPISODE_FIELDS} | arrays
+    np.savez(path, metadata=np.frombuffer(json.dumps(metadata).encode(), np.uint8), **arrays)
+
+
+def test_out_of_range_actions(demos, tmp_path):
+    actions = demos.actions.copy()
+    actions[5] = 4
+    with pytest.raises(ValueError, match=r"actions must be ids in \[0, 4\), got values in \[0, 4\]"):
+        replace(demos, actions=actions)
+    path = tmp_path / "bad_actions.npz"
+    save_raw(path, demos, demos.metadata, actions=actions)
+    with pytest.raises(ValueError, match=r"bad_actions.npz: inconsistent dataset: actions must be ids in \[0, 4\)"):
+        DemoDataset.load(path)
+    actions[5] = -1
+    save_raw(path, demos, {k: v for k, v in demos.metadata.items() if k != "num_actions"}, actions=actions)
+    with pytest.raises(ValueError, match=r"actions must be non-negative ids, got values in \[-1, 3\]"):   # count not recorded
         DemoDataset.load(path)
 
 

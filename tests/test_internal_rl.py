@@ -10,6 +10,7 @@ import torch
 
 from metacontroller.rl import RLConfig, collect_abstract, evaluate, run_episodes, train_internal_rl, train_raw_action_rl
 from metacontroller.rl.abstract_env import AbstractRecorder
+from metacontroller.rl.store import load_rollouts, save_rollouts
 from metacontroller.rl.raw_action import RawRecorder, raw_log_probs
 from metacontroller.rl.trainer import policy_update, trajectory_advantages
 from metacontroller.rl.seeds import episode_seeds
@@ -220,6 +221,46 @@ def test_ppo_uses_exactly_the_decision_steps_with_per_trajectory_advantages():
     loss_garbage = meta.policy_loss(garbage(batch.streams), garbage(batch.log_probs), garbage(batch.latents), advantages,
                                     torch.ones_like(batch.log_probs), episode_lens = batch.decisions)
     assert torch.allclose(loss, loss_garbage)
+
+
+def test_rollout_store_round_trip_gives_the_identical_loss(tmp_path):
+    _, meta, batch = rollout_with_a_sharp_policy()
+    advantages = torch.tensor([1., -1., 0.5, 2., -0.5, 0.])
+    assert torch.all(batch.betas[batch.valid] >= 0.5) and torch.all(batch.betas[~batch.valid] == 0)
+
+    save_rollouts(tmp_path / 'rollouts', batch, advantages)                        # the name is kept as given
+    loaded, loaded_advantages = load_rollouts(tmp_path / 'rollouts')
+    for name, kept, read in zip(batch._fields[:-1], batch, loaded):
+        assert torch.equal(kept, read) and kept.dtype == read.dtype, name
+    assert all(torch.equal(kept, read) for kept, read in zip(batch.episodes, loaded.episodes))
+    assert torch.equal(loaded_advantages, advantages)
+
+    loss = meta.policy_loss(*loaded.policy_loss_args(loaded_advantages))
+    assert torch.equal(loss, meta.policy_loss(*batch.policy_loss_args(advantages)))
+    # what the PPO update passed before betas were recorded: ones, masked by the decision counts
+    assert torch.equal(loss, meta.policy_loss(batch.streams, batch.log_probs, batch.latents, advantages,
+                                              torch.ones_like(batch.log_probs), episode_lens = batch.decisions))
+
+    save_rollouts(tmp_path / 'no_advantages.npz', batch)
+    assert load_rollouts(tmp_path / 'no_advantages.npz').advantages is None
+    with pytest.raises(ValueError, match = r'advantages must be a tensor of shape \(6,\)'):
+        save_rollouts(tmp_path / 'bad.npz', batch, advantages[:3])
+
+
+def test_rollout_store_refuses_pickles_and_foreign_files(tmp_path):
+    _, _, batch = rollout_with_a_sharp_policy()
+    save_rollouts(tmp_path / 'rollouts.npz', batch)
+    with np.load(tmp_path / 'rollouts.npz') as data:
+        entries = dict(data)
+    np.savez(tmp_path / 'pickled.npz', **{**entries, 'streams': np.array([object()], dtype = object)})
+    with pytest.raises(ValueError, match = 'allow_pickle'):                         # refused, never unpickled
+        load_rollouts(tmp_path / 'pickled.npz')
+    np.savez(tmp_path / 'other.npz', **{**entries, 'version': np.array(2)})
+    with pytest.raises(ValueError, match = 'not a metacontroller-rollouts file of version 1'):
+        load_rollouts(tmp_path / 'other.npz')
+    np.savez(tmp_path / 'partial.npz', **{k: v for k, v in entries.items() if k not in ('latents', 'returns')})
+    with pytest.raises(ValueError, match = 'lacks latents, returns'):
+        load_rollouts(tmp_path / 'partial.npz')
 
 
 def test_trajectory_advantages_normalise_over_the_batch_or_the_group():

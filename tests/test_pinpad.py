@@ -41,7 +41,7 @@ WALL_LAYOUT = Layout.from_text("""
 
 
 def make_env(layout=LAYOUT, task=(0, 1), **kwargs):
-    env = PinpadEnv(**kwargs)
+    env = PinpadEnv(tasks=[task], **kwargs)
     env.reset(seed=0, options={"layout": layout, "task": task})
     return env
 
@@ -330,3 +330,34 @@ def test_expert_rejects_bad_epsilon():
     for epsilon in (-0.1, 1.5):
         with pytest.raises(ValueError, match="epsilon"):
             PinpadExpert(epsilon)
+
+
+def test_impossible_max_steps_is_refused_up_front():
+    with pytest.raises(ValueError, match=r"task \(0, 1, 4, 5, 0, 1\) needs at least 6 moves, more than max_steps = 3"):
+        VecPinpadEnv(4, max_steps=3)
+    register_envs()
+    with pytest.raises(ValueError, match=r"more than max_steps = 3"):
+        gymnasium.make(ENV_ID, max_steps=3)
+    with pytest.raises(ValueError, match=r"needs at least 3 moves"):  # colour 0 twice in a row: leave it, enter it again
+        VecPinpadEnv(1, tasks=[(0, 0)], max_steps=2)
+    env = VecPinpadEnv(2, tasks=[(0, 1)], max_steps=3)
+    with pytest.raises(ValueError, match=r"needs at least 12 moves, more than max_steps = 3"):
+        env.reset(options={"task": POST_TRAINING_TASK})
+
+
+def test_layout_draws_are_capped():
+    env = VecPinpadEnv(4, max_steps=8)  # possible in principle, but hardly any layout is that compact
+    with pytest.raises(ValueError, match=r"no layout in 1000 draws let task .* be completed within max_steps = 8"):
+        env.reset(seed=0)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: VecPinpadEnv(2).step(np.zeros(2, dtype=int)), gymnasium.error.ResetNeeded, r"call reset\(\) before step\(\)"),
+    (lambda: VecPinpadEnv(2, tasks=[0, 1]), ValueError, r"for a single task pass \[\[0, 1\]\]"),
+    (lambda: VecPinpadEnv(2).reset(seed=1.5), TypeError, r"seed must be a non-negative int or a list of 2 of them, got 1.5"),
+    (lambda: VecPinpadEnv(2).reset(seed=[0, -1]), TypeError, r"got \[0, -1\]"),
+    (lambda: VecPinpadEnv(2).reset(options={"layouts": LAYOUT}), ValueError, r"unknown reset options \['layouts'\]"),
+])
+def test_misuse_is_named(call, error, match):
+    with pytest.raises(error, match=match):
+        call()

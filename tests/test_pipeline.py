@@ -2,33 +2,33 @@
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from metacontroller.envs.expert import generate_pinpad_demos, pinpad_action_sets
+from metacontroller.envs.babyai_pipeline import babyai_adapter
 from metacontroller.pipeline.adapter import pinpad_adapter
 from metacontroller.pipeline.aggregate import aggregate
 from metacontroller.pipeline.cli import main
-from metacontroller.pipeline.config import smoke_config
+from metacontroller.pipeline.config import PRESETS, smoke_config, validate
+from metacontroller.pipeline.files import read_json, run_lock, write_json
 from metacontroller.pipeline.metrics import beta_binary_fraction, match_switches, switch_counts
 from metacontroller.pipeline.models import build_transformer
+from metacontroller.pipeline.phases import PHASES
 from metacontroller.pipeline.pretrain import imitation_metrics
 
-PHASE_FILES = ['config.json', 'results.json', 'run.log', 'data/pretrain.npz', 'data/discovery.npz', 'pretrain/model.pt',
+PHASE_FILES = ['config.json', 'results.json', 'run.log', 'data/pretrain.npz', 'data/discovery.npz', 'pretrain/model.pt', 'control/controller.pt',
                'discover/meta_controller.pt', 'rl/meta_controller.pt', 'baselines/raw_action_model.pt',
                'switches.png', 'probe.png', 'rl_curves.png', 'fig1.png']
 
 
 def run(tmp_path, *flags):
     """The CLI on the smoke preset; one torch thread (tiny models gain nothing from more, and a
-    shared CI machine loses a lot to oversubscription), restored afterwards for other tests."""
-    threads = torch.get_num_threads()
-    try:
-        return main(pinpad_adapter(), ['--preset', 'smoke', '--run-dir', str(tmp_path / 'run'), '--no-progress', '--threads', '1', *flags])
-    finally:
-        torch.set_num_threads(threads)
+    shared CI machine loses a lot to oversubscription)."""
+    return main(pinpad_adapter(), ['--preset', 'smoke', '--run-dir', str(tmp_path / 'run'), '--no-progress', '--threads', '1', *flags])
 
 
 def numbers(tree):
@@ -54,6 +54,10 @@ def test_smoke_pipeline_writes_everything(smoke_run):
     assert set(on_disk['pretrain']) >= {'action_nll', 'expert_match', 'success_pretraining_tasks', 'success_post_task',
                                         'action_nll_floor', 'p_optimal', 'p_fatal', 'expert_path_survival'}
     assert len(on_disk['probe']['accuracy_by_layer']) == on_disk['config']['model']['depth'] + 1
+    control = on_disk['control']
+    assert set(control['heldout']['controlled']) >= {'action_nll', 'p_fatal', 'p_fatal_onset'} and control['layer'] == 1
+    for tasks in ('post_task', 'pretraining_tasks'):
+        assert {kind: 0 <= control[tasks][kind]['success'] <= 1 for kind in ('base', 'controlled')} == {'base': True, 'controlled': True}
     assert set(on_disk['discovery']) >= {'switch_f1', 'switches_per_episode', 'beta_binary_fraction', 'action_nll', 'kl'}
     for name in ('internal', 'raw_action', 'no_temporal_abstraction'):
         entry = on_disk['rl'][name]
@@ -69,7 +73,7 @@ def test_resume_skips_finished_phases(smoke_run, tmp_path):
     before = log.read_text()
     run(smoke_tmp)
     new = log.read_text()[len(before):]
-    assert new.count('already finished, skipped') == 7
+    assert new.count('already finished, skipped') == len(PHASES)
     assert 'phase pretrain: start' not in new
 
 
@@ -98,16 +102,81 @@ def test_changed_settings_need_force_or_a_new_folder(smoke_run):
     (['--preset', 'huge'], 'invalid choice'),
     (['--pretrain.steps', 'many'], 'invalid int'),
     (['--seeds', '0'], '--seeds must be >= 1'),
-    (['--model.depth', '3'], None),
+    (['--seed', '-1'], '--seed must be >= 0, got -1'),
+    (['--threads', '-2'], '--threads must be >= 0, got -2'),
+    (['--model.depth', '3'], '--model.depth must be even (the metacontroller sits at L/2), got 3'),
+    (['--model.heads', '0'], '--model.heads must be >= 1, got 0'),
+    (['--pretrain.steps', '-1'], '--pretrain.steps must be >= 0, got -1'),
+    (['--pretrain.steps', '0'], '--pretrain.steps 0 keeps the model untrained'),
+    (['--pretrain.lr', 'nan'], '--pretrain.lr must be finite and > 0, got nan'),
+    (['--discovery.alpha', '-0.1'], '--discovery.alpha must be finite and >= 0, got -0.1'),
+    (['--discovery.sweep_alphas', '0.1,-1'], '--discovery.sweep_alphas must be finite and >= 0, got -1.0'),
+    (['--discovery.hypernetwork_low_rank', '33'], '--discovery.hypernetwork_low_rank must be <= --model.dim (32), got 33'),
+    (['--data.pretrain_epsilon', '1.5'], '--data.pretrain_epsilon must be a probability, <= 1, got 1.5'),
+    (['--rl.clip', '0'], '--rl.clip must be finite and > 0, got 0.0'),
+    (['--rl.num_envs', '0', '--rl.epochs', '0'], '--rl.num_envs must be >= 1, got 0; --rl.epochs must be >= 1, got 0'),
 ])
-def test_bad_flags_are_rejected(tmp_path, capsys, flags, message):
-    if message is None:   # accepted by the parser, refused when the model is built
-        with pytest.raises(ValueError, match = 'depth must be even'):
-            run(tmp_path, '--phases', 'data,pretrain', *flags)
-        return
+def test_bad_flags_are_rejected_before_any_work(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit):
         run(tmp_path, *flags)
     assert message in capsys.readouterr().err
+    assert not (tmp_path / 'run').exists()   # no config.json, no phase ran
+
+
+@pytest.mark.parametrize('adapter', [pinpad_adapter(), babyai_adapter()], ids = ['pinpad', 'babyai'])
+def test_every_preset_is_valid(adapter):
+    for name in PRESETS:
+        validate(adapter.preset(name))
+
+
+def test_threads_flag_is_restored(tmp_path):
+    threads = torch.get_num_threads()
+    with pytest.raises(FileNotFoundError):   # fails once the flag has taken effect, before any phase
+        main(pinpad_adapter(), ['--preset', 'smoke', '--run-dir', str(tmp_path / 'run'), '--threads', str(threads + 1), '--phases', 'discover'])
+    assert torch.get_num_threads() == threads
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
+    (tmp_path / 'run').mkdir()
+    with run_lock(tmp_path / 'run'):
+        with pytest.raises(ValueError, match = 'in use by another run .*pass another --run-dir'):
+            run(tmp_path, '--phases', 'data')
+    assert not (tmp_path / 'run' / 'config.json').exists()
+
+
+def test_json_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / 'record.json'
+    write_json(path, dict(a = 1))
+
+    def interrupted(self, text):   # the process dies halfway through writing
+        open(self, 'w').write(text[:len(text) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, 'write_text', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_json(path, dict(a = 2, b = 'x' * 100))
+    monkeypatch.undo()
+    assert read_json(path) == dict(a = 1) and list(tmp_path.iterdir()) == [path]
+
+
+def test_a_truncated_file_is_named(smoke_run, tmp_path):
+    smoke_tmp, _ = smoke_run
+    shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
+    config = tmp_path / 'run' / 'config.json'
+    config.write_text(config.read_text()[:40])
+    with pytest.raises(ValueError, match = r'run/config.json is not valid JSON \(.*\): delete it'):
+        run(tmp_path, '--phases', 'report')
+
+
+def test_summary_figure_stays_in_the_run_folder_unless_copied(smoke_run, tmp_path, monkeypatch):
+    assert pinpad_adapter().preset('default').report.figure_copy == ''
+    smoke_tmp, _ = smoke_run
+    shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
+    monkeypatch.chdir(tmp_path)
+    run(tmp_path, '--phases', 'report', '--force')
+    assert not (tmp_path / 'fig1.png').exists()
+    run(tmp_path, '--phases', 'report', '--force', '--report.figure_copy', 'copy.png')
+    assert (tmp_path / 'copy.png').read_bytes() == (tmp_path / 'run' / 'fig1.png').read_bytes()
 
 
 def test_switch_matching_counts_within_one_step():
@@ -153,3 +222,20 @@ def test_imitation_metrics_score_against_the_experts_action_sets():
     assert metrics['expert_path_survival'] == pytest.approx(survival, rel = 1e-4)
     assert metrics['action_nll_floor'] == pytest.approx(np.log(sets.optimal.sum(1)).mean())
     assert set(imitation_metrics(model, dataset, 'cpu')) == {'action_nll', 'expert_match'}
+
+
+def test_a_busy_machine_is_named_at_start_up(monkeypatch):
+    from loguru import logger
+    from metacontroller.pipeline import cli
+
+    lines = []
+    handler = logger.add(lines.append, level = 'WARNING')
+    try:
+        monkeypatch.setattr(cli.os, 'getloadavg', lambda: (0., 0., 0.), raising = False)
+        cli.warn_if_busy()
+        assert not lines
+        monkeypatch.setattr(cli.os, 'getloadavg', lambda: (64., 0., 0.), raising = False)
+        cli.warn_if_busy()
+    finally:
+        logger.remove(handler)
+    assert len(lines) == 1 and '--threads' in lines[0]

@@ -1,8 +1,10 @@
 """PPO-clip: decision-step mask, per-trajectory advantages, replay parity."""
+import pytest
 import torch
 
+from metacontroller import Transformer
 from metacontroller.ppo import compact, normalize_advantages, ppo_clip_loss
-from conftest import DIM, tiny_meta_controller
+from conftest import ACTIONS, DIM, STATE, randomize_controller_, tiny_meta_controller
 
 
 def test_advantages_normalised_over_the_batch():
@@ -75,3 +77,49 @@ def test_policy_loss_replays_stored_log_probs_exactly():
     assert meta.policy.head.weight.grad.abs().sum() > 0
     frozen = [meta.switching, meta.decoder, meta.history, meta.encoder, meta.embedder]
     assert all(p.grad is None for m in frozen for p in m.parameters())
+
+
+def readme_rollout_loss(model, meta, grad: bool):
+    """The README's internal-RL pattern (the public peer's too), with or without torch.no_grad()."""
+    torch.manual_seed(1)
+    cache, past_action_id = None, None
+    states, old_log_probs, latent_actions, switch_betas = [], [], [], []
+    with torch.set_grad_enabled(grad):
+        for _ in range(6):
+            one_state = torch.randn(2, 1, STATE)
+            logits, cache = model(one_state, past_action_id, meta_controller = meta, cache = cache, return_cache = True)
+            meta_output = cache.prev_hiddens.meta_controller
+            old_log_probs.append(meta.log_prob(meta_output.action_dist, meta_output.actions))
+            past_action_id = model.action_readout.sample(logits)
+            states.append(meta_output.input_residual_stream)
+            latent_actions.append(meta_output.actions)
+            switch_betas.append(meta_output.switch_beta)
+
+    loss = meta.policy_loss(torch.cat(states, 1), torch.cat(old_log_probs, 1), torch.cat(latent_actions, 1),
+                            torch.tensor([1., -0.5]), torch.cat(switch_betas, 1))
+    model.zero_grad()
+    meta.zero_grad()
+    loss.backward()
+    return loss.detach(), [p.grad for p in meta.parameters()]
+
+
+@pytest.mark.parametrize('body, fast', [(dict(rel_pos_bias = True), True), (dict(rotary_pos_emb = True), False)])
+def test_rollout_with_gradients_enabled_is_data(body, fast):
+    """Without torch.no_grad() the rollout gives the no_grad loss and gradients, on the fast plan and on
+    the x-transformers fallback, and no frozen base weight gets a gradient."""
+    body = dict(depth = 1, heads = 2, **body)
+    model = Transformer(dim = DIM, action_embed_readout = dict(num_discrete = ACTIONS), state_embed_readout = dict(num_continuous = STATE),
+                        lower_body = body, upper_body = body)
+    meta = randomize_controller_(tiny_meta_controller())
+    with torch.no_grad():
+        meta.policy.head.weight.normal_(std = 0.5)   # so that the sampled latents depend on the policy
+
+    expected_loss, expected_grads = readme_rollout_loss(model, meta, grad = False)
+    loss, grads = readme_rollout_loss(model, meta, grad = True)
+
+    assert model._step_decoder('lower_body').is_fast == fast
+    assert torch.equal(loss, expected_loss) and loss != 0
+    for got, expected in zip(grads, expected_grads):
+        assert (got is None) == (expected is None)
+        assert got is None or torch.allclose(got, expected, atol = 1e-6)
+    assert all(p.grad is None for p in model.parameters())

@@ -167,6 +167,19 @@ def test_step_decoder_is_rebuilt_after_weight_update(model):
     assert not torch.allclose(before, after)
 
 
+def test_step_decoder_sees_updates_through_data(model):
+    """x-evolution's noise goes through `.data`, which bumps no version counter."""
+    model.eval()
+    state = torch.randn(1, 1, STATE)
+    before, _ = model(state, None, return_cache = True)
+    for param in model.parameters():
+        param.data.add_(0.1 * torch.randn_like(param))
+    after, _ = model(state, None, return_cache = True)
+    assert model._step_decoder('upper_body').is_fast
+    assert torch.allclose(after, full_logits(model, state), atol = 1e-5)
+    assert not torch.allclose(before, after)
+
+
 def test_layer_residuals_cover_every_layer(batch):
     state, _, _ = batch
     body = dict(depth = 2, heads = 2)

@@ -126,6 +126,17 @@ class SequenceLevel(RoomGridLevel):
         """Slots in the order the mission must be done."""
         return (1, 0) if self.level.connector == 'after' else tuple(range(len(self.instructions)))
 
+    @property
+    def subgoal(self) -> int:
+        """Label (2 · slot + kind) of the instruction to complete next: the live counterpart of the
+        demos' labels (which follow the bot's plan; the two agree except while the bot replans)."""
+        order = self.execution_order
+        slot = order[0]
+        if len(order) > 1:
+            first_done = self.instrs.a_done if order[0] == 0 else self.instrs.b_done   # a = slot 0, b = slot 1
+            slot = order[1] if first_done == 'success' else order[0]
+        return 2 * slot + KINDS.index(self.instructions[slot].kind)
+
 
 # ---------------------------------------------------------------- encoding
 
@@ -214,3 +225,8 @@ class VecBabyAIEnv:
             self.obs[slot] = encode_obs(env, obs)
         self.done |= terminated | truncated
         return self.obs.copy(), reward, terminated, truncated, {'success': reward > 0}
+
+    @property
+    def subgoal(self) -> np.ndarray:
+        """(N,) label of the instruction each slot pursues now; -1 for a finished slot."""
+        return np.array([-1 if done else env.subgoal for env, done in zip(self.envs, self.done)], dtype = np.int64)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from metacontroller.demos import DemoDataset
 from metacontroller.envs.babyai import (
-    KINDS, MAX_STEPS, MOVE_ACTIONS, OBS_DIM, PRETRAINING_LEVELS, SUBGOAL_NAMES, SequenceLevel, encode_obs, reset_episode,
+    KINDS, MAX_STEPS, MOVE_ACTIONS, NUM_ACTIONS, OBS_DIM, PRETRAINING_LEVELS, SUBGOAL_NAMES, SequenceLevel, encode_obs, reset_episode,
     validate_levels,
 )
 
@@ -134,7 +134,7 @@ def generate_babyai_demos(num_episodes: int, tasks: Sequence[str] = PRETRAINING_
             if not kept and attempts >= 4 * CHUNK:
                 raise ValueError(f'the bot solved none of {attempts} episodes with epsilon={epsilon}, max_steps={max_steps}')
     dataset = to_dataset(kept[:num_episodes])
-    metadata = dict(env_name = 'babyai', levels = list(levels), tasks = list(levels), subgoal_names = SUBGOAL_NAMES,
+    metadata = dict(env_name = 'babyai', levels = list(levels), tasks = list(levels), subgoal_names = SUBGOAL_NAMES, num_actions = NUM_ACTIONS,
                     max_steps = max_steps, epsilon = float(epsilon), seed = int(seed), expert = 'minigrid BabyAIBot',
                     attempts = attempts, bot_success_rate = len(kept) / attempts)
     return replace(dataset, metadata = {**dataset.metadata, **metadata})

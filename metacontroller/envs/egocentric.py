@@ -17,6 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from metacontroller.checkpoint import Checkpointable
+from metacontroller.fast_train import bag_matmul, set_entries
+
 
 def egocentric_index(height: int, width: int) -> Tensor:
     """(H·W, (2H-1)(2W-1)) long: for each agent cell, the source cell of every canvas
@@ -29,7 +32,7 @@ def egocentric_index(height: int, width: int) -> Tensor:
     return torch.where(inside, r * width + c, height * width).flatten(1)
 
 
-class EgocentricEncoder(nn.Module):
+class EgocentricEncoder(Checkpointable, nn.Module):   # Checkpointable: a model's checkpoint can name it as its state encoder
     def __init__(self, dim: int, height: int = 7, width: int = 7, channels: int = 13, agent_channel: int = 12):
         super().__init__()
         self.shape = (height, width, channels)
@@ -50,8 +53,25 @@ class EgocentricEncoder(nn.Module):
         height, width, channels = self.shape
         grid = obs.reshape(-1, height * width, channels)
         agent = grid[..., self.agent_channel].argmax(dim = -1)                             # (n,) agent cell
+        entries = set_entries(grid.flatten(1))
+        if entries is not None:
+            return self.sparse_forward(agent, *entries).reshape(*lead, -1)
         others = torch.cat([grid[..., :self.agent_channel], grid[..., self.agent_channel + 1:]], dim = -1)
         padded = nn.functional.pad(others, (0, 0, 0, 1))                                   # cell H·W is all zeros
         index = self.index[agent][..., None].expand(-1, -1, channels - 1)                  # (n, canvas, C - 1)
         canvas = padded.gather(1, index)
         return self.proj(canvas.flatten(1)).reshape(*lead, -1)
+
+    def sparse_forward(self, agent: Tensor, rows: Tensor, cols: Tensor, values: Tensor) -> Tensor:
+        """The same map from the set entries (rows, cols, values) of the flat grids: each entry is
+        sent to its canvas feature by index arithmetic, no canvas is built. (n, dim)"""
+        height, width, channels = self.shape
+        cell, channel = cols // channels, cols % channels
+        keep = channel != self.agent_channel
+        rows, cell, channel, values = rows[keep], cell[keep], channel[keep], values[keep]
+        centre = agent[rows]
+        # grid cell (r, c) lies at canvas cell (r - r_agent + H - 1, c - c_agent + W - 1)
+        r = cell // width - centre // width + height - 1
+        c = cell % width - centre % width + width - 1
+        feature = (r * (2 * width - 1) + c) * (channels - 1) + channel - (channel > self.agent_channel).long()
+        return bag_matmul(rows, feature, values, self.proj.weight.t().contiguous(), len(agent)) + self.proj.bias

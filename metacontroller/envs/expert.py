@@ -73,11 +73,13 @@ def pinpad_action_sets(dataset: DemoDataset) -> ActionSets:
     actions = np.zeros(valid.shape, dtype=np.int64)  # padding steps replay action 0 on finished slots
     actions[valid] = dataset.actions
     optimal, fatal = np.zeros((*valid.shape, NUM_ACTIONS), bool), np.zeros((*valid.shape, NUM_ACTIONS), bool)
+    onset = np.zeros(valid.shape, bool)
     for t in range(horizon):
         cost, fatal[:, t] = action_costs(env)
         optimal[:, t] = cost == cost.min(axis=1, keepdims=True)
+        onset[:, t] = env.target % 2 == 0  # heading to a pair's first colour
         env.step(actions[:, t])
-    return ActionSets(optimal[valid], fatal[valid])
+    return ActionSets(optimal[valid], fatal[valid], onset[valid])
 
 
 def generate_pinpad_demos(
@@ -114,7 +116,7 @@ def generate_pinpad_demos(
             failed += num_envs - len(part)
             parts.append(part.head(num_episodes - sum(map(len, parts))))
             bar.update(len(part))
-    metadata = {"env_name": ENV_ID, "max_steps": max_steps, "tasks": [list(t) for t in env.tasks],
+    metadata = {"env_name": ENV_ID, "max_steps": max_steps, "tasks": [list(t) for t in env.tasks], "num_actions": NUM_ACTIONS,
                 "subgoal_names": SUBGOAL_NAMES, "epsilon": float(epsilon), "seed": int(seed), "num_envs": num_envs,
                 "expert": "bfs_shortest_path", "failed_episodes_dropped": failed}
     dataset = DemoDataset.concatenate(parts)

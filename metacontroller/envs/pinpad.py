@@ -39,6 +39,8 @@ AGENT_CHANNEL = NUM_COLOURS + NUM_WALLS
 NUM_CHANNELS = AGENT_CHANNEL + 1
 OBS_DIM = NUM_CELLS * NUM_CHANNELS  # 637
 MAX_STEPS = 100
+MAX_LAYOUT_DRAWS = 1_000  # per reset; a task that fits max_steps comfortably is solvable in nearly every draw
+RESET_OPTIONS = ("layout", "task")
 ACTION_NAMES = ("up", "down", "left", "right")
 ENV_ID = "metacontroller/Pinpad-v0"
 
@@ -77,6 +79,11 @@ def validate_task(task: Sequence[int]) -> tuple[int, ...]:
         if not isinstance(colour, (int, np.integer)) or isinstance(colour, bool) or not 0 <= colour < NUM_COLOURS:
             raise ValueError(f"unknown task colour {colour!r} in task {tuple(task)}: colours are 0..{NUM_COLOURS - 1}")
     return tuple(int(c) for c in task)
+
+
+def min_moves(task: tuple[int, ...]) -> int:
+    """Fewest moves any layout allows: one per visit, two to visit a colour again right away."""
+    return len(task) + sum(a == b for a, b in zip(task, task[1:]))
 
 
 # ---------------------------------------------------------------- geometry
@@ -210,7 +217,9 @@ class VecPinpadEnv(VectorEnv):
     Each slot owns a numpy Generator (seeded with `seed + i`, or `seed[i]` for
     a list), which draws its task (uniform over `tasks`) and then layouts until
     the task's shortest route fits in `max_steps`; so slot i behaves exactly
-    like `PinpadEnv` reset with the same seed.
+    like `PinpadEnv` reset with the same seed. A task longer than `max_steps`
+    allows is refused when it is given, and reset gives up after
+    MAX_LAYOUT_DRAWS draws rather than search forever.
 
     `step(actions)` returns obs (N, 637) float32, reward (N,) float32,
     terminated (N,), truncated (N,), info with per-slot arrays describing the
@@ -242,6 +251,9 @@ class VecPinpadEnv(VectorEnv):
             raise ValueError(f"num_envs and max_steps must be >= 1, got {num_envs}, {max_steps}")
         if len(tasks) == 0:
             raise ValueError("tasks must contain at least one task")
+        if any(isinstance(task, (int, np.integer)) for task in tasks):
+            raise ValueError(f"tasks must be a list of tasks, each a sequence of colours, got {list(tasks)!r}: "
+                             f"for a single task pass [{list(tasks)!r}]")
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.metadata = {**self.metadata, "autoreset_mode": AutoresetMode.SAME_STEP if autoreset else AutoresetMode.DISABLED}
@@ -275,11 +287,15 @@ class VecPinpadEnv(VectorEnv):
         self.trail = np.zeros((n, NUM_CELLS), dtype=bool)  # cells the agent has stood on (rendering)
         self._last_subgoal = np.full(n, -1, dtype=np.int64)
         self._obs = np.zeros((n, OBS_DIM), dtype=np.float32)
+        self._was_reset = False
 
     # ------------------------------------------------------------ tasks
 
     def _task_row(self, task: tuple[int, ...]) -> int:
         """Row of `task` in the task table, appending it (and widening the table) if new."""
+        if min_moves(task) > self.max_steps:
+            raise ValueError(f"task {task} needs at least {min_moves(task)} moves, more than max_steps = {self.max_steps}: "
+                             f"no episode could complete it")
         if task not in self._task_rows:
             width = max(self._task_table.shape[1], len(task) + 1)
             table = np.full((len(self._task_lens) + 1, width), -1, dtype=np.int64)
@@ -293,6 +309,12 @@ class VecPinpadEnv(VectorEnv):
     def target(self) -> np.ndarray:
         """(N,) colour each slot must visit next; -1 once its task is complete."""
         return self._task_table[self.task_row, self.progress]
+
+    @property
+    def subgoal(self) -> np.ndarray:
+        """(N,) pair (0..3 = A..D) of the colour each slot heads to now: the label its next step
+        will carry in a demonstration; -1 once its task is complete."""
+        return self.target // 2
 
     @property
     def task_id(self) -> np.ndarray:
@@ -316,14 +338,23 @@ class VecPinpadEnv(VectorEnv):
         "task" (a colour sequence, or one per slot) override the random draw;
         a given layout is used as is, without the solvability check."""
         if seed is not None:
-            seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, (int, np.integer)) else list(seed)
-            if len(seeds) != self.num_envs:
-                raise ValueError(f"expected {self.num_envs} seeds, got {len(seeds)}")
-            self.rngs = [np.random.default_rng(s) for s in seeds]
+            self.rngs = [np.random.default_rng(s) for s in self._seeds(seed)]
         options = options or {}
+        unknown = set(options) - set(RESET_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}: the options are {RESET_OPTIONS}")
         self.reset_slots(self._slots, layouts=_per_slot(options.get("layout"), self.num_envs, Layout),
                          tasks=_per_slot(options.get("task"), self.num_envs, None))
         return self._obs.copy(), {"task_id": self.task_id, "subgoal": self.target // 2}
+
+    def _seeds(self, seed: int | Sequence[int]) -> list[int]:
+        """One non-negative int seed per slot: `seed + i`, or the i-th of a list."""
+        seeds = [seed + i for i in range(self.num_envs)] if _is_int(seed) else seed
+        if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__len__") or not all(_is_int(s) and s >= 0 for s in seeds):
+            raise TypeError(f"seed must be a non-negative int or a list of {self.num_envs} of them, got {seed!r}")
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} seeds, got {len(seeds)}")
+        return list(seeds)
 
     def reset_slots(self, slots: np.ndarray, layouts: Sequence[Layout] | None = None, tasks: Sequence[Sequence[int]] | None = None):
         """Start new episodes in `slots` (int array), continuing their generators."""
@@ -341,10 +372,13 @@ class VecPinpadEnv(VectorEnv):
         self.elapsed[slots] = 0
         self.done[slots] = False
         self._last_subgoal[slots] = -1
+        self._was_reset = True
 
     def _sample_layouts(self, slots: np.ndarray):
         """Draw layouts until each slot's task is solvable within max_steps (same BFS as the expert)."""
-        while len(slots):
+        for _ in range(MAX_LAYOUT_DRAWS):
+            if not len(slots):
+                return
             # 13 distinct cells per slot: colours 0..7, walls 0..3, agent.
             cells = np.stack([self.rngs[i].permutation(NUM_CELLS)[: NUM_COLOURS + NUM_WALLS + 1] for i in slots])
             dist = self._layout_distances(cells)
@@ -352,6 +386,10 @@ class VecPinpadEnv(VectorEnv):
             ok = route_lengths(dist, cells[:, :NUM_COLOURS], cells[:, -1], targets) <= self.max_steps
             self._install_layouts(slots[ok], cells[ok], dist[ok])
             slots = slots[~ok]
+        if len(slots):
+            task = tuple(self._task_table[self.task_row[slots[0]], : self._task_lens[self.task_row[slots[0]]]].tolist())
+            raise ValueError(f"no layout in {MAX_LAYOUT_DRAWS} draws let task {task} be completed within max_steps = {self.max_steps}: "
+                             f"raise max_steps (the default is {MAX_STEPS})")
 
     @staticmethod
     def _layout_distances(cells: np.ndarray) -> np.ndarray:
@@ -379,6 +417,8 @@ class VecPinpadEnv(VectorEnv):
 
     def step(self, actions: np.ndarray):
         """Apply one action per slot: (N,) ints in 0..3 (see class docstring for the returns)."""
+        if not self._was_reset:
+            raise gymnasium.error.ResetNeeded("call reset() before step(): no episode has started yet")
         actions = np.asarray(actions)
         if (actions.shape != (self.num_envs,) or not np.issubdtype(actions.dtype, np.integer)
                 or actions.min() < 0 or actions.max() >= NUM_ACTIONS):
@@ -428,6 +468,10 @@ class VecPinpadEnv(VectorEnv):
         if self.render_mode is None:
             return None
         return tuple(self.render_slot(i) for i in range(self.num_envs))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _per_slot(value: Any, num: int, single_type: type | None) -> list | None:

@@ -5,7 +5,9 @@ The same command runs in one process (`python train_pinpad.py`) or in several
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Callable
@@ -16,7 +18,7 @@ from loguru import logger
 from metacontroller import distributed
 from metacontroller.pipeline.adapter import EnvAdapter
 from metacontroller.pipeline.aggregate import aggregate
-from metacontroller.pipeline.config import PRESETS, PipelineConfig, override, sections
+from metacontroller.pipeline.config import PRESETS, PipelineConfig, override, sections, validate
 from metacontroller.pipeline.phases import PHASES, Run
 from metacontroller.pipeline.runner import Plan, execute, parse_phases
 
@@ -86,21 +88,52 @@ def config_from_args(args: argparse.Namespace, adapter: EnvAdapter) -> PipelineC
 def main(adapter: EnvAdapter, argv: list[str] | None = None) -> dict:
     parser = build_parser(adapter)
     args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error(f'--seeds must be >= 1, got {args.seeds}')
+    for flag, value, low in (('--seeds', args.seeds, 1), ('--seed', args.seed, 0), ('--threads', args.threads, 0)):
+        if value < low:
+            parser.error(f'{flag} must be >= {low}, got {value}')
     try:
         config = config_from_args(args, adapter)
+        validate(config)   # every setting, before any phase runs or config.json is written
         torch.device(args.device)
     except (ValueError, RuntimeError) as error:
         parser.error(str(error))
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         parser.error(f'--device {args.device}: CUDA is not available on this machine')
+
+    with restored_thread_count():
+        try:
+            process = distributed.setup(args.device, args.mixed_precision)
+        except ValueError as error:
+            parser.error(str(error))
+        if args.threads:   # after setup: on CPUs, accelerate sets its own thread count when OMP_NUM_THREADS is unset
+            torch.set_num_threads(args.threads)
+        if process.is_main and process.device.type == 'cpu':
+            warn_if_busy()
+        return run_seeds(args, config, adapter, process)
+
+
+def warn_if_busy():
+    """Torch processes that together run more threads than there are cores slow each other down
+    10-20x (seen on 2-core machines): say so at start-up when the machine is already loaded."""
+    load, cores = os.getloadavg()[0] if hasattr(os, 'getloadavg') else 0., os.cpu_count() or 1
+    threads = torch.get_num_threads()
+    if load >= cores:
+        advice = 'lower --threads (e.g. --threads 1)' if threads > 1 else 'it is already at --threads 1: expect it to be slower than alone'
+        logger.warning(f'this machine is busy (load {load:.1f} on {cores} cores) and this run uses {threads} threads: '
+                       f'competing for cores can slow every run 10-20x; {advice}')
+
+
+@contextmanager
+def restored_thread_count():
+    """Neither --threads nor accelerate's own count outlives the call (e.g. into a test process)."""
+    threads = torch.get_num_threads()
     try:
-        process = distributed.setup(args.device, args.mixed_precision)
-    except ValueError as error:
-        parser.error(str(error))
-    if args.threads:   # after setup: on CPUs, accelerate sets its own thread count when OMP_NUM_THREADS is unset
-        torch.set_num_threads(args.threads)
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_seeds(args: argparse.Namespace, config: PipelineConfig, adapter: EnvAdapter, process: distributed.Process) -> dict:
     if not process.is_main:
         quiet_logs()
 

@@ -11,8 +11,11 @@ Every field becomes a command-line flag (`--pretrain.steps 2000`); the field's
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
+
+from metacontroller.codes import CODES
 
 
 def knob(default, help: str):
@@ -27,6 +30,7 @@ class ModelConfig:
     heads: int = knob(4, 'attention heads per layer')
     dim_head: int = knob(32, 'width of one attention head')
     ff_mult: int = knob(2, 'MLP hidden width = ff_mult * dim (ReLU)')
+    binary_state_readout: bool = knob(True, 'next-observation head: Bernoulli logits over the 0/1 observation features (False: the readout\'s Gaussian)')
 
 
 @dataclass(frozen = True)
@@ -47,6 +51,7 @@ class PretrainConfig:
     state_loss_weight: float = knob(0., 'lambda, the weight of the next-observation loss (paper: 0 or 0.01)')
     max_grad_norm: float = knob(1.0, 'gradient clipping')
     eval_episodes: int = knob(512, 'rollouts (sampled actions) per task set to measure BC success')
+    init: str = knob('', 'start from this base-model checkpoint (e.g. pretrained on a GPU) and train `steps` more (0: use it as is)')
 
 
 @dataclass(frozen = True)
@@ -57,6 +62,17 @@ class ProbeConfig:
 
 
 @dataclass(frozen = True)
+class ControlConfig:
+    steps: int = knob(1_500, 'optimiser steps of the ground-truth subgoal controllers (paper App. C.3)')
+    batch_size: int = knob(128, 'D* episodes per batch')
+    lr: float = knob(1e-3, 'AdamW learning rate')
+    weight_decay: float = knob(0.03, 'AdamW weight decay')
+    dim_hypernetwork_hidden: int = knob(32, 'hypernetwork hidden width (the metacontroller decoder\'s)')
+    low_rank: int = knob(16, 'rank r of each controller U = A B^T')
+    eval_episodes: int = knob(1_000, 'fresh episodes per task set and policy (sampled and greedy actions), controllers switched by the live ground-truth subgoal')
+
+
+@dataclass(frozen = True)
 class DiscoveryConfig:
     alpha: float = knob(0.05, 'KL weight of the metacontroller used downstream')
     sweep_alphas: tuple[float, ...] = knob((), 'extra alphas trained for a rate-distortion table (not used downstream)')
@@ -64,8 +80,10 @@ class DiscoveryConfig:
     batch_size: int = knob(128, 'episodes per batch')
     lr: float = knob(1e-3, 'AdamW learning rate')
     weight_decay: float = knob(0.03, 'AdamW weight decay')
+    kl_warmup_steps: int = knob(0, 'steps over which the KL weight ramps linearly from 0 to alpha (0: the paper\'s constant alpha; not in the paper)')
     dim_meta_controller: int = knob(32, 'history GRU and sequence summary width (n_h = n_s)')
     dim_latent: int = knob(8, 'latent code width n_z')
+    latent_code: str = knob('gaussian', 'gaussian (the paper), binary (n_z bits) or categorical (one of n_z codes); the discrete codes are not in the paper')
     dim_encoder_hidden: int = knob(64, 'controller encoder hidden width')
     dim_hypernetwork_hidden: int = knob(32, 'hypernetwork hidden width')
     hypernetwork_low_rank: int = knob(16, 'rank r of the controller U = A B^T')
@@ -88,7 +106,7 @@ class RLPhaseConfig:
 
 @dataclass(frozen = True)
 class ReportConfig:
-    figure_copy: str = knob('', 'also write the summary figure here (the default preset: fig1.png in the working directory)')
+    figure_copy: str = knob('', 'also copy the summary figure (always written to the run folder) here, e.g. fig1.png to refresh the README\'s')
     plot_episodes: int = knob(4, 'episodes per task set in switches.png')
 
 
@@ -99,6 +117,7 @@ class PipelineConfig:
     data: DataConfig = DataConfig()
     pretrain: PretrainConfig = PretrainConfig()
     probe: ProbeConfig = ProbeConfig()
+    control: ControlConfig = ControlConfig()
     discovery: DiscoveryConfig = DiscoveryConfig()
     rl: RLPhaseConfig = RLPhaseConfig()
     report: ReportConfig = ReportConfig()
@@ -114,6 +133,7 @@ def smoke_config() -> PipelineConfig:
         data = DataConfig(pretrain_episodes = 256, discovery_episodes = 128, heldout_episodes = 32, post_task_episodes = 8),
         pretrain = PretrainConfig(steps = 20, batch_size = 32, eval_episodes = 32),
         probe = ProbeConfig(train_episodes = 64, steps = 30),
+        control = ControlConfig(steps = 10, batch_size = 32, eval_episodes = 32),
         discovery = DiscoveryConfig(steps = 10, batch_size = 32, dim_policy = 32, sweep_alphas = (0.5,)),
         rl = RLPhaseConfig(num_envs = 16, total_episodes = 32, eval_every = 16, eval_episodes = 16, final_eval_episodes = 32),
         report = ReportConfig(plot_episodes = 2),
@@ -122,7 +142,7 @@ def smoke_config() -> PipelineConfig:
 
 def default_config() -> PipelineConfig:
     """CPU scale: d = 128, L = 4 (2 + 2), 4 heads of 32, MLP 256 (paper: 256, 6, 4 x 64, 512)."""
-    return PipelineConfig(preset = 'default', report = ReportConfig(figure_copy = 'fig1.png'))
+    return PipelineConfig(preset = 'default')
 
 
 def paper_config() -> PipelineConfig:
@@ -132,6 +152,7 @@ def paper_config() -> PipelineConfig:
         data = DataConfig(pretrain_episodes = 100_000, discovery_episodes = 50_000, heldout_episodes = 1_000, post_task_episodes = 500),
         pretrain = PretrainConfig(steps = 256_000, batch_size = 1024, lr = 3e-4, eval_episodes = 1_024),
         probe = ProbeConfig(train_episodes = 5_000, steps = 2_000, lr = 1e-3),
+        control = ControlConfig(steps = 3_200, batch_size = 512, eval_episodes = 2_000),   # paper Table A7
         discovery = DiscoveryConfig(steps = 64_000, batch_size = 512, sweep_alphas = (0., 0.05, 0.17, 0.3, 0.5, 1.)),
         rl = RLPhaseConfig(num_envs = 1024, total_episodes = 1_000_000, lr = 3e-5, raw_action_lr = 3e-5, eval_every = 20_000,
                            eval_episodes = 1_024, final_eval_episodes = 2_000),
@@ -169,3 +190,49 @@ def from_dict(data: dict) -> PipelineConfig:
     base = preset(data['preset'])
     flat = {f'{s}.{k}': tuple(v) if isinstance(v, list) else v for s, kw in data.items() if isinstance(kw, dict) for k, v in kw.items()}
     return override(base, flat)
+
+
+POSITIVE_RATES = ('lr', 'max_grad_norm', 'clip')   # and every *_lr; the other floats are weights (>= 0)
+
+
+def validate(config: PipelineConfig):
+    """Check every setting before any work, so that a bad one fails at once, not when its phase starts.
+
+    Ints are sizes and counts (>= 1; a `*_steps` warm-up may be 0). Floats are finite: rates
+    (POSITIVE_RATES, `*_lr`) > 0, weights (decays, α, λ, ε) >= 0. Then the rules that tie settings together.
+    """
+    flat = {f'{name}.{f.name}': getattr(sub, f.name) for name, sub in sections(config).items() for f in fields(sub)}
+    problems = [problem for key, value in flat.items() for problem in _check_setting(key, value)]
+    problems += _check_together(config, flat)
+    if problems:
+        raise ValueError('invalid settings: ' + '; '.join(problems))
+
+
+def _check_setting(key: str, value) -> list[str]:
+    name = key.partition('.')[2]
+    if isinstance(value, tuple):   # e.g. sweep_alphas: each one a weight
+        return [problem for item in value for problem in _check_setting(key, item)][:1]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return []
+    if isinstance(value, int):
+        low = 0 if name.endswith('_steps') or key == 'pretrain.steps' else 1   # pretrain: 0 uses --pretrain.init as is
+        return [] if value >= low else [f'--{key} must be >= {low}, got {value}']
+    positive = name in POSITIVE_RATES or name.endswith('_lr')
+    if math.isfinite(value) and (value > 0 if positive else value >= 0):
+        return []
+    return [f'--{key} must be finite and {"> 0" if positive else ">= 0"}, got {value}']
+
+
+def _check_together(config: PipelineConfig, flat: dict[str, Any]) -> list[str]:
+    problems = []
+    if config.model.depth % 2:
+        problems.append(f'--model.depth must be even (the metacontroller sits at L/2), got {config.model.depth}')
+    if config.data.pretrain_epsilon > 1:
+        problems.append(f'--data.pretrain_epsilon must be a probability, <= 1, got {config.data.pretrain_epsilon}')
+    if config.discovery.latent_code not in CODES:
+        problems.append(f'--discovery.latent_code must be one of {", ".join(CODES)}, got {config.discovery.latent_code!r}')
+    if config.pretrain.steps == 0 and not config.pretrain.init:
+        problems.append('--pretrain.steps 0 keeps the model untrained: give steps >= 1, or a model with --pretrain.init')
+    problems += [f'--{key} must be <= --model.dim ({config.model.dim}), got {value}'
+                 for key, value in flat.items() if key.endswith('low_rank') and value > config.model.dim]
+    return problems

@@ -37,9 +37,18 @@ def precompute(model: Transformer, dataset: DemoDataset, batch_size: int, seed: 
     return out
 
 
+def kl_weight(alpha: float, step: int, warmup_steps: int = 0) -> float:
+    """The KL weight at optimiser step `step` (counted from 0): α·min(step / warmup_steps, 1).
+    warmup_steps = 0 is the paper's constant α; the warm-up is ours (SPEC §3 optional extras)."""
+    if warmup_steps < 0:
+        raise ValueError(f'kl_warmup_steps must be >= 0 (0: constant alpha), got {warmup_steps}')
+    return alpha if warmup_steps == 0 else alpha * min(step / warmup_steps, 1.)
+
+
 def train(model: Transformer, meta_controller: MetaController, batches: list[StreamBatch], alpha: float,
           config: DiscoveryConfig, seed: int, progress: bool = True, process: Process = SINGLE) -> list[tuple[float, float]]:
-    """AdamW on action NLL + α·KL (α applied here and only here); returns (nll, kl) per step.
+    """AdamW on action NLL + α·KL (α applied here and only here, warmed up over `config.kl_warmup_steps`
+    counted by this loop's step); returns (nll, kl) per step.
     Data parallel: every rank picks the same batch and trains on its part of it (from `precompute`)."""
     params = list(meta_controller.parameters())
     process.broadcast_parameters(meta_controller)
@@ -53,7 +62,7 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
             batch, stream = batches[rng.integers(len(batches))]
             share = process.share(batch.episode_lens.sum())   # both losses are means over valid steps
             losses = model.discovery_losses(batch.observations, batch.actions, meta_controller, batch.episode_lens, stream = stream)
-            loss = losses.action_recon + alpha * losses.kl + losses.aux_ratio
+            loss = losses.action_recon + kl_weight(alpha, step, config.kl_warmup_steps) * losses.kl + losses.aux_ratio
             optimizer.zero_grad(set_to_none = True)
             process.backward(loss * share, params)
             optimizer.step()

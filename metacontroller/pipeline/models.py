@@ -22,6 +22,7 @@ def build_transformer(adapter: EnvAdapter, config: ModelConfig) -> Transformer:
         lower_body = body,
         upper_body = body,
         state_encoder = adapter.state_encoder(config.dim) if adapter.state_encoder is not None else None,
+        binary_state_readout = config.binary_state_readout,
     )
 
 
@@ -34,4 +35,5 @@ def build_meta_controller(dim_model: int, config: DiscoveryConfig) -> MetaContro
         dim_hypernetwork_hidden = config.dim_hypernetwork_hidden,
         hypernetwork_low_rank = config.hypernetwork_low_rank,
         dim_policy = config.dim_policy,
+        latent_code = config.latent_code,
     )

@@ -1,24 +1,26 @@
-"""The seven phases. Each takes the run and returns its metrics; files go under
+"""The eight phases. Each takes the run and returns its metrics; files go under
 the run folder (see `Run`), and a phase reads only files earlier phases wrote.
 
 With several processes, the training phases (`SHARDED`) run on every rank,
 data parallel, and only rank 0 writes their files; the others run on rank 0 alone."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from loguru import logger
 
 from metacontroller import MetaController, Transformer
 from metacontroller.distributed import SINGLE, Process
-from metacontroller.pipeline import data, discover, probe, pretrain, report, rl_phase
+from metacontroller.pipeline import control, data, discover, probe, pretrain, report, rl_phase
 from metacontroller.pipeline.adapter import EnvAdapter
 from metacontroller.pipeline.config import PipelineConfig
+from metacontroller.pipeline.files import read_json, write_json
 from metacontroller.pipeline.models import build_meta_controller, build_transformer
 from metacontroller.rl import evaluate
+from metacontroller.subgoal_controller import SubgoalController
 
 
 @dataclass
@@ -42,7 +44,7 @@ class Run:
         return self.run_dir / 'phases' / f'{phase}.json'
 
     def record(self, phase: str) -> dict:
-        return json.loads(self.record_path(phase).read_text())
+        return read_json(self.record_path(phase))
 
     def load_model(self) -> Transformer:
         return Transformer.init_and_load(self.path('pretrain', 'model.pt')).to(self.device).eval()
@@ -60,9 +62,26 @@ def run_data(run: Run) -> dict:
     return data.generate(run.adapter, run.config.data, run.seed, run.data_dir)
 
 
+def initial_model(run: Run) -> Transformer:
+    """A fresh base model, or the checkpoint `--pretrain.init` names (e.g. pretrained on a GPU elsewhere),
+    which must have the shape the model settings describe (they set the cut and the reports)."""
+    fresh = build_transformer(run.adapter, run.config.model)
+    path = run.config.pretrain.init
+    if not path:
+        return fresh
+    model = Transformer.init_and_load(path)
+    shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    if shapes(model) != shapes(fresh):
+        differ = sorted(k for k in shapes(fresh).keys() | shapes(model).keys() if shapes(fresh).get(k) != shapes(model).get(k))
+        raise ValueError(f'--pretrain.init {path}: its model does not have the shape the --model.* settings describe '
+                         f'({len(differ)} tensors differ, e.g. {differ[:3]}); pass the settings it was trained with')
+    logger.info(f'base model from {path}; {run.config.pretrain.steps} more pretraining steps')
+    return model
+
+
 def run_pretrain(run: Run) -> dict:
     config = run.config.pretrain
-    model = build_transformer(run.adapter, run.config.model).to(run.device)
+    model = initial_model(run).to(run.device)
     logger.info(f'base model: {sum(p.numel() for p in model.parameters()):,} parameters')
     trace = pretrain.train(model, data.load(run.data_dir, 'pretrain'), config, run.seed, run.device, run.progress, run.process)
     run.save(model, 'pretrain', 'model.pt')
@@ -73,8 +92,8 @@ def run_pretrain(run: Run) -> dict:
     for name, tasks in (('pretraining_tasks', run.adapter.pretraining_tasks), ('post_task', (run.adapter.post_task,))):
         stats = evaluate(model, run.adapter.make_envs(tasks), config.eval_episodes, seed = run.seed, process = run.process)
         metrics[f'success_{name}'] = stats.success
-    return dict(metrics, final_train_action_nll = sum(trace[-50:]) / len(trace[-50:]), success_policy = 'sampled',
-                eval_episodes = config.eval_episodes)
+    final = float(np.mean(trace[-50:])) if trace else None   # None: an --pretrain.init model used as is (0 steps)
+    return dict(metrics, final_train_action_nll = final, success_policy = 'sampled', eval_episodes = config.eval_episodes, init = config.init)
 
 
 def run_probe(run: Run) -> dict:
@@ -85,6 +104,39 @@ def run_probe(run: Run) -> dict:
     majority = torch.bincount(test[1], minlength = run.adapter.num_subgoals).max().item() / len(test[1])
     return dict(accuracy_by_layer = accuracy, best_layer = max(range(len(accuracy)), key = accuracy.__getitem__),
                 cut_layer = run.config.model.depth // 2, chance = 1 / run.adapter.num_subgoals, majority_class = majority)
+
+
+def run_control(run: Run) -> dict:
+    """Ground-truth subgoal controllers (paper Fig. 4): held-out scores with and without them, and
+    success when the live environment's subgoal switches them, beside the base on the same episodes."""
+    config = run.config.control
+    model = run.load_model()
+    streams = discover.precompute(model, data.load(run.data_dir, 'discovery'), config.batch_size, run.seed, run.device, run.process)
+    controller = SubgoalController(model.dim, run.adapter.num_subgoals, config.dim_hypernetwork_hidden, config.low_rank).to(run.device)
+    trace = control.train(model, controller, streams, config, run.seed, run.progress, run.process)
+    run.save(controller, 'control', 'controller.pt')
+
+    heldout = data.load(run.data_dir, 'heldout')
+    sets = run.adapter.expert_action_sets
+    sets = sets(heldout) if sets is not None else None
+    scores = dict(
+        base = pretrain.imitation_metrics(model, heldout, run.device, action_sets = sets),
+        controlled = pretrain.imitation_metrics(model, heldout, run.device, action_sets = sets,
+                                                logits_fn = lambda m, batch: control.controlled_logits(m, controller, batch)),
+    )
+    # the same seeded episodes for every variant (common random numbers); sampled actions are the headline
+    rollouts = dict(base = (None, False), controlled = (control.subgoal_intervention(controller), False),
+                    base_greedy = (None, True), controlled_greedy = (control.subgoal_intervention(controller), True))
+    success = {}
+    for name, tasks in (('post_task', (run.adapter.post_task,)), ('pretraining_tasks', run.adapter.pretraining_tasks)):
+        success[name] = {kind: evaluate(model, run.adapter.make_envs(tasks), config.eval_episodes, seed = run.seed,
+                                        deterministic = greedy, process = run.process, intervention = intervene)._asdict()
+                         for kind, (intervene, greedy) in rollouts.items()}
+        logger.info(f'control, {name}: success {success[name]["controlled"]["success"]:.3f} with ground-truth controllers, '
+                    f'{success[name]["base"]["success"]:.3f} without (sampled actions; greedy: '
+                    f'{success[name]["controlled_greedy"]["success"]:.3f}, {success[name]["base_greedy"]["success"]:.3f})')
+    return dict(heldout = scores, **success, final_train_action_nll = float(np.mean(trace[-50:])), layer = run.config.model.depth // 2,
+                rank = config.low_rank, eval_episodes = config.eval_episodes, success_policy = 'sampled')
 
 
 def run_discover(run: Run) -> dict:
@@ -110,7 +162,7 @@ def run_discover(run: Run) -> dict:
         'pretraining tasks': discover.episode_betas(model, meta, heldout, plot_episodes, run.device),
     })
     if run.process.is_main:
-        run.path('discover', 'figures.json').write_text(json.dumps(figures))
+        write_json(run.path('discover', 'figures.json'), figures, indent = None)
     post_summary = discover.analyse(model, meta, post, run.device).summary()
     return dict(summary, alpha = config.alpha, post_task = post_summary, alpha_sweep = sweep)
 
@@ -142,20 +194,21 @@ def gather_results(run: Run) -> dict:
 
 def run_report(run: Run) -> dict:
     result = gather_results(run)
-    figures = json.loads(run.path('discover', 'figures.json').read_text())
+    figures = read_json(run.path('discover', 'figures.json'))
     written = report.make_plots(run.run_dir, result, figures, run.adapter.subgoal_names, 1 / run.adapter.num_subgoals,
                                 run.config.model.depth // 2, run.config.report.figure_copy)
     return dict(plots = written)
 
 
-PHASES = dict(data = run_data, pretrain = run_pretrain, probe = run_probe, discover = run_discover,
+PHASES = dict(data = run_data, pretrain = run_pretrain, probe = run_probe, control = run_control, discover = run_discover,
               rl = run_rl, baselines = run_baselines, report = run_report)
-SHARDED = ('pretrain', 'discover', 'rl', 'baselines')   # run by every rank; the other phases by rank 0 alone
+SHARDED = ('pretrain', 'control', 'discover', 'rl', 'baselines')   # run by every rank; the other phases by rank 0 alone
 
 # phase -> files it reads (relative to the run folder), each written by the named phase
 NEEDS = dict(
     pretrain = {'data/pretrain.npz': 'data', 'data/heldout.npz': 'data'},
     probe = {'pretrain/model.pt': 'pretrain', 'data/discovery.npz': 'data', 'data/heldout.npz': 'data'},
+    control = {'pretrain/model.pt': 'pretrain', 'data/discovery.npz': 'data', 'data/heldout.npz': 'data'},
     discover = {'pretrain/model.pt': 'pretrain', 'data/discovery.npz': 'data', 'data/heldout.npz': 'data', 'data/post_task.npz': 'data'},
     rl = {'pretrain/model.pt': 'pretrain', 'discover/meta_controller.pt': 'discover'},
     baselines = {'pretrain/model.pt': 'pretrain', 'discover/meta_controller.pt': 'discover'},

@@ -35,14 +35,26 @@ def draw_episode(ax, episode: dict, subgoal_names: str, title: str):
     ax.set_title(title, fontsize = 8)
 
 
-def draw_probe(ax, accuracy_by_layer: list, chance: float, cut: int):
+CONTROL_STYLES = dict(post_task = ('s', 'tab:red'), pretraining_tasks = ('^', 'tab:purple'))
+
+
+def draw_probe(ax, accuracy_by_layer: list, chance: float, cut: int, control: dict | None = None):
+    """Probe accuracy by layer; with the control phase's results, beside it at the controlled layer, the
+    success of ground-truth subgoal controllers (filled) and of the base alone (hollow) on both task sets."""
     layers = np.arange(len(accuracy_by_layer))
-    ax.plot(layers, accuracy_by_layer, marker = 'o')
+    ax.plot(layers, accuracy_by_layer, marker = 'o', label = 'probe accuracy')
     ax.axhline(chance, color = 'grey', ls = ':', label = 'chance')
     ax.axvline(cut, color = 'tab:green', ls = '--', lw = 0.8, label = 'metacontroller cut')
+    for offset, (tasks, (marker, colour)) in zip((0.12, 0.24), CONTROL_STYLES.items()):
+        if control is None or tasks not in control:
+            continue
+        x = control['layer'] + offset
+        ax.plot(x, control[tasks]['controlled']['success'], marker = marker, color = colour, ls = '',
+                label = f'success, {tasks.replace("_", " ")}: ground-truth controllers (hollow: base alone)')
+        ax.plot(x, control[tasks]['base']['success'], marker = marker, color = colour, ls = '', mfc = 'none')
     ax.set_xlabel('layer (0 = embedding)')
-    ax.set_ylabel('subgoal probe accuracy')
-    ax.set_ylim(0, 1.02)
+    ax.set_ylabel('probe accuracy / success')
+    ax.set_ylim(-0.03, 1.02)
     ax.set_xticks(layers)
     ax.legend(fontsize = 7)
 
@@ -100,15 +112,15 @@ def single_panel(path: Path, draw, *args, size = (5, 3.5)):
 
 
 def summary_figure(path: Path, groups: dict[str, list[dict]], subgoal_names: str, accuracy_by_layer: list,
-                   chance: float, cut: int, runs: dict[str, list[list]]):
-    """fig1: one post-task and one pretraining-task episode's β, the probes, the RL curves."""
+                   chance: float, cut: int, runs: dict[str, list[list]], control: dict | None = None):
+    """fig1: one post-task and one pretraining-task episode's β, the probes (and ground-truth controllers), the RL curves."""
     plt = pyplot()
     fig = plt.figure(figsize = (15, 4))
     grid = fig.add_gridspec(2, 3, width_ratios = (1.6, 1, 1.2))
     for row, (name, episodes) in enumerate(list(groups.items())[:2]):
         ax = fig.add_subplot(grid[row, 0])
         draw_episode(ax, episodes[0], subgoal_names, f'{name}: {episodes[0]["switches"]} switches')
-    draw_probe(fig.add_subplot(grid[:, 1]), accuracy_by_layer, chance, cut)
+    draw_probe(fig.add_subplot(grid[:, 1]), accuracy_by_layer, chance, cut, control)
     draw_rl_curves(fig.add_subplot(grid[:, 2]), runs)
     fig.tight_layout()
     fig.savefig(path, dpi = 110)

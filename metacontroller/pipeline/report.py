@@ -13,7 +13,7 @@ def results(config: dict, seed: int, records: dict[str, dict], wall_time_s: floa
     """results.json: every phase's metrics, the config and the wall times."""
     out = dict(config = config, seed = seed, wall_time_s = wall_time_s,
                phase_wall_time_s = {phase: r.get('wall_time_s') for phase, r in records.items()})
-    for phase in ('data', 'pretrain', 'probe', 'discover'):
+    for phase in ('data', 'pretrain', 'probe', 'control', 'discover'):
         if phase in records:
             out['discovery' if phase == 'discover' else phase] = records[phase]['metrics']
     rl = {**records.get('rl', {}).get('metrics', {}), **records.get('baselines', {}).get('metrics', {})}
@@ -29,9 +29,10 @@ def make_plots(run_dir: Path, result: dict, figures: dict, subgoal_names: str, c
     accuracy = result['probe']['accuracy_by_layer']
     runs = {name: [result['rl'][name]['curve']] for name in RL_RUNS if name in result.get('rl', {})}
     plots.switches_figure(run_dir / 'switches.png', groups, subgoal_names)
-    plots.single_panel(run_dir / 'probe.png', plots.draw_probe, accuracy, chance, cut)
+    control = result.get('control')
+    plots.single_panel(run_dir / 'probe.png', plots.draw_probe, accuracy, chance, cut, control)
     plots.single_panel(run_dir / 'rl_curves.png', plots.draw_rl_curves, runs, size = (6, 4))
-    plots.summary_figure(run_dir / 'fig1.png', groups, subgoal_names, accuracy, chance, cut, runs)
+    plots.summary_figure(run_dir / 'fig1.png', groups, subgoal_names, accuracy, chance, cut, runs, control)
     written = ['switches.png', 'probe.png', 'rl_curves.png', 'fig1.png']
     if figure_copy:
         shutil.copyfile(run_dir / 'fig1.png', figure_copy)

@@ -8,18 +8,21 @@ repeats what an uninterrupted one would have done.
 With several processes, every rank reads the run folder and decides the same
 plan; rank 0 alone writes config.json, the records, results.json and run.log,
 and a barrier after each phase lets the next one, on every rank, read its files.
+Rank 0 holds the folder's lock for the whole run, and every JSON file is
+written whole or not at all (see `files`).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from loguru import logger
 
 from metacontroller.pipeline.config import from_dict
+from metacontroller.pipeline.files import read_json, run_lock, write_json
 from metacontroller.pipeline.phases import NEEDS, PHASES, SHARDED, Run, gather_results
 from metacontroller.rl.seeds import rank_seed
 
@@ -46,7 +49,7 @@ def check_config(run: Run, force: bool):
     path = run.run_dir / CONFIG_FILE
     current = run.config.to_dict()
     if path.is_file():
-        saved = from_dict(json.loads(path.read_text())['config']).to_dict()
+        saved = from_dict(read_json(path)['config']).to_dict()
         changed = sorted(f'{s}.{k}' for s, kw in current.items() if isinstance(kw, dict) for k in kw if saved.get(s, {}).get(k) != kw[k])
         if changed and not force:
             raise ValueError(f'{run.run_dir} was made with other settings ({", ".join(changed)}); '
@@ -75,15 +78,21 @@ def run_phase(run: Run, phase: str):
         record = dict(metrics = metrics, wall_time_s = time.time() - start)
         path = run.record_path(phase)
         path.parent.mkdir(parents = True, exist_ok = True)
-        path.write_text(json.dumps(record, indent = 2))
+        write_json(path, record)
         logger.info(f'phase {phase}: done in {record["wall_time_s"]:.1f} s')
     process.wait()
 
 
 def execute(run: Run, plan: Plan) -> dict:
-    """Run the plan's phases that are not finished (all of them with force); write results.json."""
-    process = run.process
+    """Run the plan's phases that are not finished (all of them with force); write results.json.
+    A second run on the same folder meanwhile is refused."""
     run.run_dir.mkdir(parents = True, exist_ok = True)
+    with run_lock(run.run_dir) if run.process.is_main else nullcontext():
+        return execute_locked(run, plan)
+
+
+def execute_locked(run: Run, plan: Plan) -> dict:
+    process = run.process
     sink = logger.add(run.run_dir / LOG_FILE, level = 'INFO') if process.is_main else None
     try:
         check_config(run, plan.force)
@@ -93,12 +102,12 @@ def execute(run: Run, plan: Plan) -> dict:
         check_inputs(run, to_run)
         process.wait()   # every rank has read the run folder before rank 0 writes to it
         if process.is_main:
-            (run.run_dir / CONFIG_FILE).write_text(json.dumps(dict(config = run.config.to_dict(), seed = run.seed), indent = 2))
+            write_json(run.run_dir / CONFIG_FILE, dict(config = run.config.to_dict(), seed = run.seed))
         for phase in to_run:
             run_phase(run, phase)
         result = gather_results(run)
         if process.is_main:
-            (run.run_dir / RESULTS_FILE).write_text(json.dumps(result, indent = 2))
+            write_json(run.run_dir / RESULTS_FILE, result)
             logger.info(f'results: {run.run_dir / RESULTS_FILE}')
         return result
     finally:

@@ -27,6 +27,7 @@ class AbstractBatch(NamedTuple):
     streams: Tensor      # (N, K, d) residual stream e the policy read at each decision
     latents: Tensor      # (N, K, n_z) sampled z̃
     log_probs: Tensor    # (N, K) log π(z̃ | e at past decisions), summed over n_z, at sampling time
+    betas: Tensor        # (N, K) β of the switching unit at each decision (≥ 0.5; 1 at the first), 0 in the padding
     times: Tensor        # (N, K) raw step of each decision
     decisions: Tensor    # (N,) decisions per trajectory (the tail of each row past it is padding)
     episodes: Episodes
@@ -36,13 +37,18 @@ class AbstractBatch(NamedTuple):
         """(N, K) bool: real decision steps, not padding."""
         return lens_to_mask(self.decisions, self.streams.shape[1])
 
+    def policy_loss_args(self, advantages: Tensor, rows: Tensor | slice = slice(None)) -> tuple[Tensor, ...]:
+        """The positional arguments of `MetaController.policy_loss` for the trajectories `rows`, given
+        the advantages (N,) of all: streams, log-probs, latents, advantages, betas, decisions as lengths."""
+        return tuple(x[rows] for x in (self.streams, self.log_probs, self.latents, advantages, self.betas, self.decisions))
+
 
 class AbstractRecorder:
     """Keeps, per raw step, what the policy saw and did; `batch` keeps the decision steps only."""
 
     def __init__(self, meta_controller: MetaController):
         self.meta_controller = meta_controller
-        self.streams, self.latents, self.log_probs, self.decided = [], [], [], []
+        self.streams, self.latents, self.log_probs, self.betas, self.decided = [], [], [], [], []
 
     def record(self, step: StepRecord):
         meta = step.meta
@@ -52,6 +58,7 @@ class AbstractRecorder:
         self.streams.append(step.scatter(meta.input_residual_stream[:, 0]))                 # (N, d)
         self.latents.append(step.scatter(meta.actions[:, 0]))                               # (N, n_z)
         self.log_probs.append(step.scatter(log_probs))                                      # (N,)
+        self.betas.append(step.scatter(meta.switch_beta[:, 0]))                             # (N,)
         self.decided.append(step.scatter(decision_mask(meta, step.live)))                   # (N,)
 
     def batch(self, episodes: Episodes) -> AbstractBatch:
@@ -60,8 +67,9 @@ class AbstractRecorder:
         streams, decisions = compact(torch.stack(self.streams, dim = 1), mask)
         latents, _ = compact(torch.stack(self.latents, dim = 1), mask)
         log_probs, _ = compact(torch.stack(self.log_probs, dim = 1), mask)
+        betas, _ = compact(torch.stack(self.betas, dim = 1), mask)
         times, _ = compact(torch.arange(mask.shape[1], device = device).expand_as(mask), mask)
-        return AbstractBatch(streams, latents, log_probs, times, decisions, episodes)
+        return AbstractBatch(streams, latents, log_probs, betas, times, decisions, episodes)
 
 
 def collect_abstract(

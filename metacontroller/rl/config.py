@@ -14,6 +14,7 @@ class EvalStats(NamedTuple):
     mean_return: float
     switches_per_episode: float   # decision steps per episode (0 without a metacontroller)
     mean_length: float            # raw steps per episode
+    reached: tuple[float, ...] = ()   # fraction of episodes that completed at least k task steps, k = 1, 2, ... (envs that count them)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Evaluation: success rate, mean return, switches per episode and episode length, sampled or greedy."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import torch
@@ -19,6 +20,7 @@ def summarize(episodes: Episodes) -> EvalStats:
         mean_return = episodes.returns.mean().item(),
         switches_per_episode = episodes.switches.float().mean().item(),
         mean_length = episodes.lengths.float().mean().item(),
+        reached = tuple((episodes.progress >= k).float().mean().item() for k in range(1, int(episodes.progress.max()) + 1)),
     )
 
 
@@ -33,11 +35,14 @@ def evaluate(
     batch_size: int = 256,
     max_steps: int | None = None,
     process: Process = SINGLE,
+    intervention: Callable[[object, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> EvalStats:
     """Run `num_episodes` episodes with env seeds seed, seed + 1, ... and the torch RNG seeded
     with `seed`, so that the same call gives the same episodes (common random numbers).
 
     deterministic = True is greedy: the policy's mean latent and the argmax raw action.
+    intervention(env, e, rows) -> ê rewrites the residual stream at the cut (see `run_episodes`);
+    it receives the batch's env, so it may read the env's live state (e.g. its current subgoals).
     With a multi-process `process`, each rank runs its share of the episodes, `batch_size` / ranks
     at a time, and the statistics are over all of them."""
     if not isinstance(num_episodes, int) or num_episodes < process.world_size:
@@ -55,5 +60,6 @@ def evaluate(
         for i, size in enumerate(sizes):
             first = seed + mine.start + i * batch_size
             parts.append(run_episodes(model, envs[size], range(first, first + size), meta_controller = meta_controller,
-                                      force_beta = force_beta, deterministic = deterministic, max_steps = max_steps))
+                                      force_beta = force_beta, deterministic = deterministic, max_steps = max_steps,
+                                      intervention = None if intervention is None else partial(intervention, envs[size])))
     return summarize(Episodes(*(torch.cat(field) for field in zip(*parts))).gather(process))

@@ -13,7 +13,8 @@ so this changes no row's computation).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from functools import partial
+from typing import Callable, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ class Episodes(NamedTuple):
     returns: Tensor     # (N,) summed rewards (sparse reward: success is a positive return)
     lengths: Tensor     # (N,) raw steps each episode took
     switches: Tensor    # (N,) decision steps (β ≥ 0.5, the first step included); 0 without a metacontroller
+    progress: Tensor    # (N,) task steps completed, for envs that count them (`env.progress`: pinpad's colours); else 0
 
     @property
     def success(self) -> Tensor:
@@ -110,11 +112,14 @@ def run_episodes(
     recorder: Recorder | None = None,
     max_steps: int | None = None,
     drop_finished: bool = True,
+    intervention: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Episodes:
     """Run env.num_envs episodes in lockstep (Algorithms 1 and 2, batched).
 
     With a metacontroller, `model.step` runs the abstract timescale: the policy's
     proposal is taken where the switching unit fires and z, U are held otherwise.
+    `intervention(e, rows) -> ê` rewrites the residual stream at the cut instead, for the
+    rows `rows` (slot indices, (b,)) still in the batch; it may read the env's live state.
     """
     seeds = check_seeds(env, seeds)
     device = next(model.parameters()).device
@@ -126,7 +131,8 @@ def run_episodes(
 
     while live.any() and (max_steps is None or t < max_steps):
         state = as_state(np.asarray(obs)[rows.numpy()], device)
-        logits, cache = model.step(state, past_action, cache, meta_controller, force_beta, deterministic)
+        control = None if intervention is None else partial(intervention, rows = rows)
+        logits, cache = model.step(state, past_action, cache, meta_controller, force_beta, deterministic, control)
         action = raw_action(model, logits, deterministic)
         meta = cache.prev_hiddens.meta_controller
         if meta is not None:
@@ -146,4 +152,5 @@ def run_episodes(
         if drop_finished:
             cache, past_action, rows = drop_finished_rows(cache, past_action, rows, live, device)
 
-    return Episodes(returns, lengths, switches)
+    progress = torch.as_tensor(np.asarray(getattr(env, 'progress', np.zeros(n))), dtype = torch.long)
+    return Episodes(returns, lengths, switches, progress)

@@ -68,13 +68,8 @@ def ppo_epochs(loss_fn: Callable[[Tensor], Tensor], steps: Tensor, optimizer, pa
 def policy_update(meta_controller: MetaController, batch: AbstractBatch, advantages: Tensor, optimizer, config: RLConfig,
                   process: Process = SINGLE) -> float:
     """PPO-clip on the causal policy, replayed over each trajectory's decision steps."""
-    ones = torch.ones_like(batch.log_probs)   # the batch is already compacted to decision steps
-
     def loss_fn(rows):
-        return meta_controller.policy_loss(
-            batch.streams[rows], batch.log_probs[rows], batch.latents[rows], advantages[rows],
-            ones[rows], episode_lens = batch.decisions[rows], clip = config.clip,
-        )
+        return meta_controller.policy_loss(*batch.policy_loss_args(advantages, rows), clip = config.clip)
     params = list(meta_controller.policy.parameters())
     return ppo_epochs(loss_fn, batch.decisions, optimizer, params, config, process)
 

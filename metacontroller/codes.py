@@ -1,0 +1,120 @@
+"""Latent codes z: the paper's diagonal Gaussian, or discrete codes (an option, not in the paper).
+
+A code family reads a distribution as raw network outputs `dist` (..., n_z, k) and
+knows how to sample z from it (with gradients for discovery, without for internal
+RL), the joint log-prob of a sampled z (summed over n_z, what PPO's ratio reads) and
+the KL to its prior (discovery's rate term). Everything downstream of z (switching,
+integration, the hypernetwork, PPO) takes z as a float vector and does not care
+which family made it.
+
+| code        | k | z                              | prior          | discovery sample                            |
+|-------------|---|--------------------------------|----------------|---------------------------------------------|
+| gaussian    | 2 | R^{n_z}; dist = (μ, log σ²)    | N(0, I)        | μ + σ ε (reparameterised)                   |
+| binary      | 1 | {0, 1}^{n_z}; dist = logits    | Bernoulli(1/2) | Gumbel-sigmoid; straight-through: hard bits |
+| categorical | 1 | one-hot over n_z; dist = logits| uniform        | Gumbel-softmax; straight-through: one-hot   |
+
+Straight-through samples are hard in the forward pass and carry the relaxed
+sample's gradient; without it, discovery feeds the relaxed (soft) sample to the
+decoder, while internal RL always samples hard codes.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from metacontroller.policy import gaussian_log_prob, gaussian_sample
+
+CODES = ('gaussian', 'binary', 'categorical')
+
+
+def logistic_noise(like: Tensor) -> Tensor:
+    """log u - log(1 - u), u ~ U(0, 1): the difference of two Gumbels, for Gumbel-sigmoid samples."""
+    u = torch.rand_like(like).clamp(1e-6, 1 - 1e-6)
+    return u.log() - (-u).log1p()
+
+
+def straight_through(soft: Tensor, hard: Tensor) -> Tensor:
+    """`hard`'s values with `soft`'s gradient (in this order, exact where hard = round(soft))."""
+    return hard - soft.detach() + soft
+
+
+class GaussianCode:
+    params = 2
+
+    def rsample(self, dist: Tensor) -> Tensor:
+        return gaussian_sample(dist)
+
+    def sample(self, dist: Tensor, deterministic: bool = False) -> Tensor:
+        return gaussian_sample(dist, deterministic)
+
+    def log_prob(self, dist: Tensor, value: Tensor) -> Tensor:
+        return gaussian_log_prob(dist, value)
+
+    def kl(self, dist: Tensor) -> Tensor:
+        """KL(N(μ, σ²) ‖ N(0, I)), summed over n_z: (..., n_z, 2) -> (...)."""
+        mean, log_var = dist.unbind(dim = -1)
+        return 0.5 * (mean.pow(2) + log_var.exp() - log_var - 1.).sum(dim = -1)
+
+
+class BinaryCode:
+    params = 1
+
+    def __init__(self, temperature: float = 1., hard: bool = True):
+        self.temperature, self.hard = temperature, hard
+
+    def rsample(self, dist: Tensor) -> Tensor:
+        logits = dist[..., 0]
+        soft = torch.sigmoid((logits + logistic_noise(logits)) / self.temperature)
+        return straight_through(soft, (soft >= 0.5).to(soft)) if self.hard else soft
+
+    def sample(self, dist: Tensor, deterministic: bool = False) -> Tensor:
+        logits = dist[..., 0]
+        return (logits > 0).to(logits) if deterministic else torch.bernoulli(torch.sigmoid(logits))
+
+    def log_prob(self, dist: Tensor, value: Tensor) -> Tensor:
+        logits = dist[..., 0]
+        return (value * F.logsigmoid(logits) + (1 - value) * F.logsigmoid(-logits)).sum(dim = -1)
+
+    def kl(self, dist: Tensor) -> Tensor:
+        """KL(Bernoulli(σ(l)) ‖ Bernoulli(1/2)), summed over the n_z bits."""
+        logits = dist[..., 0]
+        p = torch.sigmoid(logits)
+        return (p * F.logsigmoid(logits) + (1 - p) * F.logsigmoid(-logits) + math.log(2)).sum(dim = -1)
+
+
+class CategoricalCode:
+    params = 1
+
+    def __init__(self, temperature: float = 1., hard: bool = True):
+        self.temperature, self.hard = temperature, hard
+
+    def rsample(self, dist: Tensor) -> Tensor:
+        return F.gumbel_softmax(dist[..., 0], tau = self.temperature, hard = self.hard)
+
+    def sample(self, dist: Tensor, deterministic: bool = False) -> Tensor:
+        logits = dist[..., 0]
+        index = logits.argmax(dim = -1) if deterministic else torch.distributions.Categorical(logits = logits).sample()
+        return F.one_hot(index, logits.shape[-1]).to(logits)
+
+    def log_prob(self, dist: Tensor, value: Tensor) -> Tensor:
+        """value: one-hot (..., n_z)."""
+        return (value * dist[..., 0].log_softmax(dim = -1)).sum(dim = -1)
+
+    def kl(self, dist: Tensor) -> Tensor:
+        """KL(Categorical(softmax(l)) ‖ uniform over the n_z codes)."""
+        log_q = dist[..., 0].log_softmax(dim = -1)
+        return (log_q.exp() * (log_q + math.log(log_q.shape[-1]))).sum(dim = -1)
+
+
+def make_latent_code(kind: str, temperature: float = 1., hard: bool = True) -> GaussianCode | BinaryCode | CategoricalCode:
+    """The code family named `kind`; temperature and hard (straight-through) apply to the discrete ones."""
+    if kind not in CODES:
+        raise ValueError(f'latent_code must be one of {CODES}, got {kind!r}')
+    if not temperature > 0:
+        raise ValueError(f'code_temperature must be > 0 (the Gumbel relaxation\'s temperature), got {temperature}')
+    if kind == 'gaussian':
+        return GaussianCode()
+    return (BinaryCode if kind == 'binary' else CategoricalCode)(temperature, hard)

@@ -1,0 +1,81 @@
+"""Control phase: ground-truth subgoal controllers on the frozen base (paper §2.2, Fig. 4, App. C.3).
+
+The necessary condition for discovery and internal RL: a linear controller at
+the cut, one per true subgoal, switched by the true label, must steer the base.
+Trained on D* by action NLL (residual streams precomputed, as in discovery),
+then scored twice: on held-out demonstrations (NLL, and the probability of an
+episode-ending move where the next subgoal is still ambiguous), and in fresh
+episodes where the live environment's subgoal picks the controller at every step.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from metacontroller import Transformer
+from metacontroller.demos import NO_SUBGOAL, DemoBatch
+from metacontroller.distributed import SINGLE, Process
+from metacontroller.pipeline.config import ControlConfig
+from metacontroller.pipeline.discover import StreamBatch
+from metacontroller.subgoal_controller import SubgoalController
+from metacontroller.transformer import frozen
+
+
+def step_labels(batch: DemoBatch) -> torch.Tensor:
+    """(b, t) subgoal ids with padding set to 0; an unlabelled valid step is an error."""
+    valid = torch.arange(batch.subgoals.shape[1], device = batch.subgoals.device) < batch.episode_lens[:, None]
+    unlabelled = (valid & (batch.subgoals == NO_SUBGOAL)).sum().item()
+    if unlabelled:
+        raise ValueError(f'ground-truth controllers need a subgoal label at every step; {unlabelled} valid steps '
+                         f'are unlabelled ({NO_SUBGOAL}): build D* with an expert that reports its subgoals')
+    return batch.subgoals.masked_fill(~valid, 0)
+
+
+def controlled_logits(model: Transformer, controller: SubgoalController, batch: DemoBatch,
+                      stream: torch.Tensor | None = None) -> torch.Tensor:
+    """(b, t, num_actions) action logits with the label's controller at the cut; no gradient to the base weights."""
+    if stream is None:
+        with torch.no_grad():
+            stream = model.residual_stream(batch.observations)
+    with frozen(*model.base_modules()):
+        return model.action_readout(model.upper_body(controller(stream, step_labels(batch))))
+
+
+def train(model: Transformer, controller: SubgoalController, batches: list[StreamBatch], config: ControlConfig, seed: int,
+          progress: bool = True, process: Process = SINGLE) -> list[float]:
+    """AdamW on the controlled action NLL, base frozen; returns the NLL per step (data parallel as in discovery)."""
+    params = list(controller.parameters())
+    process.broadcast_parameters(controller)
+    optimizer = torch.optim.AdamW(params, lr = config.lr, weight_decay = config.weight_decay)
+    rng = np.random.default_rng(seed)
+    trace = []
+    controller.train()
+    with tqdm(range(config.steps), desc = 'control', disable = not (progress and process.is_main)) as bar:
+        for step in bar:
+            batch, stream = batches[rng.integers(len(batches))]
+            mask = torch.arange(stream.shape[1], device = stream.device) < batch.episode_lens[:, None]
+            logits = controlled_logits(model, controller, batch, stream)
+            nll = -logits.log_softmax(-1).gather(-1, batch.actions.masked_fill(~mask, 0)[..., None])[..., 0]
+            share = process.share(batch.episode_lens.sum())
+            loss = nll[mask].mean()
+            optimizer.zero_grad(set_to_none = True)
+            process.backward(loss * share, params)
+            optimizer.step()
+            trace.append(process.mean(loss.detach() * share).item())
+            if step % 10 == 0:
+                bar.set_postfix(action_nll = f'{np.mean(trace[-50:]):.3f}')
+    controller.eval()
+    return trace
+
+
+def subgoal_intervention(controller: SubgoalController):
+    """intervention(env, e, rows) for `evaluate`: the controller of each slot's live ground-truth subgoal.
+    The env must say which subgoal each slot pursues now (`env.subgoal`, (N,) ints, -1 once done)."""
+    def intervene(env, stream: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if not hasattr(env, 'subgoal'):
+            raise TypeError(f'{type(env).__name__} does not report its live subgoals (an `env.subgoal` property, (N,) ints): '
+                            f'ground-truth controllers cannot be switched on it')
+        labels = torch.as_tensor(np.asarray(env.subgoal), device = stream.device)[rows.to(stream.device)]
+        return controller(stream, labels.clamp(min = 0))   # a slot that just finished reads -1; its action is ignored
+    return intervene

@@ -1,0 +1,115 @@
+"""Ground-truth subgoal controllers: switching at labelled boundaries, training forward against the
+cached rollout switched by the live env, the onset metric, and errors on bad labels."""
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from metacontroller.demos import NO_SUBGOAL, DemoBatch
+from metacontroller.envs.expert import generate_pinpad_demos, pinpad_action_sets
+from metacontroller.envs.pinpad import PRETRAINING_TASKS, VecPinpadEnv
+from metacontroller.pipeline.adapter import pinpad_adapter
+from metacontroller.pipeline.config import smoke_config
+from metacontroller.pipeline.control import controlled_logits, step_labels, subgoal_intervention
+from metacontroller.pipeline.models import build_transformer
+from metacontroller.pipeline.pretrain import base_logits
+from metacontroller.rl.rollout import run_episodes
+from metacontroller.subgoal_controller import SubgoalController
+
+
+@pytest.fixture(scope = 'module')
+def demos():
+    return generate_pinpad_demos(6, seed = 3, num_envs = 6, progress = False)
+
+
+def random_controller(dim: int) -> SubgoalController:
+    controller = SubgoalController(dim, 4, dim_hypernetwork_hidden = 8, rank = 4)
+    with torch.no_grad():   # A starts at zero (control is a no-op): make it act
+        controller.decoder.to_a.weight.normal_(std = 0.3)
+    return controller.eval()
+
+
+def test_codes_switch_exactly_at_labelled_boundaries(demos):
+    controller = random_controller(16)
+    batch = demos.batch(np.arange(len(demos)))
+    codes = controller.code(step_labels(batch))            # (b, t, K)
+    changed = (codes[:, 1:] != codes[:, :-1]).any(-1)
+    for i, n in enumerate(batch.episode_lens.tolist()):
+        assert torch.equal(changed[i, :n - 1], batch.boundaries[i, 1:n])
+        factors = controller.decoder(codes[i, :n]).a          # the controller each step applies
+        distinct = (factors[1:] - factors[:-1]).abs().amax((-1, -2)) > 0
+        assert torch.equal(distinct, batch.boundaries[i, 1:n])
+
+
+def test_live_subgoal_matches_the_demonstration_labels(demos):
+    """env.subgoal before each step is the label that step carries in the dataset."""
+    env = VecPinpadEnv(len(demos), tasks = [tuple(t) for t in demos.metadata['tasks']])
+    env.reset(seed = demos.seeds.tolist())
+    batch = demos.batch(np.arange(len(demos)))
+    for t in range(int(batch.episode_lens.max())):
+        live = t < batch.episode_lens
+        assert np.array_equal(env.subgoal[live.numpy()], batch.subgoals[live, t].numpy())
+        env.step(batch.actions[:, t].numpy())
+
+
+def test_cached_rollout_with_live_switching_equals_the_training_forward(one_thread):
+    """The rollout (cached steps, finished rows dropped, the controller picked by the live env)
+    gives the logits of the sequence forward on the same observations with the same labels."""
+    model = build_transformer(pinpad_adapter(), smoke_config().model).eval()
+    controller = random_controller(model.dim)
+    env = VecPinpadEnv(8, tasks = PRETRAINING_TASKS)
+    steps = {slot: [] for slot in range(env.num_envs)}   # slot -> [(observation, label, logits)]
+
+    class Recorder:
+        def record(self, step):
+            labels = env.subgoal   # what the intervention read: the env has not stepped yet
+            for j, slot in enumerate(step.rows.tolist()):
+                if step.live[j]:
+                    steps[slot].append((step.state[j, 0], labels[slot], step.logits[j, 0]))
+
+    run_episodes(model, env, range(env.num_envs), recorder = Recorder(), intervention = partial(subgoal_intervention(controller), env))
+    lens = torch.tensor([len(steps[slot]) for slot in steps])
+    horizon = int(lens.max())
+    observations = torch.zeros(env.num_envs, horizon, model.state_embed.num_continuous)
+    labels = torch.full((env.num_envs, horizon), NO_SUBGOAL)
+    rollout_logits = torch.zeros(env.num_envs, horizon, 4)
+    for slot, recorded in steps.items():
+        for t, (observation, label, logits) in enumerate(recorded):
+            observations[slot, t], labels[slot, t], rollout_logits[slot, t] = observation, int(label), logits
+    batch = DemoBatch(observations, torch.zeros_like(labels), labels, torch.zeros_like(labels, dtype = torch.bool), lens)
+    with torch.no_grad():
+        expected = controlled_logits(model, controller, batch)
+    mask = torch.arange(horizon) < lens[:, None]
+    assert lens.min() > 1 and (labels[mask] >= 0).all()
+    assert torch.allclose(rollout_logits[mask], expected[mask], atol = 1e-4)
+    with torch.no_grad():   # and the controllers do act: the check has power
+        uncontrolled = base_logits(model, batch)
+    assert (uncontrolled[mask] - expected[mask]).abs().max() > 1e-2
+
+
+def test_onset_steps_head_to_a_pairs_first_colour(demos):
+    sets = pinpad_action_sets(demos)
+    batch = demos.batch(np.arange(len(demos)))
+    valid = torch.arange(batch.subgoals.shape[1]) < batch.episode_lens[:, None]
+    boundaries = batch.boundaries[valid].numpy()
+    assert sets.onset.shape == (demos.num_steps,)
+    assert sets.onset[boundaries].all()            # a new subgoal starts by heading to its first colour
+    assert 0 < sets.onset.mean() < 1
+
+
+def test_bad_labels_are_clear_errors(demos):
+    controller = random_controller(16)
+    with pytest.raises(ValueError, match = r'subgoal labels must lie in \[0, 4\)'):
+        controller(torch.zeros(2, 3, 16), torch.tensor([[0, 1, 4], [0, 0, 0]]))
+    with pytest.raises(ValueError, match = 'matching it'):
+        controller(torch.zeros(2, 3, 16), torch.zeros(2, 2, dtype = torch.long))
+    batch = demos.batch(np.arange(2))
+    subgoals = batch.subgoals.clone()
+    subgoals[0, 1] = NO_SUBGOAL   # a valid step without a label
+    with pytest.raises(ValueError, match = '1 valid steps are unlabelled'):
+        step_labels(batch._replace(subgoals = subgoals))
+    assert (step_labels(batch) >= 0).all()   # padding (labelled NO_SUBGOAL) is fine
+    env_without_subgoals = object()
+    with pytest.raises(TypeError, match = 'live subgoals'):
+        subgoal_intervention(controller)(env_without_subgoals, torch.zeros(1, 16), torch.tensor([0]))
