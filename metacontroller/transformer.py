@@ -108,14 +108,14 @@ class Transformer(Checkpointable, nn.Module):
         self.dim = dim
         self.embed_past_action = embed_past_action
         self.state_embed, self.state_readout = EmbedAndReadout(dim, **state_embed_readout)
-        if binary_state_readout:
-            if self.state_embed.num_continuous == 0:
-                raise ValueError('binary_state_readout predicts 0/1 observation features: state_embed_readout must set num_continuous')
-            self.state_readout = BinaryReadout(dim, self.state_embed.num_continuous)
         self.state_encoder = state_encoder
         self.action_embed, self.action_readout = EmbedAndReadout(dim, **action_embed_readout)
         self.lower_body = build_body(dim, lower_body, pre_norm_has_final_norm = False)
         self.upper_body = build_body(dim, upper_body)
+        if binary_state_readout:   # built last, so that the choice of head leaves every other initial weight as it is
+            if self.state_embed.num_continuous == 0:
+                raise ValueError('binary_state_readout predicts 0/1 observation features: state_embed_readout must set num_continuous')
+            self.state_readout = BinaryReadout(dim, self.state_embed.num_continuous)
         self.meta_controller = None
         self._step_decoders = {}
         self._fused_bodies = {}

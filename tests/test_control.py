@@ -10,8 +10,9 @@ from metacontroller.demos import NO_SUBGOAL, DemoBatch
 from metacontroller.envs.expert import generate_pinpad_demos, pinpad_action_sets
 from metacontroller.envs.pinpad import PRETRAINING_TASKS, VecPinpadEnv
 from metacontroller.pipeline.adapter import pinpad_adapter
-from metacontroller.pipeline.config import smoke_config
-from metacontroller.pipeline.control import controlled_logits, step_labels, subgoal_intervention
+from metacontroller.pipeline.config import ControlConfig, smoke_config
+from metacontroller.pipeline.control import controlled_logits, step_labels, subgoal_intervention, train
+from metacontroller.pipeline.discover import precompute
 from metacontroller.pipeline.models import build_transformer
 from metacontroller.pipeline.pretrain import base_logits
 from metacontroller.rl.rollout import run_episodes
@@ -113,3 +114,17 @@ def test_bad_labels_are_clear_errors(demos):
     env_without_subgoals = object()
     with pytest.raises(TypeError, match = 'live subgoals'):
         subgoal_intervention(controller)(env_without_subgoals, torch.zeros(1, 16), torch.tensor([0]))
+
+
+def test_training_moves_only_the_controllers(demos, one_thread):
+    """The base stays frozen: no gradient is computed for it, and its weights do not move."""
+    model = build_transformer(pinpad_adapter(), smoke_config().model).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    controller = SubgoalController(model.dim, 4, dim_hypernetwork_hidden = 8, rank = 4)
+    start = controller.decoder.to_a.weight.clone()
+    batches = precompute(model, demos, 3, seed = 0, device = 'cpu')
+    trace = train(model, controller, batches, ControlConfig(steps = 3, batch_size = 3), seed = 0, progress = False)
+    assert len(trace) == 3 and all(np.isfinite(trace))
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not torch.equal(controller.decoder.to_a.weight, start)
