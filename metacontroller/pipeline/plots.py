@@ -50,13 +50,15 @@ def draw_probe(ax, accuracy_by_layer: list, chance: float, cut: int, control: di
             continue
         x = control['layer'] + offset
         ax.plot(x, control[tasks]['controlled']['success'], marker = marker, color = colour, ls = '',
-                label = f'success, {tasks.replace("_", " ")}: ground-truth controllers (hollow: base alone)')
+                label = f'success, {tasks.replace("_", " ")}')
         ax.plot(x, control[tasks]['base']['success'], marker = marker, color = colour, ls = '', mfc = 'none')
     ax.set_xlabel('layer (0 = embedding)')
     ax.set_ylabel('probe accuracy / success')
     ax.set_ylim(-0.03, 1.02)
     ax.set_xticks(layers)
-    ax.legend(fontsize = 7)
+    if control is not None:
+        ax.set_title('success: ground-truth controllers at the cut (hollow: base alone)', fontsize = 7)
+    ax.legend(fontsize = 6, loc = 'center right')
 
 
 def curve_band(curves: list[list]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
