@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from metacontroller import MetaController
 from metacontroller.demos import NO_SUBGOAL, DemoBatch
 from metacontroller.envs.expert import generate_pinpad_demos, pinpad_action_sets
 from metacontroller.envs.pinpad import PRETRAINING_TASKS, VecPinpadEnv
@@ -15,6 +16,7 @@ from metacontroller.pipeline.control import controlled_logits, step_labels, subg
 from metacontroller.pipeline.discover import precompute
 from metacontroller.pipeline.models import build_transformer
 from metacontroller.pipeline.pretrain import base_logits
+from metacontroller.rl import evaluate
 from metacontroller.rl.rollout import run_episodes
 from metacontroller.subgoal_controller import SubgoalController
 
@@ -22,6 +24,11 @@ from metacontroller.subgoal_controller import SubgoalController
 @pytest.fixture(scope = 'module')
 def demos():
     return generate_pinpad_demos(6, seed = 3, num_envs = 6, progress = False)
+
+
+def tiny_meta(dim: int) -> MetaController:
+    return MetaController(dim, dim_meta_controller = 8, dim_latent = 3, dim_encoder_hidden = 8, dim_hypernetwork_hidden = 8,
+                          hypernetwork_low_rank = 4, dim_policy = 8)
 
 
 def random_controller(dim: int) -> SubgoalController:
@@ -90,13 +97,17 @@ def test_cached_rollout_with_live_switching_equals_the_training_forward(one_thre
 
 
 def test_onset_steps_head_to_a_pairs_first_colour(demos):
+    """Within each labelled segment, the onset steps are a non-empty leading run: the steps before the
+    pair's first colour is entered; the rest of the segment heads to its second colour."""
     sets = pinpad_action_sets(demos)
-    batch = demos.batch(np.arange(len(demos)))
-    valid = torch.arange(batch.subgoals.shape[1]) < batch.episode_lens[:, None]
-    boundaries = batch.boundaries[valid].numpy()
     assert sets.onset.shape == (demos.num_steps,)
-    assert sets.onset[boundaries].all()            # a new subgoal starts by heading to its first colour
-    assert 0 < sets.onset.mean() < 1
+    for start, n in zip(demos.offsets, demos.episode_lens):
+        onset, boundaries = sets.onset[start:start + n], demos.boundaries[start:start + n]
+        cuts = [*np.flatnonzero(boundaries), n]
+        for a, b in zip(cuts, cuts[1:]):
+            segment = onset[a:b]
+            first = int(np.argmin(segment)) if not segment.all() else len(segment)
+            assert 0 < first < len(segment) and segment[:first].all() and not segment[first:].any()
 
 
 def test_bad_labels_are_clear_errors(demos):
@@ -128,3 +139,31 @@ def test_training_moves_only_the_controllers(demos, one_thread):
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert not torch.equal(controller.decoder.to_a.weight, start)
+
+
+def test_controllers_learn_to_use_the_labels(demos, one_thread):
+    """On the demos they are trained on, the controllers lower the action NLL below the base's (A starts at 0)."""
+    model = build_transformer(pinpad_adapter(), smoke_config().model).eval()
+    controller = SubgoalController(model.dim, 4, dim_hypernetwork_hidden = 8, rank = 4)
+    batches = precompute(model, demos, len(demos), seed = 0, device = 'cpu')
+    trace = train(model, controller, batches, ControlConfig(steps = 40, batch_size = len(demos), lr = 1e-2), seed = 0, progress = False)
+    assert np.mean(trace[-5:]) < trace[0] - 0.05
+
+
+def test_evaluate_switches_controllers_by_the_live_subgoal_in_every_batch(one_thread):
+    """evaluate(..., intervention) binds each batch's own env (sizes 4 and 2 here) and counts colours reached."""
+    model = build_transformer(pinpad_adapter(), smoke_config().model).eval()
+    controller = random_controller(model.dim)
+    seen = []
+
+    def intervention(env, stream, rows):
+        seen.append((env.num_envs, len(rows)))
+        return subgoal_intervention(controller)(env, stream, rows)
+
+    stats = evaluate(model, pinpad_adapter().make_envs(PRETRAINING_TASKS), 6, batch_size = 4, intervention = intervention)
+    assert {size for size, _ in seen} == {4, 2} and all(rows <= size for size, rows in seen)
+    assert all(a >= b for a, b in zip(stats.reached, stats.reached[1:]))   # colours are reached in order
+    assert len(stats.reached) <= 6 and (len(stats.reached) < 6 or stats.reached[-1] == stats.success)
+    with pytest.raises(ValueError, match = 'not both'):
+        model.step(torch.zeros(1, 1, model.state_embed.num_continuous), meta_controller = tiny_meta(model.dim),
+                   intervention = lambda e: e)

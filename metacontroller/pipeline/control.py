@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch_einops_utils import lens_to_mask
 from tqdm.auto import tqdm
 
 from metacontroller import Transformer
@@ -51,14 +52,15 @@ def train(model: Transformer, controller: SubgoalController, batches: list[Strea
     rng = np.random.default_rng(seed)
     trace = []
     controller.train()
-    with tqdm(range(config.steps), desc = 'control', disable = not (progress and process.is_main)) as bar:
+    bar = tqdm(range(config.steps), desc = 'control', disable = not (progress and process.is_main))
+    with bar, process.autocast():   # bf16 or a no-op; `process.backward` runs the backward outside it
         for step in bar:
             batch, stream = batches[rng.integers(len(batches))]
-            mask = torch.arange(stream.shape[1], device = stream.device) < batch.episode_lens[:, None]
-            logits = controlled_logits(model, controller, batch, stream)
-            nll = -logits.log_softmax(-1).gather(-1, batch.actions.masked_fill(~mask, 0)[..., None])[..., 0]
+            mask = lens_to_mask(batch.episode_lens, stream.shape[1])
+            with frozen(*model.base_modules()):
+                hidden = model.upper_body(controller(stream, step_labels(batch)))
+                loss = model.action_readout(hidden, targets = batch.actions.masked_fill(~mask, 0), loss_mask = mask)
             share = process.share(batch.episode_lens.sum())
-            loss = nll[mask].mean()
             optimizer.zero_grad(set_to_none = True)
             process.backward(loss * share, params)
             optimizer.step()
@@ -76,6 +78,10 @@ def subgoal_intervention(controller: SubgoalController):
         if not hasattr(env, 'subgoal'):
             raise TypeError(f'{type(env).__name__} does not report its live subgoals (an `env.subgoal` property, (N,) ints): '
                             f'ground-truth controllers cannot be switched on it')
-        labels = torch.as_tensor(np.asarray(env.subgoal), device = stream.device)[rows.to(stream.device)]
-        return controller(stream, labels.clamp(min = 0))   # a slot that just finished reads -1; its action is ignored
+        labels, done = np.asarray(env.subgoal)[rows.numpy()], np.asarray(env.done)[rows.numpy()]
+        if (labels[~done] < 0).any():
+            raise ValueError(f'{type(env).__name__}.subgoal reports no subgoal (-1) for a running episode: expected a label in '
+                             f'[0, {controller.num_subgoals}) for every slot not done')
+        # a slot that has just finished reads -1 until the batch drops it; its action is ignored
+        return controller(stream, torch.as_tensor(np.maximum(labels, 0), device = stream.device))
     return intervene

@@ -49,8 +49,13 @@ def check_config(run: Run, force: bool):
     path = run.run_dir / CONFIG_FILE
     current = run.config.to_dict()
     if path.is_file():
-        saved = from_dict(read_json(path)['config']).to_dict()
-        changed = sorted(f'{s}.{k}' for s, kw in current.items() if isinstance(kw, dict) for k in kw if saved.get(s, {}).get(k) != kw[k])
+        recorded = read_json(path)['config']
+        saved = from_dict(recorded).to_dict()
+        # a setting the folder's config.json does not record (made by an older version) counts as changed:
+        # its phases ran under whatever that version did, not necessarily today's default
+        changed = sorted(f'{s}.{k}' + ('' if k in recorded.get(s, {}) else ' (not recorded)')
+                         for s, kw in current.items() if isinstance(kw, dict) for k in kw
+                         if saved.get(s, {}).get(k) != kw[k] or k not in recorded.get(s, {}))
         if changed and not force:
             raise ValueError(f'{run.run_dir} was made with other settings ({", ".join(changed)}); '
                              f'use another --run-dir, or --force to redo the selected phases with the new ones')

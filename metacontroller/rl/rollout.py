@@ -131,8 +131,8 @@ def run_episodes(
 
     while live.any() and (max_steps is None or t < max_steps):
         state = as_state(np.asarray(obs)[rows.numpy()], device)
-        control = None if intervention is None else partial(intervention, rows = rows)
-        logits, cache = model.step(state, past_action, cache, meta_controller, force_beta, deterministic, control)
+        intervene = None if intervention is None else partial(intervention, rows = rows)
+        logits, cache = model.step(state, past_action, cache, meta_controller, force_beta, deterministic, intervention = intervene)
         action = raw_action(model, logits, deterministic)
         meta = cache.prev_hiddens.meta_controller
         if meta is not None:
