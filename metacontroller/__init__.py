@@ -2,10 +2,11 @@
 __version__ = '0.1.0'
 
 from metacontroller.meta_controller import DiscoveryOutput, MetaController, MetaControllerStep
+from metacontroller.subgoal_controller import SubgoalController
 from metacontroller.switching import periodic_beta
 from metacontroller.transformer import BehaviourCloningLosses, DiscoveryLosses, Transformer, TransformerCache
 
 __all__ = [
-    'Transformer', 'MetaController', 'periodic_beta',
+    'Transformer', 'MetaController', 'SubgoalController', 'periodic_beta',
     'BehaviourCloningLosses', 'DiscoveryLosses', 'DiscoveryOutput', 'MetaControllerStep', 'TransformerCache',
 ]
