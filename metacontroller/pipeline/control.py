@@ -25,7 +25,7 @@ from metacontroller.transformer import frozen
 
 def step_labels(batch: DemoBatch) -> torch.Tensor:
     """(b, t) subgoal ids with padding set to 0; an unlabelled valid step is an error."""
-    valid = torch.arange(batch.subgoals.shape[1], device = batch.subgoals.device) < batch.episode_lens[:, None]
+    valid = lens_to_mask(batch.episode_lens, batch.subgoals.shape[1])
     unlabelled = (valid & (batch.subgoals == NO_SUBGOAL)).sum().item()
     if unlabelled:
         raise ValueError(f'ground-truth controllers need a subgoal label at every step; {unlabelled} valid steps '
@@ -33,14 +33,18 @@ def step_labels(batch: DemoBatch) -> torch.Tensor:
     return batch.subgoals.masked_fill(~valid, 0)
 
 
-def controlled_logits(model: Transformer, controller: SubgoalController, batch: DemoBatch,
-                      stream: torch.Tensor | None = None) -> torch.Tensor:
-    """(b, t, num_actions) action logits with the label's controller at the cut; no gradient to the base weights."""
-    if stream is None:
-        with torch.no_grad():
-            stream = model.residual_stream(batch.observations)
+def controlled_readout(model: Transformer, controller: SubgoalController, batch: DemoBatch, stream: torch.Tensor, **readout_kwargs):
+    """The action readout of the base with the label's controller at the cut, on a precomputed stream e (b, t, d):
+    logits (b, t, num_actions), or the masked NLL given `targets` and `loss_mask`. No gradient to the base weights."""
     with frozen(*model.base_modules()):
-        return model.action_readout(model.upper_body(controller(stream, step_labels(batch))))
+        return model.action_readout(model.upper_body(controller(stream, step_labels(batch))), **readout_kwargs)
+
+
+def controlled_logits(model: Transformer, controller: SubgoalController, batch: DemoBatch) -> torch.Tensor:
+    """(b, t, num_actions) action logits with the label's controller at the cut."""
+    with torch.no_grad():
+        stream = model.residual_stream(batch.observations)
+    return controlled_readout(model, controller, batch, stream)
 
 
 def train(model: Transformer, controller: SubgoalController, batches: list[StreamBatch], config: ControlConfig, seed: int,
@@ -57,9 +61,7 @@ def train(model: Transformer, controller: SubgoalController, batches: list[Strea
         for step in bar:
             batch, stream = batches[rng.integers(len(batches))]
             mask = lens_to_mask(batch.episode_lens, stream.shape[1])
-            with frozen(*model.base_modules()):
-                hidden = model.upper_body(controller(stream, step_labels(batch)))
-                loss = model.action_readout(hidden, targets = batch.actions.masked_fill(~mask, 0), loss_mask = mask)
+            loss = controlled_readout(model, controller, batch, stream, targets = batch.actions.masked_fill(~mask, 0), loss_mask = mask)
             share = process.share(batch.episode_lens.sum())
             optimizer.zero_grad(set_to_none = True)
             process.backward(loss * share, params)

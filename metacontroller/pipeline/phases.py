@@ -70,9 +70,9 @@ def initial_model(run: Run) -> Transformer:
     if not path:
         return fresh
     model = Transformer.init_and_load(path)
-    shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}
-    if shapes(model) != shapes(fresh):
-        differ = sorted(k for k in shapes(fresh).keys() | shapes(model).keys() if shapes(fresh).get(k) != shapes(model).get(k))
+    given, expected = ({k: tuple(v.shape) for k, v in m.state_dict().items()} for m in (model, fresh))
+    if given != expected:
+        differ = sorted(k for k in given.keys() | expected.keys() if given.get(k) != expected.get(k))
         raise ValueError(f'--pretrain.init {path}: its model does not have the shape the --model.* settings describe '
                          f'({len(differ)} tensors differ, e.g. {differ[:3]}); pass the settings it was trained with')
     logger.info(f'base model from {path}; {run.config.pretrain.steps} more pretraining steps')
@@ -125,13 +125,13 @@ def run_control(run: Run) -> dict:
                                                 logits_fn = lambda m, batch: control.controlled_logits(m, controller, batch)),
     )
     # the same seeded episodes for every variant (common random numbers); sampled actions are the headline
-    rollouts = dict(base = (None, False), controlled = (control.subgoal_intervention(controller), False),
-                    base_greedy = (None, True), controlled_greedy = (control.subgoal_intervention(controller), True))
+    intervene = control.subgoal_intervention(controller)
+    rollouts = dict(base = (None, False), controlled = (intervene, False), base_greedy = (None, True), controlled_greedy = (intervene, True))
     success = {}
     for name, tasks in (('post_task', (run.adapter.post_task,)), ('pretraining_tasks', run.adapter.pretraining_tasks)):
         success[name] = {kind: evaluate(model, run.adapter.make_envs(tasks), config.eval_episodes, seed = run.seed,
-                                        deterministic = greedy, process = run.process, intervention = intervene)._asdict()
-                         for kind, (intervene, greedy) in rollouts.items()}
+                                        deterministic = greedy, process = run.process, intervention = intervention)._asdict()
+                         for kind, (intervention, greedy) in rollouts.items()}
         logger.info(f'control, {name}: success {success[name]["controlled"]["success"]:.3f} with ground-truth controllers, '
                     f'{success[name]["base"]["success"]:.3f} without (sampled actions; greedy: '
                     f'{success[name]["controlled_greedy"]["success"]:.3f}, {success[name]["base_greedy"]["success"]:.3f})')
