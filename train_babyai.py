@@ -6,10 +6,10 @@
     python train_babyai.py --seeds 3          # median and quartiles over seeds
 
 Same phases, flags, presets and outputs as train_pinpad.py; the BabyAI presets
-change some data and RL budgets (metacontroller/envs/babyai_pipeline.py), and
+change some data and RL budgets (metacontroller/pipeline/adapters/babyai.py), and
 `--help` lists their values.
 """
-from metacontroller.envs.babyai_pipeline import babyai_adapter
+from metacontroller.pipeline.adapters.babyai import babyai_adapter
 from metacontroller.pipeline.cli import run_cli
 
 if __name__ == '__main__':

@@ -9,7 +9,7 @@
 
 See `python train_pinpad.py --help` for every size and budget.
 """
-from metacontroller.pipeline.adapter import pinpad_adapter
+from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 from metacontroller.pipeline.cli import run_cli
 
 if __name__ == '__main__':

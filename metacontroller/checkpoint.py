@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from metacontroller.version import __version__
+
 FORMAT = 'metacontroller-checkpoint'
 FORMAT_VERSION = 2   # 1 pickled the constructor arguments as objects
 MODULE_KEY = '__module_class__'
@@ -35,6 +37,9 @@ MODULE_KEY = '__module_class__'
 # parameter-free activations: their public attributes are their constructor arguments
 ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.LeakyReLU, nn.ELU, nn.Softplus, nn.Mish)
 REGISTRY: dict[str, type] = {f'torch.nn.{cls.__name__}': cls for cls in ACTIVATIONS}
+
+# Checkpointable classes that moved: the import path older checkpoints name -> the class's path now
+MOVED = {'metacontroller.envs.egocentric.EgocentricEncoder': 'metacontroller.egocentric.EgocentricEncoder'}
 
 
 @contextmanager
@@ -79,7 +84,7 @@ def _from_data(value, source):
         return value
     if MODULE_KEY not in value:
         return {k: _from_data(v, source) for k, v in value.items()}
-    name = value[MODULE_KEY]
+    name = MOVED.get(value[MODULE_KEY], value[MODULE_KEY])
     if name not in REGISTRY:
         raise ValueError(f'{source} needs the module class {name!r}, which is not registered: '
                          f'import the module that defines it ({name.rpartition(".")[0]}) before loading')
@@ -104,7 +109,7 @@ def _read(path: str | Path) -> dict:
         pkg = torch.load(path, map_location = 'cpu', weights_only = True)
     except pickle.UnpicklingError as err:
         raise ValueError(f'{path} was not loaded: it holds more than tensors and plain data (code or objects; not written by '
-                         f'this version\'s .save()), or it is corrupt: {err}') from err
+                         f"this version's .save()), or it is corrupt: {err}") from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise ValueError(f'{path} is not a readable checkpoint (truncated or corrupt?): {err}') from err
 
@@ -112,7 +117,6 @@ def _read(path: str | Path) -> dict:
         raise ValueError(f'{path} is not a metacontroller checkpoint (expected a file written by .save())')
     version = pkg.get('format_version', 1)   # version 1 did not record it
     if version != FORMAT_VERSION:
-        from metacontroller import __version__
         raise ValueError(f'{path} has checkpoint format version {version!r}, but this library '
                          f'(metacontroller {__version__}) reads version {FORMAT_VERSION}')
     return pkg
@@ -141,8 +145,6 @@ class Checkpointable:
 
     def _package(self) -> dict:
         children = self._checkpoint_children()
-        from metacontroller import __version__
-
         args, kwargs = self._config
         state_dict = {k: v for k, v in self.state_dict().items() if k.split('.')[0] not in children}
         return dict(

@@ -114,7 +114,7 @@ def make_latent_code(kind: str, temperature: float = 1., hard: bool = True) -> G
     if kind not in CODES:
         raise ValueError(f'latent_code must be one of {CODES}, got {kind!r}')
     if not temperature > 0:
-        raise ValueError(f'code_temperature must be > 0 (the Gumbel relaxation\'s temperature), got {temperature}')
+        raise ValueError(f"code_temperature must be > 0 (the Gumbel relaxation's temperature), got {temperature}")
     if kind == 'gaussian':
         return GaussianCode()
     return (BinaryCode if kind == 'binary' else CategoricalCode)(temperature, hard)

@@ -19,23 +19,23 @@ and `metadata`, a uint8 array of UTF-8 JSON with at least format_version,
 library_version, obs_shape, obs_encoding ("packbits" or "raw"), plus what the
 producer records (env_name, tasks, epsilon, seed, ...).
 """
-
 from __future__ import annotations
 
 import json
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
+from metacontroller.version import __version__
+
 FORMAT_VERSION = 1
-STEP_FIELDS = ("observations", "actions", "subgoals", "boundaries")
-EPISODE_FIELDS = ("episode_lens", "task_ids", "seeds")
+STEP_FIELDS = ('observations', 'actions', 'subgoals', 'boundaries')
+EPISODE_FIELDS = ('episode_lens', 'task_ids', 'seeds')
 NO_SUBGOAL = -1  # subgoal label for unknown steps and for padding
 
 
@@ -49,13 +49,6 @@ class DemoBatch(NamedTuple):
     episode_lens: torch.Tensor  # (B,) long
 
 
-def library_version() -> str:
-    try:
-        return package_metadata.version("metacontroller")
-    except package_metadata.PackageNotFoundError:
-        return "unknown"
-
-
 class ActionSets(NamedTuple):
     """Which actions the expert ranks how at each stored step of a dataset (rows as in the dataset)."""
 
@@ -66,7 +59,7 @@ class ActionSets(NamedTuple):
     onset: np.ndarray | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen = True)
 class DemoDataset:
     """Episodes in stored form; build with `from_steps`, read with `batch` / `iter_batches`."""
 
@@ -78,39 +71,39 @@ class DemoDataset:
     task_ids: np.ndarray  # (E,) int16, index into metadata["tasks"]
     seeds: np.ndarray  # (E,) int64, the seed each episode's env was reset with
     metadata: dict[str, Any]
-    offsets: np.ndarray = field(init=False, repr=False)  # (E,) first row of each episode
+    offsets: np.ndarray = field(init = False, repr = False)  # (E,) first row of each episode
 
     def __post_init__(self):
         num_steps, num_episodes = int(self.episode_lens.sum()), len(self.episode_lens)
         step_rows = {name: len(getattr(self, name)) for name in STEP_FIELDS}
         episode_rows = {name: len(getattr(self, name)) for name in EPISODE_FIELDS}
         if any(rows != num_steps for rows in step_rows.values()) or any(rows != num_episodes for rows in episode_rows.values()):
-            raise ValueError(f"inconsistent dataset: episode_lens sum to {num_steps} steps over {num_episodes} "
-                             f"episodes, but rows are {step_rows | episode_rows}")
+            raise ValueError(f'inconsistent dataset: episode_lens sum to {num_steps} steps over {num_episodes} '
+                             f'episodes, but rows are {step_rows | episode_rows}')
         if (self.episode_lens < 1).any():
-            raise ValueError("inconsistent dataset: every episode needs at least one step")
-        missing = {"format_version", "obs_shape", "obs_encoding"} - set(self.metadata)
+            raise ValueError('inconsistent dataset: every episode needs at least one step')
+        missing = {'format_version', 'obs_shape', 'obs_encoding'} - set(self.metadata)
         if missing:
-            raise ValueError(f"dataset metadata lacks {sorted(missing)}")
-        shape = tuple(self.metadata["obs_shape"])
+            raise ValueError(f'dataset metadata lacks {sorted(missing)}')
+        shape = tuple(self.metadata['obs_shape'])
         packed_width = (int(np.prod(shape)) + 7) // 8
-        stored_shape = (packed_width,) if self.metadata["obs_encoding"] == "packbits" else shape
+        stored_shape = (packed_width,) if self.metadata['obs_encoding'] == 'packbits' else shape
         if self.observations.shape[1:] != stored_shape:
             raise ValueError(f"inconsistent dataset: observation rows of shape {self.observations.shape[1:]}, "
                              f"expected {stored_shape} for {self.metadata['obs_encoding']} observations of shape {shape}")
         self._check_actions()
         lens = self.episode_lens.astype(np.int64)
-        object.__setattr__(self, "offsets", np.cumsum(lens) - lens)
+        object.__setattr__(self, 'offsets', np.cumsum(lens) - lens)
 
     def _check_actions(self):
         """Integer actions are ids in [0, metadata["num_actions"]), or at least >= 0 where the count is not recorded."""
         if not np.issubdtype(self.actions.dtype, np.integer) or len(self.actions) == 0:
             return
-        num = self.metadata.get("num_actions")
+        num = self.metadata.get('num_actions')
         low, high = int(self.actions.min()), int(self.actions.max())
         if low < 0 or (num is not None and high >= num):
-            expected = f"ids in [0, {num})" if num is not None else "non-negative ids"
-            raise ValueError(f"inconsistent dataset: actions must be {expected}, got values in [{low}, {high}]")
+            expected = f'ids in [0, {num})' if num is not None else 'non-negative ids'
+            raise ValueError(f'inconsistent dataset: actions must be {expected}, got values in [{low}, {high}]')
 
     @classmethod
     def from_steps(cls, observations: np.ndarray, actions: np.ndarray, subgoals: np.ndarray, boundaries: np.ndarray,
@@ -119,9 +112,9 @@ class DemoDataset:
         `metadata` (JSON-serialisable) is completed with the format fields."""
         observations = np.asarray(observations)
         packed = observations.dtype == bool
-        stored = np.packbits(observations.reshape(len(observations), -1), axis=1) if packed else observations
-        metadata = {**metadata, "format_version": FORMAT_VERSION, "library_version": library_version(),
-                    "obs_shape": list(observations.shape[1:]), "obs_encoding": "packbits" if packed else "raw"}
+        stored = np.packbits(observations.reshape(len(observations), -1), axis = 1) if packed else observations
+        metadata = {**metadata, 'format_version': FORMAT_VERSION, 'library_version': __version__,
+                    'obs_shape': list(observations.shape[1:]), 'obs_encoding': 'packbits' if packed else 'raw'}
         json.dumps(metadata)  # fail now, not at save time, if it is not serialisable
         return cls(stored, np.asarray(actions), np.asarray(subgoals, np.int8), np.asarray(boundaries, bool),
                    np.asarray(episode_lens, np.int32), np.asarray(task_ids, np.int16), np.asarray(seeds, np.int64), metadata)
@@ -129,17 +122,17 @@ class DemoDataset:
     @classmethod
     def concatenate(cls, parts: Sequence[DemoDataset]) -> DemoDataset:
         """Join datasets with the same observation format; metadata comes from the first."""
-        formats = {(tuple(p.metadata["obs_shape"]), p.metadata["obs_encoding"]) for p in parts}
+        formats = {(tuple(p.metadata['obs_shape']), p.metadata['obs_encoding']) for p in parts}
         if len(formats) != 1:
-            raise ValueError(f"can only concatenate one or more datasets with one observation format, got {formats}")
+            raise ValueError(f'can only concatenate one or more datasets with one observation format, got {formats}')
         arrays = {name: np.concatenate([getattr(p, name) for p in parts]) for name in STEP_FIELDS + EPISODE_FIELDS}
-        return cls(**arrays, metadata=parts[0].metadata)
+        return cls(**arrays, metadata = parts[0].metadata)
 
     def head(self, count: int) -> DemoDataset:
         """The first `count` episodes."""
         steps = int(self.episode_lens[:count].sum())
         return DemoDataset(**{name: getattr(self, name)[:steps] for name in STEP_FIELDS},
-                           **{name: getattr(self, name)[:count] for name in EPISODE_FIELDS}, metadata=self.metadata)
+                           **{name: getattr(self, name)[:count] for name in EPISODE_FIELDS}, metadata = self.metadata)
 
     def __len__(self) -> int:
         return len(self.episode_lens)
@@ -152,82 +145,82 @@ class DemoDataset:
 
     def save(self, path: str | Path) -> None:
         """Write one compressed .npz file at exactly `path`."""
-        header = np.frombuffer(json.dumps(self.metadata, sort_keys=True).encode(), dtype=np.uint8)
+        header = np.frombuffer(json.dumps(self.metadata, sort_keys = True).encode(), dtype = np.uint8)
         arrays = {name: getattr(self, name) for name in STEP_FIELDS + EPISODE_FIELDS}
-        with open(path, "wb") as file:
-            np.savez_compressed(file, metadata=header, **arrays)
+        with open(path, 'wb') as file:
+            np.savez_compressed(file, metadata = header, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> DemoDataset:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"no demonstration dataset file at {path}")
+            raise FileNotFoundError(f'no demonstration dataset file at {path}')
         if not zipfile.is_zipfile(path):  # np.load would return a .npy array, or try to unpickle
-            raise ValueError(f"{path} is not a readable demonstration dataset (truncated or corrupt?): "
-                             f"expected an .npz archive as DemoDataset.save writes, got a file that is not a zip archive")
+            raise ValueError(f'{path} is not a readable demonstration dataset (truncated or corrupt?): '
+                             f'expected an .npz archive as DemoDataset.save writes, got a file that is not a zip archive')
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                missing = {"metadata", *STEP_FIELDS, *EPISODE_FIELDS} - set(npz.files)
+            with np.load(path, allow_pickle = False) as npz:
+                missing = {'metadata', *STEP_FIELDS, *EPISODE_FIELDS} - set(npz.files)
                 if missing:
-                    raise ValueError(f"missing arrays {sorted(missing)}")
-                metadata = json.loads(npz["metadata"].tobytes().decode())
+                    raise ValueError(f'missing arrays {sorted(missing)}')
+                metadata = json.loads(npz['metadata'].tobytes().decode())
                 if not isinstance(metadata, dict):
-                    raise ValueError("metadata is not a JSON object")
+                    raise ValueError('metadata is not a JSON object')
                 arrays = {name: npz[name] for name in STEP_FIELDS + EPISODE_FIELDS}
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
             # json.JSONDecodeError and UnicodeDecodeError are ValueErrors.
-            raise ValueError(f"{path} is not a readable demonstration dataset (truncated or corrupt?): {error}") from error
-        version = metadata.get("format_version")
+            raise ValueError(f'{path} is not a readable demonstration dataset (truncated or corrupt?): {error}') from error
+        version = metadata.get('format_version')
         if version != FORMAT_VERSION:
-            raise ValueError(f"{path} has dataset format version {version!r} but this library "
-                             f"(metacontroller {library_version()}) reads version {FORMAT_VERSION}: regenerate it")
+            raise ValueError(f'{path} has dataset format version {version!r} but this library '
+                             f'(metacontroller {__version__}) reads version {FORMAT_VERSION}: regenerate it')
         try:
-            return cls(**arrays, metadata=metadata)
+            return cls(**arrays, metadata = metadata)
         except ValueError as error:
-            raise ValueError(f"{path}: {error}") from error
+            raise ValueError(f'{path}: {error}') from error
 
     # ------------------------------------------------------------ batches
 
     def decode_observations(self, rows: np.ndarray) -> np.ndarray:
         """Stored observation rows -> (len(rows), *obs_shape), float32 if bit-packed."""
-        shape = tuple(self.metadata["obs_shape"])
-        if self.metadata["obs_encoding"] == "raw":
+        shape = tuple(self.metadata['obs_shape'])
+        if self.metadata['obs_encoding'] == 'raw':
             return self.observations[rows]
-        bits = np.unpackbits(self.observations[rows], axis=1, count=int(np.prod(shape)))
+        bits = np.unpackbits(self.observations[rows], axis = 1, count = int(np.prod(shape)))
         return bits.astype(np.float32).reshape(len(rows), *shape)
 
     def rows(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Stored rows of the steps of episodes `indices`, batch-major: the order of `batch(indices)`'s valid steps."""
-        indices = np.asarray(indices, dtype=np.int64)
+        indices = np.asarray(indices, dtype = np.int64)
         steps = np.arange(self.episode_lens[indices].max())
         return (self.offsets[indices][:, None] + steps)[steps < self.episode_lens[indices][:, None]]
 
     def batch(self, indices: Sequence[int] | np.ndarray) -> DemoBatch:
         """Episodes `indices` as padded torch tensors."""
-        indices = np.asarray(indices, dtype=np.int64)
+        indices = np.asarray(indices, dtype = np.int64)
         lens = self.episode_lens[indices].astype(np.int64)
         valid = np.arange(lens.max()) < lens[:, None]  # (B, T)
         rows = self.rows(indices)
 
         def padded(values: np.ndarray, fill) -> torch.Tensor:
-            out = np.full((*valid.shape, *values.shape[1:]), fill, dtype=values.dtype)
+            out = np.full((*valid.shape, *values.shape[1:]), fill, dtype = values.dtype)
             out[valid] = values
             return torch.from_numpy(out)
 
         actions = self.actions[rows]
         return DemoBatch(
-            observations=padded(self.decode_observations(rows), 0),
-            actions=padded(actions.astype(np.int64) if np.issubdtype(actions.dtype, np.integer) else actions, 0),
-            subgoals=padded(self.subgoals[rows].astype(np.int64), NO_SUBGOAL),
-            boundaries=padded(self.boundaries[rows], False),
-            episode_lens=torch.from_numpy(lens),
+            observations = padded(self.decode_observations(rows), 0),
+            actions = padded(actions.astype(np.int64) if np.issubdtype(actions.dtype, np.integer) else actions, 0),
+            subgoals = padded(self.subgoals[rows].astype(np.int64), NO_SUBGOAL),
+            boundaries = padded(self.boundaries[rows], False),
+            episode_lens = torch.from_numpy(lens),
         )
 
     def iter_batches(self, batch_size: int, shuffle: bool = True, seed: int | None = None, drop_last: bool = False) -> Iterator[DemoBatch]:
         """One pass over the episodes in batches (shuffled by a generator seeded with `seed`)."""
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ValueError(f'batch_size must be >= 1, got {batch_size}')
         order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
         stop = len(order) - len(order) % batch_size if drop_last else len(order)
         for start in range(0, stop, batch_size):
-            yield self.batch(order[start : start + batch_size])
+            yield self.batch(order[start:start + batch_size])

@@ -92,6 +92,16 @@ class Process:
         for param, grad in zip(params, flat.split([p.numel() for p in params])):
             param.grad = grad.view_as(param)
 
+    def optimizer_step(self, loss: Tensor, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+                       max_grad_norm: float | None = None):
+        """One step of every training loop: the gradients of `loss` averaged over ranks (`backward`),
+        their norm clipped to `max_grad_norm` when given, then the optimiser's update."""
+        optimizer.zero_grad(set_to_none = True)
+        self.backward(loss, params)
+        if max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+
     def broadcast_parameters(self, module: nn.Module):
         """Give every rank rank 0's weights and buffers, so data-parallel training starts in step."""
         if self.world_size == 1:
@@ -121,6 +131,12 @@ class Process:
 
 
 SINGLE = Process()   # the default everywhere: one process on the CPU, full precision
+
+
+def adamw(params, lr: float, weight_decay: float = 0., betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
+    """The optimiser of every training loop. Fused: one kernel for all parameters instead of
+    ~10 ops per tensor (on CPU ~4 ms of a ~90 ms pretraining step)."""
+    return torch.optim.AdamW(params, lr = lr, betas = betas, weight_decay = weight_decay, fused = True)
 
 
 def launched() -> bool:

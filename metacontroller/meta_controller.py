@@ -38,7 +38,7 @@ from metacontroller.hypernetwork import Controller, ControllerDecoder
 from metacontroller.policy import CausalPolicy
 from metacontroller.ppo import compact, ppo_clip_loss
 from metacontroller.recurrence import gru_sequence, gru_step
-from metacontroller.switching import Switching, SwitchingUnit
+from metacontroller.switching import Switching, SwitchingUnit, decisions
 
 
 class DiscoveryOutput(NamedTuple):
@@ -194,7 +194,7 @@ class MetaController(Checkpointable, nn.Module):
             return beta.new_zeros(())
         n = self.target_segment_length
         mask = mask.to(beta.dtype)
-        hard = ((beta >= 0.5).to(beta.dtype) * mask).sum() / mask.sum()
+        hard = (decisions(beta).to(beta.dtype) * mask).sum() / mask.sum()
         soft = (beta * mask).sum() / mask.sum()
         return self.ratio_loss_weight * n / (n - 1) * ((n - 1) * hard * soft + (1 - hard) * (1 - soft))
 
@@ -226,7 +226,7 @@ class MetaController(Checkpointable, nn.Module):
             forced = forced_beta(force_beta, beta.shape).to(beta)   # checked at every step; β_1 stays 1
             beta = forced if prev is not None else beta
 
-        switch = beta >= 0.5
+        switch = decisions(beta)
         dist, new_policy_hidden = self.policy.step(stream, policy_hidden)
         proposal = self.code.sample(dist, deterministic)
 
@@ -267,11 +267,7 @@ class MetaController(Checkpointable, nn.Module):
         self._check_rollout(states, old_log_probs, latent_actions, advantages, switch_betas, episode_lens, clip)
         states, old_log_probs, latent_actions, advantages, switch_betas = (
             x.detach() for x in (states, old_log_probs, latent_actions, advantages, switch_betas))
-        b, t, _ = states.shape
-        mask = switch_betas >= 0.5
-        if episode_lens is not None:
-            mask = mask & lens_to_mask(episode_lens.to(states.device), t)
-
+        mask = decisions(switch_betas, episode_lens)
         decision_states, lens = compact(states, mask)
         decision_actions, _ = compact(latent_actions, mask)
         decision_old, _ = compact(old_log_probs, mask)

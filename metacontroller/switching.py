@@ -3,7 +3,9 @@
     β_t = f_switch(e_t, h_{t-1}, z_{t-1}) ∈ [0, 1]
     z_t = β_t z̃_t + (1 - β_t) z_{t-1},     z_0 = 0, β_1 forced to 1
 
-β = 1 means "switch to the new proposal z̃_t", β = 0 "keep z_{t-1}". Because
+β = 1 means "switch to the new proposal z̃_t", β = 0 "keep z_{t-1}". A step
+with β ≥ SWITCH_THRESHOLD is a decision step: internal RL takes a new code
+there, and the switch metrics count a switch (`decisions`). Because
 β_t reads z_{t-1}, the recurrence is sequential in t. Everything that does not
 depend on z (the projection of e_t and h_{t-1}) is computed for all t at once,
 so each step is one small matmul, an activation, a dot product and a lerp.
@@ -18,8 +20,20 @@ import torch
 import torch.nn.functional as F
 from assoc_scan import AssocScan
 from torch import Tensor, nn
+from torch_einops_utils import lens_to_mask
 
 from metacontroller.codes import logistic_noise
+
+SWITCH_THRESHOLD = 0.5   # β ≥ 0.5: a hard switch
+
+
+def decisions(beta: Tensor, lens: Tensor | None = None) -> Tensor:
+    """β (b, t) or (b,) -> bool of the same shape: the decision steps (β ≥ SWITCH_THRESHOLD),
+    within each row's first `lens` (b,) steps when given."""
+    switch = beta >= SWITCH_THRESHOLD
+    if lens is None:
+        return switch
+    return switch & lens_to_mask(lens.to(beta.device), beta.shape[-1])
 
 
 def periodic_beta(period: int, steps: int, device: torch.device | str | None = None) -> Tensor:
@@ -150,18 +164,3 @@ class _SwitchRecurrence(torch.autograd.Function):
             None,
         )
 
-
-def reference_switching(unit: SwitchingUnit, projected: Tensor, proposals: Tensor) -> Switching:
-    """A deliberately naive loop straight from the equations; the fast path is tested against it."""
-    b, t, n_z = proposals.shape
-    z_prev = torch.zeros(b, n_z, dtype = proposals.dtype, device = proposals.device)
-    betas, latents = [], []
-    for i in range(t):
-        if i == 0:
-            beta = torch.ones(b, dtype = proposals.dtype, device = proposals.device)
-        else:
-            beta = torch.sigmoid(unit.logit(projected[:, i], z_prev))
-        z_prev = beta[:, None] * proposals[:, i] + (1 - beta[:, None]) * z_prev
-        betas.append(beta)
-        latents.append(z_prev)
-    return Switching(torch.stack(betas, 1), torch.stack(latents, 1))

@@ -12,18 +12,18 @@ fixed function of the observations and can be computed once per dataset.
 """
 from __future__ import annotations
 
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import torch
-from torch import Tensor, nn
 from discrete_continuous_embed_readout import EmbedAndReadout
+from torch import Tensor, nn
 from torch_einops_utils import lens_to_mask
 from x_transformers import Decoder
 
 from metacontroller.checkpoint import Checkpointable
+from metacontroller.es import evolve
 from metacontroller.fast_decode import CachedDecoder
 from metacontroller.fast_train import fast_paths_enabled, fused_decoder, sparse_matmul
 from metacontroller.meta_controller import MetaController, MetaControllerStep, check_episode_lens, shift_right
@@ -101,7 +101,7 @@ class Transformer(Checkpointable, nn.Module):
         binary_state_readout: bool = False,
     ):
         """state_encoder: optional module (..., *obs) -> (..., dim) whose output is added to the
-        observation embedding, e.g. `metacontroller.envs.egocentric.EgocentricEncoder` for grids.
+        observation embedding, e.g. `metacontroller.egocentric.EgocentricEncoder` for grids.
         binary_state_readout: the observations are 0/1 features; predict o_{t+1} with Bernoulli
         logits (`metacontroller.readouts.BinaryReadout`) instead of the readout's Gaussian."""
         super().__init__()
@@ -144,7 +144,7 @@ class Transformer(Checkpointable, nn.Module):
     def _check_continuous_states(self, state: Tensor, what: str, n: int):
         dtype = next(self.parameters()).dtype   # autocast, when on, lowers the precision inside the model
         if state.dtype != dtype:
-            raise TypeError(f'{what} must be a float tensor of the model\'s dtype ({dtype}) for continuous observations, got {state.dtype}')
+            raise TypeError(f"{what} must be a float tensor of the model's dtype ({dtype}) for continuous observations, got {state.dtype}")
         if state.ndim != 3 or state.shape[-1] != n:
             raise ValueError(f'{what} must have shape (batch, time, {n}), got {tuple(state.shape)}')
         # padding included: attention would still spread NaN to every step. 0 * x is NaN exactly where x is
@@ -175,7 +175,7 @@ class Transformer(Checkpointable, nn.Module):
         check_episode_lens(episode_lens, batch, time)
         return lens_to_mask(episode_lens.to(device), time)
 
-    def _check_meta_controller(self, meta_controller):
+    def check_meta_controller(self, meta_controller):
         if not isinstance(meta_controller, MetaController):
             raise TypeError(f'meta_controller must be a MetaController, got {type(meta_controller).__name__}')
         if meta_controller.dim_model != self.dim:
@@ -231,6 +231,24 @@ class Transformer(Checkpointable, nn.Module):
             x = inter.last_hidden if body is self.upper_body else out
         return streams + [x]
 
+    def action_logits(
+        self,
+        state: Tensor,
+        actions: Tensor | None = None,
+        *,
+        stream: Tensor | None = None,
+        intervention: Callable[[Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """The base model's sequence forward to the action logits (b, t, num_actions), with gradients.
+
+        `stream` may hold a precomputed residual stream e (it depends only on the data);
+        `intervention` maps e (b, t, d) to the ê the upper body reads, as in `step`."""
+        if stream is None:
+            stream = self.residual_stream(state, actions)
+        if intervention is not None:
+            stream = intervention(stream)
+        return self.action_readout(self._body('upper_body')(stream))
+
     def _readout_losses(self, hidden, state, actions, mask) -> tuple[Tensor, Tensor]:
         action_loss = self.action_readout(hidden, targets = actions, loss_mask = mask)
         state_loss = self.state_readout(hidden[:, :-1], targets = state[:, 1:], loss_mask = mask[:, 1:])
@@ -269,7 +287,7 @@ class Transformer(Checkpointable, nn.Module):
 
         `stream` may hold a precomputed residual stream (it depends only on the data).
         """
-        self._check_meta_controller(meta_controller)
+        self.check_meta_controller(meta_controller)
         actions, mask = self._prepare(state, actions, episode_lens)
         if stream is None:
             with torch.no_grad():
@@ -321,7 +339,7 @@ class Transformer(Checkpointable, nn.Module):
         if state.shape[1] != 1:
             raise ValueError(f'step-wise inference takes one step at a time: one_state must be (batch, 1, ...), got {tuple(state.shape)}')
         if meta_controller is not None:
-            self._check_meta_controller(meta_controller)
+            self.check_meta_controller(meta_controller)
         if meta_controller is not None and intervention is not None:
             raise ValueError('pass a meta_controller or an intervention, not both: each rewrites the residual stream at the cut')
 
@@ -390,21 +408,11 @@ class Transformer(Checkpointable, nn.Module):
 
         environment(model) -> fitness; use fixed seeds inside it (common random numbers).
         """
-        from x_evolution import EvoStrategy  # heavy (accelerate); only imported when used
-
         if params_to_optimize is None:
             if self.meta_controller is None:
                 raise ValueError('attach a metacontroller first (model.meta_controller = mc) or pass params_to_optimize')
             params_to_optimize = [f'meta_controller.{name}' for name, _ in self.meta_controller.policy.named_parameters(prefix = 'policy')]
-
-        kwargs.setdefault('verbose', False)
-        kwargs.setdefault('cpu', not torch.cuda.is_available())
-        # x-evolution always writes checkpoints; unless asked for, keep them out of the working directory
-        with tempfile.TemporaryDirectory() as scratch:
-            kwargs.setdefault('checkpoint_path', scratch)
-            evo = EvoStrategy(self, environment = environment, num_generations = num_generations, params_to_optimize = params_to_optimize, **kwargs)
-            evo()
-        return evo
+        return evolve(self, environment, num_generations, params_to_optimize, **kwargs)
 
     # checkpoints carry an attached metacontroller
 

@@ -13,16 +13,16 @@ from types import SimpleNamespace
 import torch
 
 from metacontroller import MetaController, Transformer, distributed
-from metacontroller.distributed import Process
+from metacontroller.distributed import Process, adamw
 from metacontroller.pipeline import data, discover, pretrain
-from metacontroller.pipeline.adapter import pinpad_adapter
+from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 from metacontroller.pipeline.cli import main
 from metacontroller.pipeline.config import smoke_config
 from metacontroller.pipeline.models import build_meta_controller, build_transformer
 from metacontroller.rl import RLConfig, train_internal_rl
 from metacontroller.rl.abstract_env import AbstractBatch
 from metacontroller.rl.rollout import Episodes
-from metacontroller.rl.trainer import make_optimizer, policy_update, run_training, trajectory_advantages
+from metacontroller.rl.trainer import policy_update, run_training, trajectory_advantages
 
 # rank 0's four episodes: one success; rank 1's: all succeed, so alone it would see no signal at all
 CRAFTED_RETURNS = torch.tensor([1., 0., 0., 0., 1., 1., 1., 1.])
@@ -63,7 +63,7 @@ def policy_after_update(process: Process) -> dict:
     batch = AbstractBatch(streams[mine], latents[mine], log_probs[mine], torch.ones_like(log_probs[mine]), torch.zeros_like(log_probs[mine]),
                           decisions[mine], Episodes(*(field[mine] for field in episodes)))
     config = RLConfig(num_envs = len(decisions), lr = 1e-2)
-    policy_update(meta, batch, advantages[mine], make_optimizer(meta.policy.parameters(), config), config, process)
+    policy_update(meta, batch, advantages[mine], adamw(meta.policy.parameters(), config.lr, config.weight_decay, config.betas), config, process)
     return meta.policy.state_dict()
 
 

@@ -12,6 +12,7 @@ from metacontroller.codes import make_latent_code
 from metacontroller.demos import DemoBatch
 from metacontroller.pipeline.config import DiscoveryConfig
 from metacontroller.pipeline.discover import StreamBatch, kl_weight, train
+
 from conftest import ACTIONS, DIM, LATENT, STATE, randomize_controller_, tiny_meta_controller, tiny_transformer
 
 pytestmark = pytest.mark.usefixtures('one_thread')

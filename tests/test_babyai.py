@@ -7,12 +7,24 @@ from minigrid.core.constants import COLOR_NAMES
 
 from metacontroller.demos import DemoDataset
 from metacontroller.envs.babyai import (
-    CONNECTORS, IMAGE_DIM, KINDS, LEVELS, MISSION_DIM, OBJECT_TYPES, OBS_DIM, POST_TRAINING_LEVEL, PRETRAINING_LEVELS,
-    SLOT_DIM, SUBGOAL_NAMES, VecBabyAIEnv, decode, encode,
+    CONNECTORS,
+    IMAGE_DIM,
+    KINDS,
+    LEVELS,
+    MISSION_DIM,
+    OBJECT_TYPES,
+    OBS_DIM,
+    POST_TRAINING_LEVEL,
+    PRETRAINING_LEVELS,
+    SLOT_DIM,
+    SUBGOAL_NAMES,
+    VecBabyAIEnv,
+    decode,
+    encode,
 )
 from metacontroller.envs.babyai_demos import generate_babyai_demos
-from metacontroller.envs.babyai_pipeline import BABYAI_OVERRIDES, babyai_adapter
 from metacontroller.pipeline import cli
+from metacontroller.pipeline.adapters.babyai import BABYAI_OVERRIDES, babyai_adapter
 
 ALL_LEVELS = (*PRETRAINING_LEVELS, POST_TRAINING_LEVEL)
 

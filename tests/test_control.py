@@ -8,14 +8,13 @@ import torch
 
 from metacontroller import MetaController
 from metacontroller.demos import NO_SUBGOAL, DemoBatch
-from metacontroller.envs.expert import generate_pinpad_demos, pinpad_action_sets
 from metacontroller.envs.pinpad import PRETRAINING_TASKS, VecPinpadEnv
-from metacontroller.pipeline.adapter import pinpad_adapter
+from metacontroller.envs.pinpad_expert import generate_pinpad_demos, pinpad_action_sets
+from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 from metacontroller.pipeline.config import ControlConfig, smoke_config
 from metacontroller.pipeline.control import controlled_logits, step_labels, subgoal_intervention, train
 from metacontroller.pipeline.discover import precompute
 from metacontroller.pipeline.models import build_transformer
-from metacontroller.pipeline.pretrain import base_logits
 from metacontroller.rl import evaluate
 from metacontroller.rl.rollout import run_episodes
 from metacontroller.subgoal_controller import SubgoalController
@@ -92,7 +91,7 @@ def test_cached_rollout_with_live_switching_equals_the_training_forward(one_thre
     assert lens.min() > 1 and (labels[mask] >= 0).all()
     assert torch.allclose(rollout_logits[mask], expected[mask], atol = 1e-4)
     with torch.no_grad():   # and the controllers do act: the check has power
-        uncontrolled = base_logits(model, batch)
+        uncontrolled = model.action_logits(batch.observations)
     assert (uncontrolled[mask] - expected[mask]).abs().max() > 1e-2
 
 

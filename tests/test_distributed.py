@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import distributed_worker as worker
 from metacontroller import distributed
 from metacontroller.distributed import SINGLE, Process
 from metacontroller.pipeline.phases import PHASES
 from metacontroller.ppo import normalize_advantages
+
+import distributed_worker as worker
 
 ROOT = Path(__file__).parent.parent
 

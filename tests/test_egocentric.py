@@ -2,7 +2,9 @@
 import torch
 
 from metacontroller import Transformer
-from metacontroller.envs.egocentric import EgocentricEncoder, egocentric_index
+from metacontroller.egocentric import EgocentricEncoder, egocentric_index
+from metacontroller.envs.pinpad import AGENT_CHANNEL, GRID, NUM_CHANNELS, OBS_DIM
+from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 
 
 def test_index_centres_the_agent():
@@ -43,10 +45,18 @@ def test_transformer_with_state_encoder_steps_exactly():
     state[:, :, 1, 2, 0] = 1.
     state = state.flatten(2)
     with torch.no_grad():
-        full = model.action_readout(model.upper_body(model.residual_stream(state)))
+        full = model.action_logits(state)
         cache, stepped = None, []
         for t in range(5):
             logits, cache = model(state[:, t:t + 1], None, cache = cache, return_cache = True)
             stepped.append(logits)
     assert torch.allclose(torch.cat(stepped, 1), full, atol = 1e-5)
     assert model.state_encoder in model.base_modules()
+
+
+def test_grid_defaults_are_pinpads():
+    """The defaults rebuild checkpoints that recorded only `dim`: the pinpad adapter's encoder, whose grid it passes."""
+    encoder = pinpad_adapter().state_encoder(8)
+    assert encoder.shape == EgocentricEncoder(8).shape == (GRID, GRID, NUM_CHANNELS)
+    assert encoder.agent_channel == EgocentricEncoder(8).agent_channel == AGENT_CHANNEL
+    assert encoder.obs_dim == OBS_DIM

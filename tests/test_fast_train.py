@@ -5,8 +5,9 @@ from torch import nn
 from x_transformers import Decoder
 
 from metacontroller import Transformer
-from metacontroller.envs.egocentric import EgocentricEncoder
+from metacontroller.egocentric import EgocentricEncoder
 from metacontroller.fast_train import FusedDecoder, fused_decoder, plain_paths, sparse_matmul
+
 from conftest import ACTIONS, DIM, randomize_controller_, tiny_meta_controller
 
 HEIGHT, WIDTH, CHANNELS = 3, 4, 5   # agent in the last channel

@@ -6,7 +6,8 @@ from torch.distributions import Normal
 
 from metacontroller.hypernetwork import ControllerDecoder
 from metacontroller.policy import gaussian_log_prob, gaussian_sample
-from metacontroller.switching import SwitchingUnit, reference_switching
+from metacontroller.switching import Switching, SwitchingUnit
+
 from conftest import DIM, LATENT, randomize_controller_, tiny_meta_controller
 
 
@@ -53,6 +54,22 @@ def test_beta_gating_direction_on_hand_built_schedule():
 
     half = unit.integrate(torch.full((1, 5), 0.5), proposals)
     assert torch.allclose(half.latent[0, 1], 0.5 * p[1] + 0.5 * p[0])
+
+
+def reference_switching(unit: SwitchingUnit, projected: torch.Tensor, proposals: torch.Tensor) -> Switching:
+    """A deliberately naive loop straight from the equations; the fast path is tested against it."""
+    b, t, n_z = proposals.shape
+    z_prev = torch.zeros(b, n_z, dtype = proposals.dtype, device = proposals.device)
+    betas, latents = [], []
+    for i in range(t):
+        if i == 0:
+            beta = torch.ones(b, dtype = proposals.dtype, device = proposals.device)
+        else:
+            beta = torch.sigmoid(unit.logit(projected[:, i], z_prev))
+        z_prev = beta[:, None] * proposals[:, i] + (1 - beta[:, None]) * z_prev
+        betas.append(beta)
+        latents.append(z_prev)
+    return Switching(torch.stack(betas, 1), torch.stack(latents, 1))
 
 
 def test_fast_recurrence_matches_naive_loop_values_and_gradients():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from metacontroller.envs.expert import generate_pinpad_demos, pinpad_action_sets
-from metacontroller.envs.babyai_pipeline import babyai_adapter
-from metacontroller.pipeline.adapter import pinpad_adapter
+from metacontroller.envs.pinpad_expert import generate_pinpad_demos, pinpad_action_sets
+from metacontroller.pipeline.adapters.babyai import babyai_adapter
+from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 from metacontroller.pipeline.aggregate import aggregate
 from metacontroller.pipeline.cli import main
 from metacontroller.pipeline.config import PRESETS, smoke_config, validate
@@ -87,7 +87,7 @@ def test_force_redoes_selected_phase(smoke_run):
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match = r"needs .*pretrain/model.pt.*--phases pretrain,discover"):
+    with pytest.raises(FileNotFoundError, match = r'needs .*pretrain/model.pt.*--phases pretrain,discover'):
         run(tmp_path, '--phases', 'discover')
 
 
@@ -226,6 +226,7 @@ def test_imitation_metrics_score_against_the_experts_action_sets():
 
 def test_a_busy_machine_is_named_at_start_up(monkeypatch):
     from loguru import logger
+
     from metacontroller.pipeline import cli
 
     lines = []

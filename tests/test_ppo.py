@@ -4,6 +4,7 @@ import torch
 
 from metacontroller import Transformer
 from metacontroller.ppo import compact, normalize_advantages, ppo_clip_loss
+
 from conftest import ACTIONS, DIM, STATE, randomize_controller_, tiny_meta_controller
 
 

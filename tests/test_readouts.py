@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from metacontroller.readouts import BinaryReadout
+
 from conftest import STATE, tiny_transformer
 
 

@@ -1,4 +1,6 @@
 """The base model: losses, the frozen base in discovery, padding, cached stepping."""
+from functools import partial
+
 import pytest
 import torch
 from torch import nn
@@ -6,11 +8,8 @@ from x_transformers import Decoder
 
 from metacontroller import Transformer
 from metacontroller.fast_decode import CachedDecoder
+
 from conftest import ACTIONS, DIM, STATE, tiny_transformer
-
-
-def full_logits(model, state, actions = None):
-    return model.action_readout(model.upper_body(model.residual_stream(state, actions)))
 
 
 def test_behaviour_cloning_losses_are_named_and_finite(model, batch):
@@ -42,7 +41,7 @@ def test_padding_never_leaks_into_losses(model, batch, meta):
 
 def test_action_loss_is_masked_mean_nll(model, batch):
     state, actions, lens = batch
-    logits = full_logits(model, state)
+    logits = model.action_logits(state)
     nll = -logits.log_softmax(-1).gather(-1, actions[..., None])[..., 0]
     mask = torch.arange(state.shape[1])[None] < lens[:, None]
     expected = (nll * mask).sum() / mask.sum()
@@ -83,7 +82,7 @@ def test_cached_stepping_equals_full_forward(embed_past_action):
     state = torch.randn(2, 7, STATE)
     actions = torch.randint(0, ACTIONS, (2, 7))
     with torch.no_grad():
-        expected = full_logits(model, state, actions)
+        expected = model.action_logits(state, actions)
         cache, past, stepped = None, None, []
         for t in range(7):
             logits, cache = model(state[:, t:t + 1], past, cache = cache, return_cache = True)
@@ -120,7 +119,7 @@ def test_cached_stepping_with_meta_controller_replays_exactly(model, meta):
             expect = torch.where(switched[:, None], proposal, latents[:, t - 1])
             assert torch.allclose(latents[:, t], expect)
 
-        replay = model.action_readout(model.upper_body(meta.decoder.control(latents, stream)))
+        replay = model.action_logits(state, stream = stream, intervention = partial(meta.decoder.control, latents))
     assert torch.allclose(torch.cat(logits, 1), replay, atol = 1e-5)
 
 
@@ -163,7 +162,7 @@ def test_step_decoder_is_rebuilt_after_weight_update(model):
     with torch.no_grad():
         model.upper_body.layers[0][1].to_out.weight.mul_(2.)
     after, _ = model(state, None, return_cache = True)
-    assert torch.allclose(after, full_logits(model, state), atol = 1e-5)
+    assert torch.allclose(after, model.action_logits(state), atol = 1e-5)
     assert not torch.allclose(before, after)
 
 
@@ -176,7 +175,7 @@ def test_step_decoder_sees_updates_through_data(model):
         param.data.add_(0.1 * torch.randn_like(param))
     after, _ = model(state, None, return_cache = True)
     assert model._step_decoder('upper_body').is_fast
-    assert torch.allclose(after, full_logits(model, state), atol = 1e-5)
+    assert torch.allclose(after, model.action_logits(state), atol = 1e-5)
     assert not torch.allclose(before, after)
 
 
@@ -202,7 +201,7 @@ def test_default_flash_body_steps_exactly_on_the_fast_plan():
         for t in range(6):
             logits, cache = model(state[:, t:t + 1], None, cache = cache, return_cache = True)
             stepped.append(logits)
-        assert torch.allclose(torch.cat(stepped, 1), full_logits(model, state), atol = 1e-5)
+        assert torch.allclose(torch.cat(stepped, 1), model.action_logits(state), atol = 1e-5)
     assert model._step_decoder('lower_body').is_fast and model._step_decoder('upper_body').is_fast
 
 
@@ -221,6 +220,6 @@ def test_cache_select_keeps_rows_exactly(body, meta):
                 cache, state = cache.select(rows), state[rows]
             logits, cache = model(state[:, t:t + 1], None, cache = cache, return_cache = True)
             stepped.append(logits)
-        assert torch.allclose(torch.cat(stepped[3:], 1), full_logits(model, state)[:, 3:], atol = 1e-5)
+        assert torch.allclose(torch.cat(stepped[3:], 1), model.action_logits(state)[:, 3:], atol = 1e-5)
         meta_cache = model(state[:, :1], None, meta_controller = meta, return_cache = True)[1]
         assert meta_cache.select(torch.tensor([1])).prev_hiddens.meta_controller.latent.shape[0] == 1

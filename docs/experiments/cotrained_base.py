@@ -22,7 +22,7 @@ from torch_einops_utils import lens_to_mask
 from tqdm.auto import tqdm
 
 from metacontroller.demos import DemoDataset
-from metacontroller.pipeline.adapter import pinpad_adapter
+from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 from metacontroller.pipeline.config import default_config
 from metacontroller.pipeline.control import step_labels, subgoal_intervention
 from metacontroller.pipeline.data import bucketed_batches
@@ -35,7 +35,7 @@ def main():
     parser = argparse.ArgumentParser(description = __doc__.split('\n\n')[0])
     parser.add_argument('--data', type = Path, required = True, help = 'a pipeline data folder (pretrain.npz, discovery.npz, heldout.npz)')
     parser.add_argument('--out', type = Path, required = True, help = 'run folder to write (pretrain/model.pt, data/, cotrained.json)')
-    parser.add_argument('--steps', type = int, default = 6_000, help = 'pretraining steps (the default preset\'s)')
+    parser.add_argument('--steps', type = int, default = 6_000, help = "pretraining steps (the default preset's)")
     parser.add_argument('--seed', type = int, default = 0)
     parser.add_argument('--threads', type = int, default = 1)
     args = parser.parse_args()

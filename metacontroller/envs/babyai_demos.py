@@ -26,7 +26,16 @@ from tqdm.auto import tqdm
 
 from metacontroller.demos import DemoDataset
 from metacontroller.envs.babyai import (
-    KINDS, MAX_STEPS, MOVE_ACTIONS, NUM_ACTIONS, OBS_DIM, PRETRAINING_LEVELS, SUBGOAL_NAMES, SequenceLevel, encode_obs, reset_episode,
+    KINDS,
+    MAX_STEPS,
+    MOVE_ACTIONS,
+    NUM_ACTIONS,
+    OBS_DIM,
+    PRETRAINING_LEVELS,
+    SUBGOAL_NAMES,
+    SequenceLevel,
+    encode_obs,
+    reset_episode,
     validate_levels,
 )
 

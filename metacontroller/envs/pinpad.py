@@ -8,7 +8,8 @@ ends the episode as a failure, completing the task ends it with reward 1, and
 the episode is truncated after `max_steps` (T = 100) steps.
 
 The rules exist once, in the batched numpy env `VecPinpadEnv`; `PinpadEnv` (the
-gymnasium env) is a one-slot view of it.
+gymnasium env) is a one-slot view of it. The expert and its demonstrations are in
+`pinpad_expert`, the drawing in `pinpad_render`.
 
 Conventions used throughout:
 - cells are numbered row-major, `cell = row * 7 + col`, row 0 at the top;
@@ -18,7 +19,6 @@ Conventions used throughout:
   channels 0..7 = colour k, 8..11 = wall k, 12 = agent. Neither the task nor
   the progress is in it.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,6 +27,8 @@ from typing import Any, Sequence
 import gymnasium
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
+
+from metacontroller.envs.pinpad_render import render_rgb
 
 GRID = 7
 NUM_CELLS = GRID * GRID
@@ -40,44 +42,44 @@ NUM_CHANNELS = AGENT_CHANNEL + 1
 OBS_DIM = NUM_CELLS * NUM_CHANNELS  # 637
 MAX_STEPS = 100
 MAX_LAYOUT_DRAWS = 1_000  # per reset; a task that fits max_steps comfortably is solvable in nearly every draw
-RESET_OPTIONS = ("layout", "task")
-ACTION_NAMES = ("up", "down", "left", "right")
-ENV_ID = "metacontroller/Pinpad-v0"
+RESET_OPTIONS = ('layout', 'task')
+ACTION_NAMES = ('up', 'down', 'left', 'right')
+ENV_ID = 'metacontroller/Pinpad-v0'
 
 # ---------------------------------------------------------------- tasks
 
 # Subgoals are colour pairs: A = 0→1, B = 2→3, C = 4→5, D = 6→7.
-SUBGOAL_NAMES = "ABCD"
+SUBGOAL_NAMES = 'ABCD'
 
 
 def task_from_subgoals(names: str) -> tuple[int, ...]:
     """'ACB' -> (0, 1, 4, 5, 2, 3)."""
     unknown = set(names) - set(SUBGOAL_NAMES)
     if not names or unknown:
-        raise ValueError(f"subgoal names must be a non-empty string over {SUBGOAL_NAMES!r}, got {names!r}")
+        raise ValueError(f'subgoal names must be a non-empty string over {SUBGOAL_NAMES!r}, got {names!r}')
     return tuple(c for name in names for c in (2 * SUBGOAL_NAMES.index(name), 2 * SUBGOAL_NAMES.index(name) + 1))
 
 
 # Exactly the length-3 walks on the subgoal graph A→{C,D}, B→{A,D}, C→{A,B},
 # D→{B,C} (paper Table A1); the successor transitions A→B, B→C, C→D, D→A never occur.
 PRETRAINING_TASK_NAMES = (
-    "ACA", "ACB", "ADB", "ADC",
-    "BAC", "BAD", "BDB", "BDC",
-    "CAC", "CAD", "CBA", "CBD",
-    "DBA", "DBD", "DCA", "DCB",
-)  # fmt: skip
+    'ACA', 'ACB', 'ADB', 'ADC',
+    'BAC', 'BAD', 'BDB', 'BDC',
+    'CAC', 'CAD', 'CBA', 'CBD',
+    'DBA', 'DBD', 'DCA', 'DCB',
+)
 PRETRAINING_TASKS = tuple(task_from_subgoals(name) for name in PRETRAINING_TASK_NAMES)
-POST_TRAINING_TASK_NAME = "ABCDAB"
+POST_TRAINING_TASK_NAME = 'ABCDAB'
 POST_TRAINING_TASK = task_from_subgoals(POST_TRAINING_TASK_NAME)  # 0-1-2-3-4-5-6-7-0-1-2-3
 
 
 def validate_task(task: Sequence[int]) -> tuple[int, ...]:
     """Return `task` as a tuple of colours, or raise ValueError naming the bad colour."""
     if isinstance(task, str) or len(task) == 0:
-        raise ValueError(f"a task is a non-empty sequence of colours 0..{NUM_COLOURS - 1}, got {task!r}")
+        raise ValueError(f'a task is a non-empty sequence of colours 0..{NUM_COLOURS - 1}, got {task!r}')
     for colour in task:
         if not isinstance(colour, (int, np.integer)) or isinstance(colour, bool) or not 0 <= colour < NUM_COLOURS:
-            raise ValueError(f"unknown task colour {colour!r} in task {tuple(task)}: colours are 0..{NUM_COLOURS - 1}")
+            raise ValueError(f'unknown task colour {colour!r} in task {tuple(task)}: colours are 0..{NUM_COLOURS - 1}')
     return tuple(int(c) for c in task)
 
 
@@ -91,7 +93,7 @@ def min_moves(task: tuple[int, ...]) -> int:
 
 def _neighbour_table() -> np.ndarray:
     """(50, 4) cell reached by each action; OFF_GRID when the move leaves the grid."""
-    table = np.full((NUM_CELLS + 1, NUM_ACTIONS), OFF_GRID, dtype=np.int64)
+    table = np.full((NUM_CELLS + 1, NUM_ACTIONS), OFF_GRID, dtype = np.int64)
     for cell in range(NUM_CELLS):
         row, col = divmod(cell, GRID)
         for action, (dr, dc) in enumerate(((-1, 0), (1, 0), (0, -1), (0, 1))):
@@ -104,7 +106,7 @@ NEIGHBOURS = _neighbour_table()
 NEIGHBOURS.flags.writeable = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen = True)
 class Layout:
     """Where everything is: cell of colour k, cell of wall k, agent start cell."""
 
@@ -113,27 +115,27 @@ class Layout:
     agent_cell: int
 
     def __post_init__(self):
-        object.__setattr__(self, "colour_cells", tuple(int(c) for c in self.colour_cells))
-        object.__setattr__(self, "wall_cells", tuple(int(c) for c in self.wall_cells))
-        object.__setattr__(self, "agent_cell", int(self.agent_cell))
+        object.__setattr__(self, 'colour_cells', tuple(int(c) for c in self.colour_cells))
+        object.__setattr__(self, 'wall_cells', tuple(int(c) for c in self.wall_cells))
+        object.__setattr__(self, 'agent_cell', int(self.agent_cell))
         cells = (*self.colour_cells, *self.wall_cells, self.agent_cell)
         if len(self.colour_cells) != NUM_COLOURS or len(self.wall_cells) != NUM_WALLS:
-            raise ValueError(f"a layout has {NUM_COLOURS} colours and {NUM_WALLS} walls, got {self}")
+            raise ValueError(f'a layout has {NUM_COLOURS} colours and {NUM_WALLS} walls, got {self}')
         if len(set(cells)) != len(cells) or not all(0 <= c < NUM_CELLS for c in cells):
-            raise ValueError(f"layout cells must be distinct cells in 0..{NUM_CELLS - 1}, got {self}")
+            raise ValueError(f'layout cells must be distinct cells in 0..{NUM_CELLS - 1}, got {self}')
 
     @classmethod
     def from_text(cls, text: str) -> Layout:
         """Parse 7 rows of 7 symbols (whitespace ignored): '0'..'7' colour,
         '#' wall (numbered in reading order), '@' agent, '.' empty."""
-        symbols = "".join(text.split())
-        if len(symbols) != NUM_CELLS or set(symbols) - set("01234567#@."):
+        symbols = ''.join(text.split())
+        if len(symbols) != NUM_CELLS or set(symbols) - set('01234567#@.'):
             raise ValueError(f"a layout text has {NUM_CELLS} symbols from '01234567#@.', got {text!r}")
         colours = {int(s): cell for cell, s in enumerate(symbols) if s.isdigit()}
-        if sorted(colours) != list(range(NUM_COLOURS)) or symbols.count("@") != 1:
+        if sorted(colours) != list(range(NUM_COLOURS)) or symbols.count('@') != 1:
             raise ValueError(f"a layout text needs each colour 0..7 once and one '@', got {text!r}")
-        walls = tuple(cell for cell, s in enumerate(symbols) if s == "#")
-        return cls(tuple(colours[k] for k in range(NUM_COLOURS)), walls, symbols.index("@"))
+        walls = tuple(cell for cell, s in enumerate(symbols) if s == '#')
+        return cls(tuple(colours[k] for k in range(NUM_COLOURS)), walls, symbols.index('@'))
 
     def to_text(self) -> str:
         return grid_text(np.array(self.colour_cells), np.array(self.wall_cells), self.agent_cell)
@@ -141,13 +143,13 @@ class Layout:
 
 def grid_text(colour_cells: np.ndarray, wall_cells: np.ndarray, agent_cell: int, trail: np.ndarray | None = None) -> str:
     """Text grid in `Layout.from_text` symbols; with a (49,) bool trail, visited empty cells show '*'."""
-    symbols = np.full(NUM_CELLS, ".")
+    symbols = np.full(NUM_CELLS, '.')
     if trail is not None:
-        symbols[trail] = "*"
+        symbols[trail] = '*'
     symbols[colour_cells] = [str(k) for k in range(NUM_COLOURS)]
-    symbols[wall_cells] = "#"
-    symbols[agent_cell] = "@"
-    return "\n".join(" ".join(symbols[r * GRID : (r + 1) * GRID]) for r in range(GRID))
+    symbols[wall_cells] = '#'
+    symbols[agent_cell] = '@'
+    return '\n'.join(' '.join(symbols[r * GRID:(r + 1) * GRID]) for r in range(GRID))
 
 
 # ---------------------------------------------------------------- shortest paths
@@ -156,7 +158,7 @@ UNREACHABLE = 10_000  # distance for cells from which a target cannot be reached
 
 # Bitboards: bit c of a uint64 is cell c, so a BFS frontier over a batch of
 # layouts expands with a few shifts and masks instead of per-cell gathers.
-_CELL_BIT = np.left_shift(np.uint64(1), np.arange(NUM_CELLS + 1, dtype=np.uint64))  # (50,)
+_CELL_BIT = np.left_shift(np.uint64(1), np.arange(NUM_CELLS + 1, dtype = np.uint64))  # (50,)
 _ON_GRID = np.bitwise_or.reduce(_CELL_BIT[:NUM_CELLS])
 _NOT_COL_0, _NOT_COL_6 = (np.bitwise_or.reduce(_CELL_BIT[:NUM_CELLS][np.arange(NUM_CELLS) % GRID != col]) for col in (0, GRID - 1))
 _ROW_SHIFT, _COL_SHIFT = np.uint64(GRID), np.uint64(1)
@@ -179,7 +181,7 @@ def distance_maps(colour_cells: np.ndarray, wall_cells: np.ndarray) -> np.ndarra
     moves needed from any cell p are `1 + min(dist[e, g, NEIGHBOURS[p]])`
     (see `route_lengths`), which equals dist[e, g, p] for free p.
     """
-    occupied = np.bitwise_or.reduce(_CELL_BIT[np.concatenate([colour_cells, wall_cells], axis=1)], axis=1)
+    occupied = np.bitwise_or.reduce(_CELL_BIT[np.concatenate([colour_cells, wall_cells], axis = 1)], axis = 1)
     free = (~occupied & _ON_GRID)[:, None]  # (E, 1)
     reached = [_CELL_BIT[colour_cells]]  # reached[k] (E, 8): cells within k moves of each target
     while True:
@@ -187,9 +189,9 @@ def distance_maps(colour_cells: np.ndarray, wall_cells: np.ndarray) -> np.ndarra
         if not (grown != reached[-1]).any():
             break
         reached.append(grown)
-    layers = np.stack(reached).astype("<u8").view(np.uint8)  # (K, E, 8 * 8 bytes)
-    inside = np.unpackbits(layers.reshape(*layers.shape[:2], NUM_COLOURS, 8), axis=-1, bitorder="little")
-    inside = inside[..., : NUM_CELLS + 1].sum(0, dtype=np.int16)  # (E, 8, 50): layers containing the cell
+    layers = np.stack(reached).astype('<u8').view(np.uint8)  # (K, E, 8 * 8 bytes)
+    inside = np.unpackbits(layers.reshape(*layers.shape[:2], NUM_COLOURS, 8), axis = -1, bitorder = 'little')
+    inside = inside[..., :NUM_CELLS + 1].sum(0, dtype = np.int16)  # (E, 8, 50): layers containing the cell
     # A cell first reached at layer k lies in the last K - k layers.
     return np.where(inside > 0, len(reached) - inside, UNREACHABLE).astype(np.int16)
 
@@ -203,7 +205,7 @@ def route_lengths(dist: np.ndarray, colour_cells: np.ndarray, agent_cell: np.nda
     """
     rows = np.arange(len(targets))[:, None]
     valid = targets >= 0
-    starts = np.concatenate([agent_cell[:, None], colour_cells[rows, targets[:, :-1]]], axis=1)  # (E, L)
+    starts = np.concatenate([agent_cell[:, None], colour_cells[rows, targets[:, :-1]]], axis = 1)  # (E, L)
     legs = 1 + dist[rows[..., None], targets[..., None], NEIGHBOURS[starts]].min(-1).astype(np.int64)
     return np.where(valid, legs, 0).sum(1)
 
@@ -237,7 +239,7 @@ class VecPinpadEnv(VectorEnv):
     actions (reward 0, never terminated or truncated again) until `reset`.
     """
 
-    metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
+    metadata = {'render_modes': ['rgb_array', 'ansi'], 'render_fps': 4}
 
     def __init__(
         self,
@@ -248,15 +250,15 @@ class VecPinpadEnv(VectorEnv):
         render_mode: str | None = None,
     ):
         if num_envs < 1 or max_steps < 1:
-            raise ValueError(f"num_envs and max_steps must be >= 1, got {num_envs}, {max_steps}")
+            raise ValueError(f'num_envs and max_steps must be >= 1, got {num_envs}, {max_steps}')
         if len(tasks) == 0:
-            raise ValueError("tasks must contain at least one task")
+            raise ValueError('tasks must contain at least one task')
         if any(isinstance(task, (int, np.integer)) for task in tasks):
-            raise ValueError(f"tasks must be a list of tasks, each a sequence of colours, got {list(tasks)!r}: "
-                             f"for a single task pass [{list(tasks)!r}]")
-        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f'tasks must be a list of tasks, each a sequence of colours, got {list(tasks)!r}: '
+                             f'for a single task pass [{list(tasks)!r}]')
+        if render_mode not in (None, *self.metadata['render_modes']):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
-        self.metadata = {**self.metadata, "autoreset_mode": AutoresetMode.SAME_STEP if autoreset else AutoresetMode.DISABLED}
+        self.metadata = {**self.metadata, 'autoreset_mode': AutoresetMode.SAME_STEP if autoreset else AutoresetMode.DISABLED}
         self.num_envs, self.max_steps, self.autoreset, self.render_mode = num_envs, max_steps, autoreset, render_mode
         self.tasks = tuple(validate_task(task) for task in tasks)
         self.single_observation_space = gymnasium.spaces.Box(0.0, 1.0, (OBS_DIM,), np.float32)
@@ -265,8 +267,8 @@ class VecPinpadEnv(VectorEnv):
         self.action_space = gymnasium.spaces.MultiDiscrete(np.full(num_envs, NUM_ACTIONS))
         self.rngs = [np.random.default_rng() for _ in range(num_envs)]
         self._task_rows: dict[tuple[int, ...], int] = {}
-        self._task_table = np.zeros((0, 1), dtype=np.int64)  # (K, Lmax + 1) colours, -1 padded
-        self._task_lens = np.zeros(0, dtype=np.int64)  # (K,)
+        self._task_table = np.zeros((0, 1), dtype = np.int64)  # (K, Lmax + 1) colours, -1 padded
+        self._task_lens = np.zeros(0, dtype = np.int64)  # (K,)
         for task in self.tasks:
             self._task_row(task)
         self._allocate_state()
@@ -274,19 +276,19 @@ class VecPinpadEnv(VectorEnv):
     def _allocate_state(self):
         n = self.num_envs
         self._slots = np.arange(n)
-        self.colour_cells = np.zeros((n, NUM_COLOURS), dtype=np.int64)
-        self.wall_cells = np.zeros((n, NUM_WALLS), dtype=np.int64)
-        self.agent_cell = np.zeros(n, dtype=np.int64)
-        self.cell_colour = np.full((n, NUM_CELLS + 1), -1, dtype=np.int64)  # colour in each cell, -1 none
-        self.blocked = np.zeros((n, NUM_CELLS + 1), dtype=bool)  # walls and the off-grid sentinel
-        self.distances = np.zeros((n, NUM_COLOURS, NUM_CELLS + 1), dtype=np.int16)  # see distance_maps
-        self.task_row = np.zeros(n, dtype=np.int64)  # row of the slot's task in the task table
-        self.progress = np.zeros(n, dtype=np.int64)
-        self.elapsed = np.zeros(n, dtype=np.int64)  # steps taken this episode
-        self.done = np.ones(n, dtype=bool)  # finished, waiting for reset
-        self.trail = np.zeros((n, NUM_CELLS), dtype=bool)  # cells the agent has stood on (rendering)
-        self._last_subgoal = np.full(n, -1, dtype=np.int64)
-        self._obs = np.zeros((n, OBS_DIM), dtype=np.float32)
+        self.colour_cells = np.zeros((n, NUM_COLOURS), dtype = np.int64)
+        self.wall_cells = np.zeros((n, NUM_WALLS), dtype = np.int64)
+        self.agent_cell = np.zeros(n, dtype = np.int64)
+        self.cell_colour = np.full((n, NUM_CELLS + 1), -1, dtype = np.int64)  # colour in each cell, -1 none
+        self.blocked = np.zeros((n, NUM_CELLS + 1), dtype = bool)  # walls and the off-grid sentinel
+        self.distances = np.zeros((n, NUM_COLOURS, NUM_CELLS + 1), dtype = np.int16)  # see distance_maps
+        self.task_row = np.zeros(n, dtype = np.int64)  # row of the slot's task in the task table
+        self.progress = np.zeros(n, dtype = np.int64)
+        self.elapsed = np.zeros(n, dtype = np.int64)  # steps taken this episode
+        self.done = np.ones(n, dtype = bool)  # finished, waiting for reset
+        self.trail = np.zeros((n, NUM_CELLS), dtype = bool)  # cells the agent has stood on (rendering)
+        self._last_subgoal = np.full(n, -1, dtype = np.int64)
+        self._obs = np.zeros((n, OBS_DIM), dtype = np.float32)
         self._was_reset = False
 
     # ------------------------------------------------------------ tasks
@@ -294,13 +296,13 @@ class VecPinpadEnv(VectorEnv):
     def _task_row(self, task: tuple[int, ...]) -> int:
         """Row of `task` in the task table, appending it (and widening the table) if new."""
         if min_moves(task) > self.max_steps:
-            raise ValueError(f"task {task} needs at least {min_moves(task)} moves, more than max_steps = {self.max_steps}: "
-                             f"no episode could complete it")
+            raise ValueError(f'task {task} needs at least {min_moves(task)} moves, more than max_steps = {self.max_steps}: '
+                             f'no episode could complete it')
         if task not in self._task_rows:
             width = max(self._task_table.shape[1], len(task) + 1)
-            table = np.full((len(self._task_lens) + 1, width), -1, dtype=np.int64)
-            table[:-1, : self._task_table.shape[1]] = self._task_table
-            table[-1, : len(task)] = task
+            table = np.full((len(self._task_lens) + 1, width), -1, dtype = np.int64)
+            table[:-1, :self._task_table.shape[1]] = self._task_table
+            table[-1, :len(task)] = task
             self._task_table, self._task_lens = table, np.append(self._task_lens, len(task))
             self._task_rows[task] = len(self._task_lens) - 1
         return self._task_rows[task]
@@ -342,31 +344,31 @@ class VecPinpadEnv(VectorEnv):
         options = options or {}
         unknown = set(options) - set(RESET_OPTIONS)
         if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)}: the options are {RESET_OPTIONS}")
-        self.reset_slots(self._slots, layouts=_per_slot(options.get("layout"), self.num_envs, Layout),
-                         tasks=_per_slot(options.get("task"), self.num_envs, None))
-        return self._obs.copy(), {"task_id": self.task_id, "subgoal": self.target // 2}
+            raise ValueError(f'unknown reset options {sorted(unknown)}: the options are {RESET_OPTIONS}')
+        self.reset_slots(self._slots, layouts = _per_slot(options.get('layout'), self.num_envs, Layout),
+                         tasks = _per_slot(options.get('task'), self.num_envs, None))
+        return self._obs.copy(), {'task_id': self.task_id, 'subgoal': self.target // 2}
 
     def _seeds(self, seed: int | Sequence[int]) -> list[int]:
         """One non-negative int seed per slot: `seed + i`, or the i-th of a list."""
         seeds = [seed + i for i in range(self.num_envs)] if _is_int(seed) else seed
-        if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__len__") or not all(_is_int(s) and s >= 0 for s in seeds):
-            raise TypeError(f"seed must be a non-negative int or a list of {self.num_envs} of them, got {seed!r}")
+        if isinstance(seeds, (str, bytes)) or not hasattr(seeds, '__len__') or not all(_is_int(s) and s >= 0 for s in seeds):
+            raise TypeError(f'seed must be a non-negative int or a list of {self.num_envs} of them, got {seed!r}')
         if len(seeds) != self.num_envs:
-            raise ValueError(f"expected {self.num_envs} seeds, got {len(seeds)}")
+            raise ValueError(f'expected {self.num_envs} seeds, got {len(seeds)}')
         return list(seeds)
 
     def reset_slots(self, slots: np.ndarray, layouts: Sequence[Layout] | None = None, tasks: Sequence[Sequence[int]] | None = None):
         """Start new episodes in `slots` (int array), continuing their generators."""
         if tasks is None:
-            rows = np.array([self.rngs[i].integers(len(self.tasks)) for i in slots], dtype=np.int64)
+            rows = np.array([self.rngs[i].integers(len(self.tasks)) for i in slots], dtype = np.int64)
         else:
-            rows = np.array([self._task_row(validate_task(task)) for task in tasks], dtype=np.int64)
+            rows = np.array([self._task_row(validate_task(task)) for task in tasks], dtype = np.int64)
         self.task_row[slots] = rows
         if layouts is None:
             self._sample_layouts(slots)
         else:
-            cells = np.array([(*lay.colour_cells, *lay.wall_cells, lay.agent_cell) for lay in layouts], dtype=np.int64)
+            cells = np.array([(*lay.colour_cells, *lay.wall_cells, lay.agent_cell) for lay in layouts], dtype = np.int64)
             self._install_layouts(slots, cells, self._layout_distances(cells))
         self.progress[slots] = 0
         self.elapsed[slots] = 0
@@ -380,20 +382,20 @@ class VecPinpadEnv(VectorEnv):
             if not len(slots):
                 return
             # 13 distinct cells per slot: colours 0..7, walls 0..3, agent.
-            cells = np.stack([self.rngs[i].permutation(NUM_CELLS)[: NUM_COLOURS + NUM_WALLS + 1] for i in slots])
+            cells = np.stack([self.rngs[i].permutation(NUM_CELLS)[:NUM_COLOURS + NUM_WALLS + 1] for i in slots])
             dist = self._layout_distances(cells)
             targets = self._task_table[self.task_row[slots]]
             ok = route_lengths(dist, cells[:, :NUM_COLOURS], cells[:, -1], targets) <= self.max_steps
             self._install_layouts(slots[ok], cells[ok], dist[ok])
             slots = slots[~ok]
         if len(slots):
-            task = tuple(self._task_table[self.task_row[slots[0]], : self._task_lens[self.task_row[slots[0]]]].tolist())
-            raise ValueError(f"no layout in {MAX_LAYOUT_DRAWS} draws let task {task} be completed within max_steps = {self.max_steps}: "
-                             f"raise max_steps (the default is {MAX_STEPS})")
+            task = tuple(self._task_table[self.task_row[slots[0]], :self._task_lens[self.task_row[slots[0]]]].tolist())
+            raise ValueError(f'no layout in {MAX_LAYOUT_DRAWS} draws let task {task} be completed within max_steps = {self.max_steps}: '
+                             f'raise max_steps (the default is {MAX_STEPS})')
 
     @staticmethod
     def _layout_distances(cells: np.ndarray) -> np.ndarray:
-        return distance_maps(cells[:, :NUM_COLOURS], cells[:, NUM_COLOURS : NUM_COLOURS + NUM_WALLS])
+        return distance_maps(cells[:, :NUM_COLOURS], cells[:, NUM_COLOURS:NUM_COLOURS + NUM_WALLS])
 
     def _install_layouts(self, slots: np.ndarray, cells: np.ndarray, dist: np.ndarray):
         """Write layouts (cells: (E, 13) = colours, walls, agent) and rebuild their observations."""
@@ -418,11 +420,11 @@ class VecPinpadEnv(VectorEnv):
     def step(self, actions: np.ndarray):
         """Apply one action per slot: (N,) ints in 0..3 (see class docstring for the returns)."""
         if not self._was_reset:
-            raise gymnasium.error.ResetNeeded("call reset() before step(): no episode has started yet")
+            raise gymnasium.error.ResetNeeded('call reset() before step(): no episode has started yet')
         actions = np.asarray(actions)
         if (actions.shape != (self.num_envs,) or not np.issubdtype(actions.dtype, np.integer)
                 or actions.min() < 0 or actions.max() >= NUM_ACTIONS):
-            raise ValueError(f"expected {self.num_envs} actions in 0..{NUM_ACTIONS - 1}, got {actions!r}")
+            raise ValueError(f'expected {self.num_envs} actions in 0..{NUM_ACTIONS - 1}, got {actions!r}')
         slots, pos, live = self._slots, self.agent_cell, ~self.done
         target = self.target
         step_to = NEIGHBOURS[pos, actions]
@@ -443,8 +445,8 @@ class VecPinpadEnv(VectorEnv):
         self._obs[slots, new * NUM_CHANNELS + AGENT_CHANNEL] = 1.0
         self.trail[slots, new] = True
         self.agent_cell = new
-        info = {"subgoal": subgoal, "boundary": boundary, "success": success,
-                "progress": self.progress.copy(), "task_id": self.task_id}
+        info = {'subgoal': subgoal, 'boundary': boundary, 'success': success,
+                'progress': self.progress.copy(), 'task_id': self.task_id}
         self.done |= terminated | truncated
         if self.autoreset and self.done.any():
             self.reset_slots(np.flatnonzero(self.done))
@@ -455,13 +457,13 @@ class VecPinpadEnv(VectorEnv):
     def render_slot(self, slot: int, mode: str | None = None) -> np.ndarray | str:
         """Slot `slot` as an rgb_array image (56, 56, 3) uint8 or as ansi text."""
         mode = mode or self.render_mode
-        if mode == "rgb_array":
-            return render_rgb(self.colour_cells[slot], self.wall_cells[slot], int(self.agent_cell[slot]), self.trail[slot])
-        if mode == "ansi":
-            task = self._task_table[self.task_row[slot], : self._task_lens[self.task_row[slot]]]
+        if mode == 'rgb_array':
+            return render_rgb(self.colour_cells[slot], self.wall_cells[slot], int(self.agent_cell[slot]), self.trail[slot], GRID)
+        if mode == 'ansi':
+            task = self._task_table[self.task_row[slot], :self._task_lens[self.task_row[slot]]]
             header = f"task {'-'.join(map(str, task))}  progress {self.progress[slot]}/{len(task)}  t={self.elapsed[slot]}"
             grid = grid_text(self.colour_cells[slot], self.wall_cells[slot], int(self.agent_cell[slot]), self.trail[slot])
-            return f"{header}\n{grid}\n"
+            return f'{header}\n{grid}\n'
         raise ValueError(f"render mode must be one of {self.metadata['render_modes']}, got {mode!r}")
 
     def render(self) -> tuple[np.ndarray | str, ...] | None:
@@ -481,35 +483,8 @@ def _per_slot(value: Any, num: int, single_type: type | None) -> list | None:
     is_single = isinstance(value, single_type) if single_type else len(value) == 0 or isinstance(value[0], (int, np.integer))
     values = [value] * num if is_single else list(value)
     if len(values) != num:
-        raise ValueError(f"expected one option value or {num} of them, got {len(values)}")
+        raise ValueError(f'expected one option value or {num} of them, got {len(values)}')
     return values
-
-
-# ---------------------------------------------------------------- rendering
-
-CELL_PX = 8
-PALETTE = np.array(
-    [(230, 25, 75), (245, 130, 48), (255, 225, 25), (60, 180, 75),
-     (70, 240, 240), (0, 130, 200), (145, 30, 180), (240, 50, 230)], dtype=np.uint8,
-)
-WALL_RGB, EMPTY_RGB, GRID_RGB, TRAIL_RGB, AGENT_RGB = (70, 70, 70), (255, 255, 255), (200, 200, 200), (150, 150, 150), (0, 0, 0)
-
-
-def render_rgb(colour_cells: np.ndarray, wall_cells: np.ndarray, agent_cell: int, trail: np.ndarray) -> np.ndarray:
-    """(56, 56, 3) uint8: colour cells, dark walls, grey dots on the visited trail, black agent square."""
-    cells = np.tile(np.array(EMPTY_RGB, dtype=np.uint8), (NUM_CELLS, 1))
-    cells[colour_cells] = PALETTE
-    cells[wall_cells] = WALL_RGB
-    image = np.repeat(np.repeat(cells.reshape(GRID, GRID, 3), CELL_PX, 0), CELL_PX, 1)
-    image[CELL_PX - 1 :: CELL_PX, :] = GRID_RGB  # 1 px grid lines
-    image[:, CELL_PX - 1 :: CELL_PX] = GRID_RGB
-    mid = CELL_PX // 2
-    for cell in np.flatnonzero(trail):
-        r, c = cell // GRID * CELL_PX, cell % GRID * CELL_PX
-        image[r + mid - 1 : r + mid + 1, c + mid - 1 : c + mid + 1] = TRAIL_RGB
-    r, c = agent_cell // GRID * CELL_PX, agent_cell % GRID * CELL_PX
-    image[r + 2 : r + CELL_PX - 3, c + 2 : c + CELL_PX - 3] = AGENT_RGB
-    return image
 
 
 # ---------------------------------------------------------------- gymnasium env
@@ -526,15 +501,15 @@ class PinpadEnv(gymnasium.Env):
     metadata = VecPinpadEnv.metadata
 
     def __init__(self, tasks: Sequence[Sequence[int]] = PRETRAINING_TASKS, max_steps: int = MAX_STEPS, render_mode: str | None = None):
-        self.core = VecPinpadEnv(1, tasks=tasks, max_steps=max_steps, render_mode=render_mode)
+        self.core = VecPinpadEnv(1, tasks = tasks, max_steps = max_steps, render_mode = render_mode)
         self.observation_space = self.core.single_observation_space
         self.action_space = self.core.single_action_space
         self.render_mode = render_mode
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        super().reset(seed=seed)
+        super().reset(seed = seed)
         # The core's generator *is* this env's np_random, seeded as slot 0 of a vec env.
-        obs, info = self.core.reset(seed=None if seed is None else [seed], options=options)
+        obs, info = self.core.reset(seed = None if seed is None else [seed], options = options)
         self.np_random = self.core.rngs[0]
         return obs[0], _first(info)
 

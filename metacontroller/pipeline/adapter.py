@@ -1,7 +1,7 @@
 """What the pipeline needs to know about an environment, behind one small object.
 
-The pipeline never imports an environment directly; a BabyAI script supplies
-its own adapter with the same fields.
+Only the adapters in `adapters/` import an environment; the rest of the pipeline
+sees it through this object, handed to the command line (`cli.run_cli`).
 """
 from __future__ import annotations
 
@@ -10,11 +10,6 @@ from functools import partial
 from typing import Any, Callable, Mapping, Sequence
 
 from metacontroller.demos import ActionSets, DemoDataset
-from metacontroller.envs.egocentric import EgocentricEncoder
-from metacontroller.envs.expert import generate_pinpad_demos, pinpad_action_sets
-from metacontroller.envs.pinpad import (
-    MAX_STEPS, NUM_ACTIONS, OBS_DIM, POST_TRAINING_TASK, POST_TRAINING_TASK_NAME, PRETRAINING_TASKS, SUBGOAL_NAMES, VecPinpadEnv,
-)
 from metacontroller.pipeline.config import PipelineConfig, override, preset
 
 Task = Sequence[int]
@@ -49,19 +44,3 @@ class EnvAdapter:
     def num_subgoals(self) -> int:
         return len(self.subgoal_names)
 
-
-def pinpad_adapter() -> EnvAdapter:
-    return EnvAdapter(
-        name = 'pinpad',
-        obs_dim = OBS_DIM,
-        num_actions = NUM_ACTIONS,
-        subgoal_names = SUBGOAL_NAMES,
-        pretraining_tasks = PRETRAINING_TASKS,
-        post_task = POST_TRAINING_TASK,
-        post_task_name = POST_TRAINING_TASK_NAME,
-        generate_demos = generate_pinpad_demos,
-        vector_env = partial(VecPinpadEnv, max_steps = MAX_STEPS),
-        # a fixed egocentric re-indexing of the grid: BC learns about twice as fast per step at CPU scale
-        state_encoder = EgocentricEncoder,
-        expert_action_sets = pinpad_action_sets,
-    )

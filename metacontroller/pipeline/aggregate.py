@@ -12,12 +12,12 @@ from metacontroller.pipeline.files import read_json, write_json
 from metacontroller.pipeline.report import RL_RUNS
 
 
-def summarize(values: list):
+def over_seeds(values: list):
     """Per-seed values -> {median, q25, q75, per_seed} for numbers; recursion into dicts;
     anything else (lists, strings) is kept per seed."""
     if all(isinstance(v, dict) for v in values):
         keys = dict.fromkeys(k for v in values for k in v)
-        return {k: summarize([v[k] for v in values if k in v]) for k in keys}
+        return {k: over_seeds([v[k] for v in values if k in v]) for k in keys}
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         q25, median, q75 = np.percentile(values, (25, 50, 75)).tolist()
         return dict(median = median, q25 = q25, q75 = q75, per_seed = values)
@@ -37,7 +37,7 @@ def median_control(per_seed: list[dict]) -> dict | None:
 def aggregate(run_dir: Path, seed_dirs: list[Path], subgoal_names: str, figure_copy: str = '') -> dict:
     per_seed = [read_json(d / 'results.json') for d in seed_dirs]
     out = dict(config = per_seed[0]['config'], seeds = [r['seed'] for r in per_seed], seed_dirs = [str(d) for d in seed_dirs])
-    out.update({k: summarize([r[k] for r in per_seed if k in r]) for k in per_seed[0] if k not in ('config', 'seed')})
+    out.update({k: over_seeds([r[k] for r in per_seed if k in r]) for k in per_seed[0] if k not in ('config', 'seed')})
     write_json(run_dir / 'results.json', out)
 
     runs = {name: [r['rl'][name]['curve'] for r in per_seed if name in r.get('rl', {})] for name in RL_RUNS}

@@ -58,12 +58,12 @@ def add_config_flags(parser: argparse.ArgumentParser, adapter: EnvAdapter):
 def build_parser(adapter: EnvAdapter) -> argparse.ArgumentParser:
     env_name = adapter.name
     parser = argparse.ArgumentParser(
-        description = f'The paper\'s {env_name} experiment end to end: ' + ' → '.join(PHASES) + '. '
+        description = f"The paper's {env_name} experiment end to end: " + ' → '.join(PHASES) + '. '
                       'Finished phases are skipped on a rerun (resume); --force redoes them.',
         formatter_class = argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument('--preset', choices = sorted(PRESETS), default = 'default',
-                        help = 'smoke: < 3 min on 2 CPU cores (tests); default: the CPU reproduction; paper: the paper\'s sizes (GPU)')
+                        help = "smoke: < 3 min on 2 CPU cores (tests); default: the CPU reproduction; paper: the paper's sizes (GPU)")
     parser.add_argument('--phases', type = parse_phases, default = ','.join(PHASES), help = 'comma-separated subset, run in pipeline order')
     parser.add_argument('--force', action = 'store_true', help = 'redo the selected phases even if finished')
     parser.add_argument('--seed', type = int, default = 0, help = 'first seed')

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 from metacontroller.codes import CODES
+from metacontroller.rl.config import RLConfig
 
 
 def knob(default, help: str):
@@ -30,7 +31,7 @@ class ModelConfig:
     heads: int = knob(4, 'attention heads per layer')
     dim_head: int = knob(32, 'width of one attention head')
     ff_mult: int = knob(2, 'MLP hidden width = ff_mult * dim (ReLU)')
-    binary_state_readout: bool = knob(True, 'next-observation head: Bernoulli logits over the 0/1 observation features (False: the readout\'s Gaussian)')
+    binary_state_readout: bool = knob(True, "next-observation head: Bernoulli logits over the 0/1 observation features (False: the readout's Gaussian)")
 
 
 @dataclass(frozen = True)
@@ -67,7 +68,7 @@ class ControlConfig:
     batch_size: int = knob(128, 'D* episodes per batch')
     lr: float = knob(1e-3, 'AdamW learning rate')
     weight_decay: float = knob(0.03, 'AdamW weight decay')
-    dim_hypernetwork_hidden: int = knob(32, 'hypernetwork hidden width (the metacontroller decoder\'s)')
+    dim_hypernetwork_hidden: int = knob(32, "hypernetwork hidden width (the metacontroller decoder's)")
     low_rank: int = knob(16, 'rank r of each controller U = A B^T')
     eval_episodes: int = knob(1_000, 'fresh episodes per task set and policy (sampled and greedy actions), controllers switched by the live ground-truth subgoal')
 
@@ -80,7 +81,7 @@ class DiscoveryConfig:
     batch_size: int = knob(128, 'episodes per batch')
     lr: float = knob(1e-3, 'AdamW learning rate')
     weight_decay: float = knob(0.03, 'AdamW weight decay')
-    kl_warmup_steps: int = knob(0, 'steps over which the KL weight ramps linearly from 0 to alpha (0: the paper\'s constant alpha; not in the paper)')
+    kl_warmup_steps: int = knob(0, "steps over which the KL weight ramps linearly from 0 to alpha (0: the paper's constant alpha; not in the paper)")
     dim_meta_controller: int = knob(32, 'history GRU and sequence summary width (n_h = n_s)')
     dim_latent: int = knob(8, 'latent code width n_z')
     latent_code: str = knob('gaussian', 'gaussian (the paper), binary (n_z bits) or categorical (one of n_z codes); the discrete codes are not in the paper')
@@ -92,6 +93,8 @@ class DiscoveryConfig:
 
 @dataclass(frozen = True)
 class RLPhaseConfig:
+    """The pipeline's values for the settings `RLConfig` defines and checks (the same names), and its own:
+    the raw-action baseline's learning rate and the final evaluation."""
     num_envs: int = knob(256, 'episodes per PPO batch (all envs run in lockstep)')
     total_episodes: int = knob(20_000, 'episode budget, the same for internal RL and both baselines')
     lr: float = knob(3e-4, 'policy learning rate (internal RL and beta = 1)')
@@ -103,10 +106,15 @@ class RLPhaseConfig:
     final_eval_episodes: int = knob(1_000, 'fresh post-task episodes for the final success rate')
     deterministic_eval: bool = knob(False, 'final evaluation with greedy (True) or sampled (False) latents and actions')
 
+    def run_config(self, lr: float) -> RLConfig:
+        """The settings of one RL run at learning rate `lr`."""
+        shared = {f.name: getattr(self, f.name) for f in fields(RLConfig) if hasattr(self, f.name)}
+        return RLConfig(**{**shared, 'lr': lr})
+
 
 @dataclass(frozen = True)
 class ReportConfig:
-    figure_copy: str = knob('', 'also copy the summary figure (always written to the run folder) here, e.g. fig1.png to refresh the README\'s')
+    figure_copy: str = knob('', "also copy the summary figure (always written to the run folder) here, e.g. fig1.png to refresh the README's")
     plot_episodes: int = knob(4, 'episodes per task set in switches.png')
 
 
@@ -235,4 +243,8 @@ def _check_together(config: PipelineConfig, flat: dict[str, Any]) -> list[str]:
         problems.append('--pretrain.steps 0 keeps the model untrained: give steps >= 1, or a model with --pretrain.init')
     problems += [f'--{key} must be <= --model.dim ({config.model.dim}), got {value}'
                  for key, value in flat.items() if key.endswith('low_rank') and value > config.model.dim]
+    try:   # RLConfig's own rules, now rather than when the rl phase starts
+        config.rl.run_config(config.rl.lr)
+    except ValueError as error:
+        problems.append(f'--rl settings: {error}')
     return problems

@@ -9,6 +9,8 @@ episodes where the live environment's subgoal picks the controller at every step
 """
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 from torch_einops_utils import lens_to_mask
@@ -16,7 +18,7 @@ from tqdm.auto import tqdm
 
 from metacontroller import Transformer
 from metacontroller.demos import NO_SUBGOAL, DemoBatch
-from metacontroller.distributed import SINGLE, Process
+from metacontroller.distributed import SINGLE, Process, adamw
 from metacontroller.pipeline.config import ControlConfig
 from metacontroller.pipeline.discover import StreamBatch
 from metacontroller.subgoal_controller import SubgoalController
@@ -33,18 +35,21 @@ def step_labels(batch: DemoBatch) -> torch.Tensor:
     return batch.subgoals.masked_fill(~valid, 0)
 
 
-def controlled_readout(model: Transformer, controller: SubgoalController, batch: DemoBatch, stream: torch.Tensor, **readout_kwargs):
-    """The action readout of the base with the label's controller at the cut, on a precomputed stream e (b, t, d):
-    logits (b, t, num_actions), or the masked NLL given `targets` and `loss_mask`. No gradient to the base weights."""
+def controlled_logits(model: Transformer, controller: SubgoalController, batch: DemoBatch, stream: torch.Tensor | None = None) -> torch.Tensor:
+    """(b, t, num_actions) action logits of the base with the label's controller at the cut, on the residual
+    stream e (b, t, d) when precomputed. No gradient to the base weights: one forward for training and scoring."""
+    if stream is None:
+        with torch.no_grad():
+            stream = model.residual_stream(batch.observations)
     with frozen(*model.base_modules()):
-        return model.action_readout(model.upper_body(controller(stream, step_labels(batch))), **readout_kwargs)
+        return model.action_logits(batch.observations, stream = stream, intervention = partial(controller, labels = step_labels(batch)))
 
 
-def controlled_logits(model: Transformer, controller: SubgoalController, batch: DemoBatch) -> torch.Tensor:
-    """(b, t, num_actions) action logits with the label's controller at the cut."""
-    with torch.no_grad():
-        stream = model.residual_stream(batch.observations)
-    return controlled_readout(model, controller, batch, stream)
+def controlled_nll(model: Transformer, controller: SubgoalController, batch: DemoBatch, stream: torch.Tensor) -> torch.Tensor:
+    """The controlled action NLL, mean over valid steps."""
+    mask = lens_to_mask(batch.episode_lens, stream.shape[1])
+    logits = controlled_logits(model, controller, batch, stream)
+    return -model.action_readout.log_prob(logits, batch.actions.masked_fill(~mask, 0))[mask].mean()
 
 
 def train(model: Transformer, controller: SubgoalController, batches: list[StreamBatch], config: ControlConfig, seed: int,
@@ -52,7 +57,7 @@ def train(model: Transformer, controller: SubgoalController, batches: list[Strea
     """AdamW on the controlled action NLL, base frozen; returns the NLL per step (data parallel as in discovery)."""
     params = list(controller.parameters())
     process.broadcast_parameters(controller)
-    optimizer = torch.optim.AdamW(params, lr = config.lr, weight_decay = config.weight_decay)
+    optimizer = adamw(params, config.lr, config.weight_decay)
     rng = np.random.default_rng(seed)
     trace = []
     controller.train()
@@ -60,12 +65,9 @@ def train(model: Transformer, controller: SubgoalController, batches: list[Strea
     with bar, process.autocast():   # bf16 or a no-op; `process.backward` runs the backward outside it
         for step in bar:
             batch, stream = batches[rng.integers(len(batches))]
-            mask = lens_to_mask(batch.episode_lens, stream.shape[1])
-            loss = controlled_readout(model, controller, batch, stream, targets = batch.actions.masked_fill(~mask, 0), loss_mask = mask)
+            loss = controlled_nll(model, controller, batch, stream)
             share = process.share(batch.episode_lens.sum())
-            optimizer.zero_grad(set_to_none = True)
-            process.backward(loss * share, params)
-            optimizer.step()
+            process.optimizer_step(loss * share, optimizer, params)
             trace.append(process.mean(loss.detach() * share).item())
             if step % 10 == 0:
                 bar.set_postfix(action_nll = f'{np.mean(trace[-50:]):.3f}')

@@ -15,10 +15,11 @@ from tqdm.auto import tqdm
 
 from metacontroller import MetaController, Transformer
 from metacontroller.demos import DemoBatch, DemoDataset
-from metacontroller.distributed import SINGLE, Process
+from metacontroller.distributed import SINGLE, Process, adamw
 from metacontroller.pipeline.config import DiscoveryConfig
 from metacontroller.pipeline.data import epoch_batches, ordered_batches, to_device
-from metacontroller.pipeline.metrics import SWITCH_THRESHOLD, SwitchCounts, beta_binary_fraction, switch_counts
+from metacontroller.pipeline.metrics import SwitchCounts, beta_binary_fraction, switch_counts
+from metacontroller.switching import decisions
 
 
 class StreamBatch(NamedTuple):
@@ -52,7 +53,7 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
     Data parallel: every rank picks the same batch and trains on its part of it (from `precompute`)."""
     params = list(meta_controller.parameters())
     process.broadcast_parameters(meta_controller)
-    optimizer = torch.optim.AdamW(params, lr = config.lr, weight_decay = config.weight_decay)
+    optimizer = adamw(params, config.lr, config.weight_decay)
     rng = np.random.default_rng(seed)
     trace = []
     meta_controller.train()
@@ -63,9 +64,7 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
             share = process.share(batch.episode_lens.sum())   # both losses are means over valid steps
             losses = model.discovery_losses(batch.observations, batch.actions, meta_controller, batch.episode_lens, stream = stream)
             loss = losses.action_recon + kl_weight(alpha, step, config.kl_warmup_steps) * losses.kl + losses.aux_ratio
-            optimizer.zero_grad(set_to_none = True)
-            process.backward(loss * share, params)
-            optimizer.step()
+            process.optimizer_step(loss * share, optimizer, params)
             trace.append(tuple(process.mean(torch.stack((losses.action_recon, losses.kl)).detach() * share).tolist()))
             if step % 10 == 0:
                 nll, kl = np.mean(trace[-50:], axis = 0)
@@ -130,6 +129,6 @@ def episode_betas(model: Transformer, meta_controller: MetaController, dataset: 
     batch = to_device(dataset.batch(np.arange(min(count, len(dataset)))), device)
     beta = meta_controller(model.residual_stream(batch.observations), batch.episode_lens).beta
     return [
-        dict(beta = beta[i, :n].tolist(), subgoals = batch.subgoals[i, :n].tolist(), switches = (beta[i, :n] >= SWITCH_THRESHOLD).sum().item())
+        dict(beta = beta[i, :n].tolist(), subgoals = batch.subgoals[i, :n].tolist(), switches = decisions(beta[i, :n]).sum().item())
         for i, n in enumerate(batch.episode_lens.tolist())
     ]

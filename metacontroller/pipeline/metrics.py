@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-SWITCH_THRESHOLD = 0.5   # β ≥ 0.5 is a switch, as in internal RL
+from metacontroller.switching import decisions
 
 
 class SwitchCounts(NamedTuple):
@@ -42,7 +42,7 @@ def match_switches(predicted: np.ndarray, actual: np.ndarray, tolerance: int = 1
 
 def switch_counts(beta: torch.Tensor, boundaries: torch.Tensor, lens: torch.Tensor, tolerance: int = 1) -> SwitchCounts:
     """beta (b, t), boundaries (b, t) bool, lens (b,): counts over steps 1 .. len - 1 of every episode."""
-    switches = (beta >= SWITCH_THRESHOLD).cpu().numpy()
+    switches = decisions(beta).cpu().numpy()   # a switch where internal RL would decide
     truth = boundaries.cpu().numpy()
     total = SwitchCounts(0, 0, 0)
     for row, length in enumerate(lens.tolist()):
@@ -50,10 +50,6 @@ def switch_counts(beta: torch.Tensor, boundaries: torch.Tensor, lens: torch.Tens
         actual = np.flatnonzero(truth[row, 1:length]) + 1
         total = total + match_switches(predicted, actual, tolerance)
     return total
-
-
-def switch_f1(beta: torch.Tensor, boundaries: torch.Tensor, lens: torch.Tensor, tolerance: int = 1) -> float:
-    return switch_counts(beta, boundaries, lens, tolerance).f1
 
 
 def beta_binary_fraction(beta: torch.Tensor, lens: torch.Tensor, low: float = 0.05, high: float = 0.95) -> float:

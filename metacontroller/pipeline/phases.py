@@ -14,7 +14,7 @@ from loguru import logger
 
 from metacontroller import MetaController, Transformer
 from metacontroller.distributed import SINGLE, Process
-from metacontroller.pipeline import control, data, discover, probe, pretrain, report, rl_phase
+from metacontroller.pipeline import control, data, discover, pretrain, probe, report, rl_phase
 from metacontroller.pipeline.adapter import EnvAdapter
 from metacontroller.pipeline.config import PipelineConfig
 from metacontroller.pipeline.files import read_json, write_json

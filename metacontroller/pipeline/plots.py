@@ -71,7 +71,7 @@ def curve_band(curves: list[list]) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 
 def draw_rl_curves(ax, runs: dict[str, list[list]], smooth: int = 5):
     """runs: name -> one curve [[episodes, success], ...] per seed; a running mean over `smooth` batches."""
-    from matplotlib.ticker import NullFormatter   # matplotlib is imported only when plotting
+    from matplotlib.ticker import NullFormatter  # matplotlib is imported only when plotting
     for name, curves in runs.items():
         curves = [c for c in curves if c]
         if not curves:

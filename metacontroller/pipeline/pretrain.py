@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from metacontroller import Transformer
 from metacontroller.demos import ActionSets, DemoBatch, DemoDataset
-from metacontroller.distributed import SINGLE, Process
+from metacontroller.distributed import SINGLE, Process, adamw
 from metacontroller.pipeline.config import PretrainConfig
 from metacontroller.pipeline.data import bucketed_batches, length_order, ordered_batches, to_device
 
@@ -21,7 +21,7 @@ def train(model: Transformer, dataset: DemoDataset, config: PretrainConfig, seed
     Data parallel over `process`'s ranks: every rank draws the same global batches and trains on its part."""
     params = list(model.parameters())
     process.broadcast_parameters(model)
-    optimizer = adamw(params, config)
+    optimizer = adamw(params, config.lr, config.weight_decay)
     batches = bucketed_batches(dataset, config.batch_size, np.random.default_rng(seed), min_size = process.world_size)
     trace = []
     model.train()
@@ -36,11 +36,6 @@ def train(model: Transformer, dataset: DemoDataset, config: PretrainConfig, seed
     return trace
 
 
-def adamw(params: list[torch.nn.Parameter], config: PretrainConfig) -> torch.optim.AdamW:
-    # fused: one kernel for all parameters instead of ~10 ops per tensor (on CPU ~4 ms of a ~90 ms step)
-    return torch.optim.AdamW(params, lr = config.lr, weight_decay = config.weight_decay, fused = True)
-
-
 def train_step(model: Transformer, batch: DemoBatch, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
                config: PretrainConfig, process: Process = SINGLE) -> torch.Tensor:
     """One optimiser step on `batch`; returns the action NLL averaged over ranks."""
@@ -52,22 +47,14 @@ def train_step(model: Transformer, batch: DemoBatch, optimizer: torch.optim.Opti
     loss = losses.action * share[0]
     if losses.state is not None:
         loss = loss + config.state_loss_weight * losses.state * share[1]
-    optimizer.zero_grad(set_to_none = True)
-    process.backward(loss, params)
-    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-    optimizer.step()
+    process.optimizer_step(loss, optimizer, params, config.max_grad_norm)
     return process.mean(losses.action.detach() * share[0])
-
-
-def base_logits(model: Transformer, batch: DemoBatch) -> torch.Tensor:
-    """(b, t, num_actions) action logits of the base model alone."""
-    return model.action_readout(model.upper_body(model.residual_stream(batch.observations)))
 
 
 @torch.no_grad()
 def imitation_metrics(model: Transformer, dataset: DemoDataset, device: str, batch_size: int = 256,
                       action_sets: ActionSets | None = None,
-                      logits_fn: Callable[[Transformer, DemoBatch], torch.Tensor] = base_logits) -> dict:
+                      logits_fn: Callable[[Transformer, DemoBatch], torch.Tensor] | None = None) -> dict:
     """Action NLL and expert-match rate (argmax action = the expert's) over valid steps.
     The expert breaks ties at random, so expert_match < 1 even for a perfect imitator.
 
@@ -80,11 +67,11 @@ def imitation_metrics(model: Transformer, dataset: DemoDataset, device: str, bat
     model's own success lower still). Where the sets mark onsets, `p_fatal_onset`
     is `p_fatal` over the steps heading to a subgoal's first stage.
 
-    `logits_fn(model, batch)` scores another policy on the same footing, e.g. the
-    base under ground-truth subgoal controllers."""
+    `logits_fn(model, batch)` scores another policy than the base model alone on the
+    same footing, e.g. the base under ground-truth subgoal controllers."""
     nll, match, probs = [], [], []
     for batch in ordered_batches(dataset, batch_size, device):
-        logits = logits_fn(model, batch)
+        logits = model.action_logits(batch.observations) if logits_fn is None else logits_fn(model, batch)
         mask = lens_to_mask(batch.episode_lens, logits.shape[1])
         log_probs = logits.log_softmax(dim = -1)
         nll.append(-log_probs.gather(-1, batch.actions[..., None])[..., 0][mask])

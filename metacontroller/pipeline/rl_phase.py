@@ -8,30 +8,20 @@ from typing import Callable
 from metacontroller import MetaController, Transformer
 from metacontroller.distributed import SINGLE, Process
 from metacontroller.pipeline.config import RLPhaseConfig
-from metacontroller.rl import RLConfig, RLResult, evaluate, train_internal_rl, train_raw_action_rl
-from metacontroller.rl.seeds import eval_seed
-
-# final-evaluation env seeds sit past the learning-curve evaluation seeds, so they are fresh
-FINAL_EVAL_OFFSET = 2 ** 30
-
-
-def rl_config(config: RLPhaseConfig, lr: float) -> RLConfig:
-    return RLConfig(
-        num_envs = config.num_envs, total_episodes = config.total_episodes, lr = lr, epochs = config.epochs,
-        clip = config.clip, eval_every = config.eval_every, eval_episodes = config.eval_episodes,
-    )
+from metacontroller.rl import RLResult, evaluate, train_internal_rl, train_raw_action_rl
+from metacontroller.rl.seeds import final_eval_seed
 
 
 def final_success(model: Transformer, make_envs: Callable, config: RLPhaseConfig, seed: int,
                   meta_controller: MetaController | None = None, force_beta: float | None = None, process: Process = SINGLE) -> dict:
     stats = evaluate(model, make_envs, config.final_eval_episodes, meta_controller = meta_controller,
-                     seed = eval_seed(seed) + FINAL_EVAL_OFFSET, deterministic = config.deterministic_eval,
+                     seed = final_eval_seed(seed), deterministic = config.deterministic_eval,
                      force_beta = force_beta, batch_size = config.num_envs, process = process)
     return dict(stats._asdict(), eval_episodes = config.final_eval_episodes,
                 eval_policy = 'greedy' if config.deterministic_eval else 'sampled')
 
 
-def summarize(result: RLResult, final: dict) -> dict:
+def results_entry(result: RLResult, final: dict) -> dict:
     """The results.json entry of one RL run: the final success is the fresh evaluation's."""
     return dict(
         final, episodes = result.episodes, raw_steps = result.raw_steps,
@@ -43,14 +33,14 @@ def summarize(result: RLResult, final: dict) -> dict:
 def internal(model, meta_controller, make_envs, config: RLPhaseConfig, seed: int, progress: bool = True,
              process: Process = SINGLE, force_beta: float | None = None) -> tuple[dict, MetaController]:
     """Internal RL (force_beta None) or the β ≡ 1 baseline (force_beta 1.0); returns the summary and the trained metacontroller."""
-    result = train_internal_rl(model, meta_controller, make_envs, rl_config(config, config.lr), seed = seed,
+    result = train_internal_rl(model, meta_controller, make_envs, config.run_config(config.lr), seed = seed,
                                force_beta = force_beta, progress = progress, process = process)
     final = final_success(model, make_envs, config, seed, result.module, force_beta, process)
-    return summarize(result, final), result.module
+    return results_entry(result, final), result.module
 
 
 def raw_action(model, make_envs, config: RLPhaseConfig, seed: int, progress: bool = True,
                process: Process = SINGLE) -> tuple[dict, Transformer]:
-    result = train_raw_action_rl(model, make_envs, rl_config(config, config.raw_action_lr), seed = seed, progress = progress,
+    result = train_raw_action_rl(model, make_envs, config.run_config(config.raw_action_lr), seed = seed, progress = progress,
                                  process = process)
-    return summarize(result, final_success(result.module, make_envs, config, seed, process = process)), result.module
+    return results_entry(result, final_success(result.module, make_envs, config, seed, process = process)), result.module

@@ -14,7 +14,7 @@ from metacontroller.rl.seeds import rank_seed, seeded
 from metacontroller.transformer import Transformer
 
 
-def summarize(episodes: Episodes) -> EvalStats:
+def eval_stats(episodes: Episodes) -> EvalStats:
     return EvalStats(
         success = episodes.success.float().mean().item(),
         mean_return = episodes.returns.mean().item(),
@@ -48,7 +48,7 @@ def evaluate(
     if not isinstance(num_episodes, int) or num_episodes < process.world_size:
         raise ValueError(f'num_episodes must be an int of at least {process.world_size} (one per process), got {num_episodes!r}')
     if meta_controller is not None:
-        model._check_meta_controller(meta_controller)
+        model.check_meta_controller(meta_controller)
     device = next(model.parameters()).device
     mine = range(num_episodes)[process.shard(num_episodes)]
     batch_size = -(-batch_size // process.world_size)
@@ -62,4 +62,4 @@ def evaluate(
             parts.append(run_episodes(model, envs[size], range(first, first + size), meta_controller = meta_controller,
                                       force_beta = force_beta, deterministic = deterministic, max_steps = max_steps,
                                       intervention = None if intervention is None else partial(intervention, envs[size])))
-    return summarize(Episodes(*(torch.cat(field) for field in zip(*parts))).gather(process))
+    return eval_stats(Episodes(*(torch.cat(field) for field in zip(*parts))).gather(process))

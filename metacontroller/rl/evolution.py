@@ -11,18 +11,19 @@ fitness episodes, and the fitnesses are gathered for one update on every rank.
 from __future__ import annotations
 
 import copy
-import tempfile
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from metacontroller.distributed import SINGLE, Process
+from metacontroller.es import evolve
 from metacontroller.meta_controller import MetaController
 from metacontroller.rl.config import RLConfig, RLResult
 from metacontroller.rl.evaluate import evaluate
 from metacontroller.rl.seeds import eval_seed, fitness_seed, seeded
 from metacontroller.transformer import Transformer
+
 
 class Fitness:
     """Success rate of `meta_controller` on the fixed fitness episodes; counts the raw steps used.
@@ -60,8 +61,6 @@ def train_evolution(
 ) -> RLResult:
     """ES on a copy of `meta_controller`'s policy; `result.curve` holds the mean population
     fitness per generation against episodes used; the trained copy is `result.module`."""
-    from x_evolution import EvoStrategy  # heavy (accelerate); only imported when used
-
     device = next(model.parameters()).device
     meta = copy.deepcopy(meta_controller).to(device)
     fitness = Fitness(model, meta, make_envs, config, seed, force_beta)
@@ -84,18 +83,14 @@ def train_evolution(
         bar.set_postfix(fitness = f'{curve[-1][1]:.2f}')
         bar.update(1)
 
+    defaults = dict(cpu = device.type != 'cuda')
+    if process.accelerator is not None:
+        defaults['accelerator'] = process.accelerator
     # x-evolution draws its noise seeds from the global torch RNG; seeding a fork makes runs repeat
-    with seeded(seed, device), tempfile.TemporaryDirectory() as scratch:  # it always writes checkpoints
-        defaults = dict(cpu = device.type != 'cuda', verbose = False, checkpoint_path = scratch)
-        if process.accelerator is not None:
-            defaults['accelerator'] = process.accelerator
-        evo = EvoStrategy(
-            meta, environment = fitness, num_generations = generations,
-            params_to_optimize = [f'policy.{name}' for name, _ in meta.policy.named_parameters()],
-            noise_population_size = config.es_population, noise_scale = config.es_noise_scale,
-            learning_rate = config.es_lr, on_generation = on_generation, **{**defaults, **kwargs},
-        )
-        evo()
+    with seeded(seed, device):
+        evolve(meta, fitness, generations, [f'policy.{name}' for name, _ in meta.policy.named_parameters()],
+               noise_population_size = config.es_population, noise_scale = config.es_noise_scale,
+               learning_rate = config.es_lr, on_generation = on_generation, **{**defaults, **kwargs})
     bar.close()
 
     curve, evals = process.broadcast_object((curve, evals))

@@ -9,13 +9,13 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from metacontroller.distributed import SINGLE, Process
+from metacontroller.distributed import SINGLE, Process, adamw
 from metacontroller.ppo import ppo_clip_loss
 from metacontroller.rl.config import RLConfig, RLResult
 from metacontroller.rl.evaluate import evaluate
 from metacontroller.rl.rollout import Episodes, StepRecord, run_episodes
 from metacontroller.rl.seeds import eval_seed
-from metacontroller.rl.trainer import local_num_envs, make_optimizer, ppo_epochs, run_training
+from metacontroller.rl.trainer import local_num_envs, ppo_epochs, run_training
 from metacontroller.transformer import Transformer
 
 
@@ -49,8 +49,7 @@ class RawRecorder:
 
 def raw_log_probs(model: Transformer, states: Tensor, actions: Tensor) -> Tensor:
     """Full-sequence recomputation, with gradients: (N, T, ...), (N, T) -> (N, T) log p(a_t | o_{1:t})."""
-    hidden = model.upper_body(model.lower_body(model.embed(states, actions)))
-    return model.action_readout.log_prob(model.action_readout(hidden), actions)
+    return model.action_readout.log_prob(model.action_logits(states, actions), actions)
 
 
 def trainable_parameters(model: Transformer, prefixes: tuple[str, ...] | None) -> list[nn.Parameter]:
@@ -96,7 +95,7 @@ def train_raw_action_rl(
     policy = copy.deepcopy(model)
     process.broadcast_parameters(policy)
     params = trainable_parameters(policy, config.raw_trainable)
-    optimizer = make_optimizer(params, config)
+    optimizer = adamw(params, config.lr, config.weight_decay, config.betas)
     env = make_envs(local_num_envs(config, process))
 
     def collect(seeds):

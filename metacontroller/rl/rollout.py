@@ -22,6 +22,7 @@ from torch import Tensor
 
 from metacontroller.distributed import Process
 from metacontroller.meta_controller import MetaController, MetaControllerStep
+from metacontroller.switching import decisions
 from metacontroller.transformer import Transformer, TransformerCache
 
 SHRINK_WHEN_DONE = 1 / 8   # drop finished rows once they are this fraction of the model's batch
@@ -81,7 +82,7 @@ def raw_action(model: Transformer, logits: Tensor, deterministic: bool) -> Tenso
 
 def decision_mask(meta: MetaControllerStep, live: Tensor) -> Tensor:
     """(b,) bool: the policy acted at this step (hard switch β ≥ 0.5) in a live episode."""
-    return (meta.switch_beta[:, 0] >= 0.5).cpu() & live
+    return decisions(meta.switch_beta[:, 0]).cpu() & live
 
 
 def drop_finished_rows(cache: TransformerCache, past_action: Tensor, rows: Tensor, live: Tensor, device):

@@ -1,8 +1,9 @@
 """Where every episode's seed comes from, so that runs repeat and the sets never overlap.
 
 Run `seed` owns the env seeds seed·2³² + [0, 2³²): training batches count up
-from 0, the fixed ES fitness episodes start at 2³⁰ and the held-out evaluation
-episodes at 2³¹. Torch sampling (latents, raw actions) runs in a forked RNG
+from 0, the fixed ES fitness episodes start at 2³⁰, the held-out evaluation
+episodes (the learning curve) at 2³¹ and a final evaluation's fresh episodes
+past those, at 2³¹ + 2³⁰. Torch sampling (latents, raw actions) runs in a forked RNG
 seeded with the run seed, leaving the caller's RNG untouched. In a multi-process
 run, rank r seeds torch with `rank_seed`, so ranks sample independently; rank 0
 keeps the run seed.
@@ -13,7 +14,7 @@ import contextlib
 
 import torch
 
-FITNESS_OFFSET, EVAL_OFFSET, SEED_STRIDE, RANK_STRIDE = 2 ** 30, 2 ** 31, 2 ** 32, 2 ** 48
+FITNESS_OFFSET, EVAL_OFFSET, FINAL_EVAL_OFFSET, SEED_STRIDE, RANK_STRIDE = 2 ** 30, 2 ** 31, 2 ** 31 + 2 ** 30, 2 ** 32, 2 ** 48
 
 
 def episode_seeds(seed: int, first_episode: int, num_envs: int, group_size: int | None = None) -> list[int]:
@@ -30,6 +31,10 @@ def fitness_seed(seed: int) -> int:
 
 def eval_seed(seed: int) -> int:
     return seed * SEED_STRIDE + EVAL_OFFSET
+
+
+def final_eval_seed(seed: int) -> int:
+    return seed * SEED_STRIDE + FINAL_EVAL_OFFSET
 
 
 def rank_seed(seed: int, rank: int) -> int:

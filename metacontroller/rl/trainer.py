@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from metacontroller.distributed import SINGLE, Process
+from metacontroller.distributed import SINGLE, Process, adamw
 from metacontroller.meta_controller import MetaController
 from metacontroller.ppo import normalize_advantages
 from metacontroller.rl.abstract_env import AbstractBatch, collect_abstract
@@ -40,18 +40,6 @@ def trajectory_advantages(returns: Tensor, group_size: int | None = None, eps: f
     return torch.cat([normalize_advantages(group, eps) for group in returns.split(group_size)])
 
 
-def make_optimizer(params, config: RLConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr = config.lr, betas = config.betas, weight_decay = config.weight_decay)
-
-
-def clipped_step(loss: Tensor, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], max_grad_norm: float,
-                 process: Process = SINGLE):
-    optimizer.zero_grad(set_to_none = True)
-    process.backward(loss, params)
-    nn.utils.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
-
-
 def ppo_epochs(loss_fn: Callable[[Tensor], Tensor], steps: Tensor, optimizer, params, config: RLConfig,
                process: Process = SINGLE) -> float:
     """`epochs` passes over the batch, each split into `minibatches` random sets of trajectories.
@@ -61,7 +49,7 @@ def ppo_epochs(loss_fn: Callable[[Tensor], Tensor], steps: Tensor, optimizer, pa
         for rows in torch.randperm(len(steps), device = steps.device).chunk(config.minibatches):
             share = process.share(steps[rows].sum())
             loss = loss_fn(rows)
-            clipped_step(loss * share, optimizer, params, config.max_grad_norm, process)
+            process.optimizer_step(loss * share, optimizer, params, config.max_grad_norm)
     return process.mean(loss.detach() * share).item()
 
 
@@ -139,14 +127,14 @@ def train_internal_rl(
     With a multi-process `process`, every rank calls this with the same arguments."""
     if not isinstance(config, RLConfig):
         raise TypeError(f'config must be an RLConfig, got {type(config).__name__}')
-    model._check_meta_controller(meta_controller)
+    model.check_meta_controller(meta_controller)
     if config.algorithm == 'es':
         return train_evolution(model, meta_controller, make_envs, config, seed, force_beta, progress, process)
 
     device = next(model.parameters()).device
     meta = copy.deepcopy(meta_controller).to(device)
     process.broadcast_parameters(meta)
-    optimizer = make_optimizer(meta.policy.parameters(), config)
+    optimizer = adamw(meta.policy.parameters(), config.lr, config.weight_decay, config.betas)
     env = make_envs(local_num_envs(config, process))
 
     def collect(seeds):

@@ -33,6 +33,8 @@ def egocentric_index(height: int, width: int) -> Tensor:
 
 
 class EgocentricEncoder(Checkpointable, nn.Module):   # Checkpointable: a model's checkpoint can name it as its state encoder
+    # the grid defaults are pinpad's (`envs.pinpad`: GRID, NUM_CHANNELS, AGENT_CHANNEL; a test holds them equal), which its
+    # adapter passes explicitly; they stay for checkpoints written before the grid was recorded, which give `dim` only
     def __init__(self, dim: int, height: int = 7, width: int = 7, channels: int = 13, agent_channel: int = 12):
         super().__init__()
         self.shape = (height, width, channels)

@@ -1,6 +1,6 @@
 """Pretraining throughput at the default config, ours against the plain path, in one run.
 
-    python -m metacontroller.benchmark pretrain [--steps 16] [--threads 1] [--bf16]
+    python -m benchmarks.pretrain [--steps 16] [--threads 1] [--bf16]
 
 Ours is `pretrain.train_step` as the pipeline runs it: sparse observation
 embeddings, fused bodies, no next-observation readout at λ = 0, fused AdamW
@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from torch_einops_utils import lens_to_mask
 
+from metacontroller.distributed import adamw
 from metacontroller.fast_train import plain_paths
-from metacontroller.pipeline.adapter import pinpad_adapter
+from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 from metacontroller.pipeline.data import bucketed_batches
 from metacontroller.pipeline.models import build_transformer
-from metacontroller.pipeline.pretrain import adamw, train_step
+from metacontroller.pipeline.pretrain import train_step
 
 
 def plain_step(model, batch, optimizer, params, config):
@@ -89,7 +90,7 @@ def main():
     models = dict(plain = plain, ours = ours)
     optimizers = dict(
         plain = torch.optim.AdamW(plain.parameters(), lr = config.pretrain.lr, weight_decay = config.pretrain.weight_decay),
-        ours = adamw(list(ours.parameters()), config.pretrain),
+        ours = adamw(list(ours.parameters()), config.pretrain.lr, config.pretrain.weight_decay),
     )
     steps = dict(
         plain = lambda batch: plain_step(plain, batch, optimizers['plain'], list(plain.parameters()), config.pretrain),

@@ -1,7 +1,7 @@
 """Throughput of data-parallel pretraining and internal RL at the default preset's sizes.
 
-    python -m metacontroller.distributed_benchmark                                          # 1 process
-    torchrun --standalone --nproc_per_node 2 -m metacontroller.distributed_benchmark        # 2 processes
+    python -m benchmarks.distributed                                          # 1 process
+    torchrun --standalone --nproc_per_node 2 -m benchmarks.distributed        # 2 processes
 
 The global batch is the same for any number of processes (pretraining: 64 episodes,
 internal RL: 256 episodes), so the numbers compare directly. The model is barely
@@ -22,9 +22,9 @@ from dataclasses import replace
 import torch
 
 from metacontroller import distributed
-from metacontroller.envs.expert import generate_pinpad_demos
+from metacontroller.envs.pinpad_expert import generate_pinpad_demos
 from metacontroller.pipeline import pretrain
-from metacontroller.pipeline.adapter import pinpad_adapter
+from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 from metacontroller.pipeline.config import default_config
 from metacontroller.pipeline.models import build_meta_controller, build_transformer
 from metacontroller.rl import RLConfig, train_internal_rl

@@ -1,10 +1,9 @@
 """Speed and memory of a discovery step and a cached rollout step.
 
-    python -m metacontroller.benchmark [readme] [gridworld] [--peer PATH/TO/run.sh]
-    python -m metacontroller.benchmark pretrain [--bf16] [--steps N]   (metacontroller.pipeline.benchmark)
+    python -m benchmarks.speed [readme] [gridworld] [--peer PATH/TO/run.sh]
 
-Measured exactly as the peer's script (`shared/peer/bench_peer.py`): same
-shapes, 2 threads, median over steps after warm-up, peak RSS of the process.
+Measured exactly as the public peer's (`metacontroller-pytorch`) benchmark script:
+same shapes, 2 threads, median over steps after warm-up, peak RSS of the process.
 Each configuration runs in its own process so that peak RSS is its own. With
 `--peer`, the peer is timed in the same run and ratios are printed.
 """
@@ -42,6 +41,7 @@ def median_ms(fn, warmup = 2, steps = 7) -> float:
 
 def run_config(name: str):
     import torch
+
     from metacontroller import MetaController, Transformer
 
     cfg = CONFIGS[name]
@@ -103,8 +103,6 @@ def parse(lines: str) -> dict:
 
 
 def main():
-    if sys.argv[1:2] == ['pretrain']:   # pretraining throughput: a pipeline-level benchmark with its own flags
-        sys.exit(subprocess.run([sys.executable, '-m', 'metacontroller.pipeline.benchmark', *sys.argv[2:]]).returncode)
     parser = argparse.ArgumentParser(description = __doc__, formatter_class = argparse.RawDescriptionHelpFormatter)
     parser.add_argument('configs', nargs = '*', help = f'any of {list(CONFIGS)} (default: all)')
     parser.add_argument('--peer', help = 'path to the peer run.sh: time it in the same run and print ratios')
@@ -120,7 +118,7 @@ def main():
 
     ours = ''
     for name in args.configs:
-        result = subprocess.run([sys.executable, '-m', 'metacontroller.benchmark', '--one', name], capture_output = True, text = True, check = True)
+        result = subprocess.run([sys.executable, '-m', 'benchmarks.speed', '--one', name], capture_output = True, text = True, check = True)
         print('ours', result.stdout, end = '', flush = True)
         ours += result.stdout
 

@@ -6,7 +6,6 @@ solvability), with walls and every non-target colour as obstacles and ties
 broken uniformly at random. With probability ε it instead takes a uniformly
 random action that does not end the episode as a failure (bumps included).
 """
-
 from __future__ import annotations
 
 from dataclasses import replace
@@ -17,7 +16,16 @@ from tqdm.auto import tqdm
 
 from metacontroller.demos import ActionSets, DemoDataset
 from metacontroller.envs.pinpad import (
-    ENV_ID, MAX_STEPS, NEIGHBOURS, NUM_ACTIONS, OBS_DIM, PRETRAINING_TASKS, SUBGOAL_NAMES, UNREACHABLE, PinpadEnv, VecPinpadEnv,
+    ENV_ID,
+    MAX_STEPS,
+    NEIGHBOURS,
+    NUM_ACTIONS,
+    OBS_DIM,
+    PRETRAINING_TASKS,
+    SUBGOAL_NAMES,
+    UNREACHABLE,
+    PinpadEnv,
+    VecPinpadEnv,
 )
 
 
@@ -26,7 +34,7 @@ class PinpadExpert:
 
     def __init__(self, epsilon: float = 0.0, seed: int | np.random.SeedSequence | None = None):
         if not 0.0 <= epsilon <= 1.0:
-            raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+            raise ValueError(f'epsilon must be in [0, 1], got {epsilon}')
         self.epsilon = epsilon
         self.rng = np.random.default_rng(seed)
 
@@ -36,9 +44,9 @@ class PinpadExpert:
         base = env.unwrapped  # see through gymnasium.make's wrappers
         cost, fails = action_costs(base.core if isinstance(base, PinpadEnv) else base)
         # Noise in [0, 0.5) keeps integer costs ordered and picks uniformly among the tied minima.
-        actions = np.argmin(cost + 0.5 * self.rng.random(cost.shape), axis=1)
+        actions = np.argmin(cost + 0.5 * self.rng.random(cost.shape), axis = 1)
         if self.epsilon > 0:
-            random_safe = np.argmax(self.rng.random(cost.shape) + ~fails, axis=1)  # uniform over non-failing
+            random_safe = np.argmax(self.rng.random(cost.shape) + ~fails, axis = 1)  # uniform over non-failing
             actions = np.where(self.rng.random(len(actions)) < self.epsilon, random_safe, actions)
         return actions
 
@@ -63,20 +71,20 @@ def pinpad_action_sets(dataset: DemoDataset) -> ActionSets:
     """Replay a pinpad dataset (layouts and tasks from its seeds, its stored actions)
     and mark each step's optimal and fatal actions: what a model's action
     distribution is scored against in `imitation_metrics`."""
-    tasks = [tuple(task) for task in dataset.metadata["tasks"]]
-    env = VecPinpadEnv(len(dataset.episode_lens), tasks=tasks, max_steps=dataset.metadata["max_steps"])
-    env.reset(seed=dataset.seeds.tolist())
+    tasks = [tuple(task) for task in dataset.metadata['tasks']]
+    env = VecPinpadEnv(len(dataset.episode_lens), tasks = tasks, max_steps = dataset.metadata['max_steps'])
+    env.reset(seed = dataset.seeds.tolist())
     if not (env.task_id == dataset.task_ids).all():
         raise ValueError("the dataset's seeds do not rebuild its tasks: was it made by generate_pinpad_demos?")
     horizon = int(dataset.episode_lens.max())
     valid = np.arange(horizon) < dataset.episode_lens[:, None]  # (E, T); stored rows are these steps, episode-major
-    actions = np.zeros(valid.shape, dtype=np.int64)  # padding steps replay action 0 on finished slots
+    actions = np.zeros(valid.shape, dtype = np.int64)  # padding steps replay action 0 on finished slots
     actions[valid] = dataset.actions
     optimal, fatal = np.zeros((*valid.shape, NUM_ACTIONS), bool), np.zeros((*valid.shape, NUM_ACTIONS), bool)
     onset = np.zeros(valid.shape, bool)
     for t in range(horizon):
         cost, fatal[:, t] = action_costs(env)
-        optimal[:, t] = cost == cost.min(axis=1, keepdims=True)
+        optimal[:, t] = cost == cost.min(axis = 1, keepdims = True)
         onset[:, t] = env.target % 2 == 0  # heading to a pair's first colour
         env.step(actions[:, t])
     return ActionSets(optimal[valid], fatal[valid], onset[valid])
@@ -101,41 +109,41 @@ def generate_pinpad_demos(
     `PinpadEnv(tasks).reset(seed=seeds[i])`.
     """
     if num_episodes < 1:
-        raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
-    env = VecPinpadEnv(num_envs, tasks=tasks, max_steps=max_steps)
+        raise ValueError(f'num_episodes must be >= 1, got {num_episodes}')
+    env = VecPinpadEnv(num_envs, tasks = tasks, max_steps = max_steps)
     seed_sequence, expert_sequence = np.random.SeedSequence(seed).spawn(2)
-    expert = PinpadExpert(epsilon, seed=expert_sequence)
+    expert = PinpadExpert(epsilon, seed = expert_sequence)
     episode_seeds = np.random.default_rng(seed_sequence)
     parts, failed = [], 0
-    with tqdm(total=num_episodes, desc="pinpad demos", unit="episode", disable=not progress) as bar:
+    with tqdm(total = num_episodes, desc = 'pinpad demos', unit = 'episode', disable = not progress) as bar:
         while sum(map(len, parts)) < num_episodes:
-            seeds = episode_seeds.integers(0, 2**63 - 1, size=num_envs)
+            seeds = episode_seeds.integers(0, 2 ** 63 - 1, size = num_envs)
             part = _expert_wave(env, expert, seeds)
             if len(part) == 0:  # would loop forever; only happens for extreme epsilon or max_steps
-                raise ValueError(f"no episode out of {num_envs} succeeded with epsilon={epsilon}, max_steps={max_steps}")
+                raise ValueError(f'no episode out of {num_envs} succeeded with epsilon={epsilon}, max_steps={max_steps}')
             failed += num_envs - len(part)
             parts.append(part.head(num_episodes - sum(map(len, parts))))
             bar.update(len(part))
-    metadata = {"env_name": ENV_ID, "max_steps": max_steps, "tasks": [list(t) for t in env.tasks], "num_actions": NUM_ACTIONS,
-                "subgoal_names": SUBGOAL_NAMES, "epsilon": float(epsilon), "seed": int(seed), "num_envs": num_envs,
-                "expert": "bfs_shortest_path", "failed_episodes_dropped": failed}
+    metadata = {'env_name': ENV_ID, 'max_steps': max_steps, 'tasks': [list(t) for t in env.tasks], 'num_actions': NUM_ACTIONS,
+                'subgoal_names': SUBGOAL_NAMES, 'epsilon': float(epsilon), 'seed': int(seed), 'num_envs': num_envs,
+                'expert': 'bfs_shortest_path', 'failed_episodes_dropped': failed}
     dataset = DemoDataset.concatenate(parts)
-    return replace(dataset, metadata={**dataset.metadata, **metadata})
+    return replace(dataset, metadata = {**dataset.metadata, **metadata})
 
 
 def _expert_wave(env: VecPinpadEnv, expert: PinpadExpert, seeds: np.ndarray) -> DemoDataset:
     """Run one episode per slot to the end; return the successful ones."""
-    obs, _ = env.reset(seed=seeds.tolist())
+    obs, _ = env.reset(seed = seeds.tolist())
     num, horizon = env.num_envs, env.max_steps
-    observations = np.zeros((num, horizon, OBS_DIM), dtype=bool)  # slot-major, so [valid] concatenates episodes
-    actions = np.zeros((num, horizon), dtype=np.int8)
-    subgoals = np.zeros((num, horizon), dtype=np.int8)
-    boundaries = np.zeros((num, horizon), dtype=bool)
+    observations = np.zeros((num, horizon, OBS_DIM), dtype = bool)  # slot-major, so [valid] concatenates episodes
+    actions = np.zeros((num, horizon), dtype = np.int8)
+    subgoals = np.zeros((num, horizon), dtype = np.int8)
+    boundaries = np.zeros((num, horizon), dtype = bool)
     for t in range(horizon):
         observations[:, t] = obs
         actions[:, t] = expert.act(env)
         obs, _, _, _, info = env.step(actions[:, t])
-        subgoals[:, t], boundaries[:, t] = info["subgoal"], info["boundary"]
+        subgoals[:, t], boundaries[:, t] = info['subgoal'], info['boundary']
         if env.done.all():
             break
     keep = env.succeeded
@@ -143,5 +151,5 @@ def _expert_wave(env: VecPinpadEnv, expert: PinpadExpert, seeds: np.ndarray) -> 
     valid = np.arange(horizon) < lens[:, None]
     return DemoDataset.from_steps(
         observations[keep][valid], actions[keep][valid], subgoals[keep][valid], boundaries[keep][valid],
-        episode_lens=lens, task_ids=env.task_id[keep], seeds=seeds[keep], metadata={},
+        episode_lens = lens, task_ids = env.task_id[keep], seeds = seeds[keep], metadata = {},
     )

@@ -14,7 +14,6 @@ from metacontroller.envs.babyai import MAX_STEPS, NUM_ACTIONS, OBS_DIM, POST_TRA
 from metacontroller.envs.babyai_demos import generate_babyai_demos
 from metacontroller.pipeline.adapter import EnvAdapter
 
-
 # preset -> {'section.field': value} applied on top of the pipeline's preset of that name
 BABYAI_OVERRIDES: dict[str, dict[str, Any]] = dict(
     smoke = {'data.pretrain_episodes': 128, 'data.discovery_episodes': 64, 'data.heldout_episodes': 32,

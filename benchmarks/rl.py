@@ -1,6 +1,6 @@
 """Throughput of the abstract-timescale rollout and time of one PPO update, gridworld sizes.
 
-    python -m metacontroller.rl.benchmark [--envs 64 256] [--threads 1] [--repeats 3] [--epochs 2]
+    python -m benchmarks.rl [--envs 64 256] [--threads 1] [--repeats 3] [--epochs 2]
 
 Model: Transformer d = 256, lower and upper body 3 blocks each (4 heads of 64,
 MLP 512 ReLU, relative position bias), 637-dim observation, 4 actions;
@@ -94,12 +94,14 @@ def kernel_share(model, meta, num_envs: int) -> float:
 
 def ppo_update_seconds(meta, batch, epochs: int) -> float:
     import copy
+
+    from metacontroller.distributed import adamw
     from metacontroller.rl import RLConfig
-    from metacontroller.rl.trainer import make_optimizer, policy_update, trajectory_advantages
+    from metacontroller.rl.trainer import policy_update, trajectory_advantages
 
     config = RLConfig(num_envs = len(batch.decisions), epochs = epochs)
     meta = copy.deepcopy(meta)
-    optimizer = make_optimizer(meta.policy.parameters(), config)
+    optimizer = adamw(meta.policy.parameters(), config.lr, config.weight_decay, config.betas)
     returns = torch.arange(len(batch.decisions), dtype = torch.float32) % 2   # any non-constant returns
     advantages = trajectory_advantages(returns)
     start = time.perf_counter()
