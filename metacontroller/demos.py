@@ -18,6 +18,12 @@ allow_pickle=False) holding the arrays
 and `metadata`, a uint8 array of UTF-8 JSON with at least format_version,
 library_version, obs_shape, obs_encoding ("packbits" or "raw"), plus what the
 producer records (env_name, tasks, epsilon, seed, ...).
+
+Optional metadata `condition_features` k: the last k features of a flat
+observation are the episode's condition (a goal, a mission), constant over it.
+Batches (`ConditionedDemoBatch`) then hold the observations without them and
+the condition (B, k), read at each episode's first step, for a model built
+with `dim_condition = k`.
 """
 from __future__ import annotations
 
@@ -47,6 +53,23 @@ class DemoBatch(NamedTuple):
     subgoals: torch.Tensor  # (B, T) long, NO_SUBGOAL padded
     boundaries: torch.Tensor  # (B, T) bool, False padded
     episode_lens: torch.Tensor  # (B,) long
+
+    @property
+    def condition(self) -> None:
+        """No condition: the dataset's metadata sets no `condition_features` (see `ConditionedDemoBatch`)."""
+        return None
+
+
+class ConditionedDemoBatch(NamedTuple):
+    """A DemoBatch (the same fields, in order) of a dataset whose observations end in the episode's condition:
+    observations hold the rest, condition the k = metadata["condition_features"] features cut off."""
+
+    observations: torch.Tensor  # (B, T, F - k)
+    actions: torch.Tensor
+    subgoals: torch.Tensor
+    boundaries: torch.Tensor
+    episode_lens: torch.Tensor
+    condition: torch.Tensor  # (B, k) float32, read at each episode's first step
 
 
 class ActionSets(NamedTuple):
@@ -92,6 +115,10 @@ class DemoDataset:
             raise ValueError(f"inconsistent dataset: observation rows of shape {self.observations.shape[1:]}, "
                              f"expected {stored_shape} for {self.metadata['obs_encoding']} observations of shape {shape}")
         self._check_actions()
+        k = self.metadata.get('condition_features', 0)
+        if k and not (isinstance(k, int) and len(shape) == 1 and 0 < k < shape[0]):
+            raise ValueError(f'inconsistent dataset: condition_features must be an int in [0, {shape[-1] if shape else 0}) '
+                             f'(the last features of a flat observation), got {k!r} for observations of shape {shape}')
         lens = self.episode_lens.astype(np.int64)
         object.__setattr__(self, 'offsets', np.cumsum(lens) - lens)
 
@@ -195,7 +222,7 @@ class DemoDataset:
         steps = np.arange(self.episode_lens[indices].max())
         return (self.offsets[indices][:, None] + steps)[steps < self.episode_lens[indices][:, None]]
 
-    def batch(self, indices: Sequence[int] | np.ndarray) -> DemoBatch:
+    def batch(self, indices: Sequence[int] | np.ndarray) -> DemoBatch | ConditionedDemoBatch:
         """Episodes `indices` as padded torch tensors."""
         indices = np.asarray(indices, dtype = np.int64)
         lens = self.episode_lens[indices].astype(np.int64)
@@ -208,13 +235,22 @@ class DemoDataset:
             return torch.from_numpy(out)
 
         actions = self.actions[rows]
-        return DemoBatch(
+        batch = DemoBatch(
             observations = padded(self.decode_observations(rows), 0),
             actions = padded(actions.astype(np.int64) if np.issubdtype(actions.dtype, np.integer) else actions, 0),
             subgoals = padded(self.subgoals[rows].astype(np.int64), NO_SUBGOAL),
             boundaries = padded(self.boundaries[rows], False),
             episode_lens = torch.from_numpy(lens),
         )
+        return self._split_condition(batch)
+
+    def _split_condition(self, batch: DemoBatch) -> DemoBatch | ConditionedDemoBatch:
+        """Observations (B, T, F) -> (B, T, F - k) and the (B, k) condition of each episode's first step."""
+        k = self.metadata.get('condition_features', 0)
+        if not k:
+            return batch
+        observations = batch.observations
+        return ConditionedDemoBatch(observations[..., :-k].contiguous(), *batch[1:], observations[:, 0, -k:].float())
 
     def iter_batches(self, batch_size: int, shuffle: bool = True, seed: int | None = None, drop_last: bool = False) -> Iterator[DemoBatch]:
         """One pass over the episodes in batches (shuffled by a generator seeded with `seed`)."""

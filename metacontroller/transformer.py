@@ -8,12 +8,19 @@
 The bodies are x-transformers `Decoder`s (kwargs dicts or modules). The lower
 body has no final norm, so e is the raw residual stream. Because the
 metacontroller sits between the bodies, the lower body never sees it: e is a
-fixed function of the observations and can be computed once per dataset.
+fixed function of the observations (and of the condition) and can be computed
+once per dataset.
+
+Task conditioning (off by default, `dim_condition`): one vector c per episode,
+constant over time (a goal, a mission), reaches every norm of both bodies
+through x-transformers' adaptive layer norms, LayerNorm(x)·(1 + W c) with W
+zero-initialised, so a fresh conditioned model starts as if c were absent.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, NamedTuple
 
 import torch
@@ -53,12 +60,14 @@ class TransformerCache:
     prev_hiddens: PrevHiddens
     batch: int
     length: int = 0
+    condition: Tensor | None = None   # (batch, dim_condition), given at the episode's first step
 
     def select(self, rows: Tensor) -> TransformerCache:
         """The cache of a subset of the batch (e.g. the episodes still running); consumes this cache."""
         meta = self.prev_hiddens.meta_controller
         meta = None if meta is None else MetaControllerStep(*(x[rows] for x in meta))
-        return TransformerCache(self.lower.select(rows), self.upper.select(rows), PrevHiddens(meta), len(rows), self.length)
+        condition = None if self.condition is None else self.condition[rows]
+        return TransformerCache(self.lower.select(rows), self.upper.select(rows), PrevHiddens(meta), len(rows), self.length, condition)
 
 
 @contextmanager
@@ -76,7 +85,7 @@ def frozen(*modules: nn.Module):
             p.requires_grad_(True)
 
 
-def build_body(dim: int, body: dict | nn.Module, **defaults) -> nn.Module:
+def build_body(dim: int, body: dict | nn.Module, dim_condition: int | None = None, **defaults) -> nn.Module:
     if isinstance(body, nn.Module):
         return body
     if not isinstance(body, dict):
@@ -84,7 +93,22 @@ def build_body(dim: int, body: dict | nn.Module, **defaults) -> nn.Module:
     # fused attention (SDPA) is faster and leaner than the einsum path, but x-transformers
     # does not combine it with T5 relative position bias
     defaults.setdefault('attn_flash', not body.get('rel_pos_bias', False))
+    if dim_condition is not None:   # only then: unconditioned bodies keep their exact modules and initial weights
+        defaults.update(use_adaptive_layernorm = not body.get('use_adaptive_rmsnorm', False), dim_condition = dim_condition)
     return Decoder(dim = dim, **{**defaults, **body})
+
+
+def check_body_condition(name: str, body: nn.Module, dim_condition: int | None):
+    """A body reads a condition exactly when the model has one, of the model's width."""
+    needs = getattr(body, 'need_condition', False)
+    if dim_condition is None and needs:
+        raise ValueError(f'{name} takes a condition (adaptive norms of width {body.dim_condition}): build the Transformer with '
+                         f'dim_condition = {body.dim_condition}')
+    if dim_condition is not None and not (needs and body.dim_condition == dim_condition):
+        given = f'adaptive norms of width {body.dim_condition}' if needs else 'no adaptive norms'
+        raise ValueError(f'dim_condition = {dim_condition} conditions both bodies through adaptive norms of that width, '
+                         f'but the {name} module has {given}: pass it as a dict, or build it with use_adaptive_layernorm = True, '
+                         f'dim_condition = {dim_condition}')
 
 
 class Transformer(Checkpointable, nn.Module):
@@ -99,19 +123,27 @@ class Transformer(Checkpointable, nn.Module):
         embed_past_action: bool = False,
         state_encoder: nn.Module | None = None,
         binary_state_readout: bool = False,
+        dim_condition: int | None = None,
     ):
         """state_encoder: optional module (..., *obs) -> (..., dim) whose output is added to the
         observation embedding, e.g. `metacontroller.egocentric.EgocentricEncoder` for grids.
         binary_state_readout: the observations are 0/1 features; predict o_{t+1} with Bernoulli
-        logits (`metacontroller.readouts.BinaryReadout`) instead of the readout's Gaussian."""
+        logits (`metacontroller.readouts.BinaryReadout`) instead of the readout's Gaussian.
+        dim_condition: condition the model on one vector per episode of this width (a goal or
+        task embedding): every entry point then takes `condition`, (batch, dim_condition)."""
         super().__init__()
+        if dim_condition is not None and (not isinstance(dim_condition, int) or isinstance(dim_condition, bool) or dim_condition < 1):
+            raise ValueError(f'dim_condition must be a positive int (the width of the condition vector) or None, got {dim_condition!r}')
         self.dim = dim
+        self.dim_condition = dim_condition
         self.embed_past_action = embed_past_action
         self.state_embed, self.state_readout = EmbedAndReadout(dim, **state_embed_readout)
         self.state_encoder = state_encoder
         self.action_embed, self.action_readout = EmbedAndReadout(dim, **action_embed_readout)
-        self.lower_body = build_body(dim, lower_body, pre_norm_has_final_norm = False)
-        self.upper_body = build_body(dim, upper_body)
+        self.lower_body = build_body(dim, lower_body, dim_condition, pre_norm_has_final_norm = False)
+        self.upper_body = build_body(dim, upper_body, dim_condition)
+        check_body_condition('lower body', self.lower_body, dim_condition)
+        check_body_condition('upper body', self.upper_body, dim_condition)
         if binary_state_readout:   # built last, so that the choice of head leaves every other initial weight as it is
             if self.state_embed.num_continuous == 0:
                 raise ValueError('binary_state_readout predicts 0/1 observation features: state_embed_readout must set num_continuous')
@@ -169,6 +201,25 @@ class Transformer(Checkpointable, nn.Module):
             if not actions.is_floating_point() or tuple(actions.shape) != (*batch_time, n):
                 raise ValueError(f'{what} must be a float tensor of shape {(*batch_time, n)}, got {actions.dtype} {tuple(actions.shape)}')
 
+    def _check_condition(self, condition, batch: int) -> Tensor | None:
+        """None without dim_condition; else the condition (batch, dim_condition) in the model's dtype."""
+        if condition is None and self.dim_condition is None:
+            return None
+        given = f'shape {tuple(condition.shape)} ({condition.dtype})' if torch.is_tensor(condition) else type(condition).__name__
+        if self.dim_condition is None:
+            raise ValueError(f'this model takes no condition (built with dim_condition = None), got a condition of {given}: '
+                             f'build it with Transformer(..., dim_condition = n) to condition it')
+        expected = (batch, self.dim_condition)
+        if condition is None:
+            raise ValueError(f'this model is conditioned (dim_condition = {self.dim_condition}): pass condition, a float tensor '
+                             f'of shape {expected} (batch, dim_condition), one vector per episode; got None')
+        if not torch.is_tensor(condition) or not condition.is_floating_point() or tuple(condition.shape) != expected:
+            raise ValueError(f'condition must be a float tensor of shape {expected} (batch, dim_condition), one vector per episode, '
+                             f'constant over time; got {given}')
+        if condition.mul(0).sum().isnan():
+            raise ValueError(f'condition must be finite, got {(~torch.isfinite(condition)).sum().item()} NaN or inf entries')
+        return condition.to(next(self.parameters()).dtype)
+
     def _valid_mask(self, episode_lens: Tensor | None, batch: int, time: int, device) -> Tensor:
         if episode_lens is None:
             return torch.ones(batch, time, dtype = torch.bool, device = device)
@@ -196,9 +247,12 @@ class Transformer(Checkpointable, nn.Module):
             return embed(state)
         return sparse_matmul(state, selector.continuous_selector.get_embed())
 
-    def _body(self, name: str) -> Callable[[Tensor], Tensor]:
-        """The sequence forward of a body: its fused forward where that matches x-transformers' (see fast_train)."""
+    def _body(self, name: str, condition: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+        """The sequence forward of a body: its fused forward where that matches x-transformers' (see fast_train).
+        With a condition, x-transformers' own forward: the fused one has no adaptive norms."""
         body = getattr(self, name)
+        if condition is not None:
+            return partial(body, condition = condition)
         if not fast_paths_enabled():
             return body
         cached = self._fused_bodies.get(name)
@@ -215,18 +269,20 @@ class Transformer(Checkpointable, nn.Module):
             tokens = tokens + shift_right(self.action_embed(actions))
         return tokens
 
-    def residual_stream(self, state: Tensor, actions: Tensor | None = None) -> Tensor:
+    def residual_stream(self, state: Tensor, actions: Tensor | None = None, condition: Tensor | None = None) -> Tensor:
         """e at the cut between the bodies: (b, t, d)."""
         self._check_states(state)
-        return self._body('lower_body')(self.embed(state, actions))
+        condition = self._check_condition(condition, state.shape[0])
+        return self._body('lower_body', condition)(self.embed(state, actions))
 
-    def layer_residuals(self, state: Tensor, actions: Tensor | None = None) -> list[Tensor]:
+    def layer_residuals(self, state: Tensor, actions: Tensor | None = None, condition: Tensor | None = None) -> list[Tensor]:
         """The residual stream before each transformer layer and after the last: L + 1 tensors (b, t, d)."""
         self._check_states(state)
+        condition = self._check_condition(condition, state.shape[0])
         streams = []
         x = self.embed(state, actions)
         for body in (self.lower_body, self.upper_body):
-            out, inter = body(x, return_hiddens = True)
+            out, inter = body(x, return_hiddens = True, condition = condition)
             streams += list(inter.hiddens)   # x-transformers keeps one hidden per block (attention + MLP)
             x = inter.last_hidden if body is self.upper_body else out
         return streams + [x]
@@ -238,23 +294,25 @@ class Transformer(Checkpointable, nn.Module):
         *,
         stream: Tensor | None = None,
         intervention: Callable[[Tensor], Tensor] | None = None,
+        condition: Tensor | None = None,
     ) -> Tensor:
         """The base model's sequence forward to the action logits (b, t, num_actions), with gradients.
 
         `stream` may hold a precomputed residual stream e (it depends only on the data);
         `intervention` maps e (b, t, d) to the ê the upper body reads, as in `step`."""
         if stream is None:
-            stream = self.residual_stream(state, actions)
+            stream = self.residual_stream(state, actions, condition)
+        condition = self._check_condition(condition, stream.shape[0])
         if intervention is not None:
             stream = intervention(stream)
-        return self.action_readout(self._body('upper_body')(stream))
+        return self.action_readout(self._body('upper_body', condition)(stream))
 
     def _readout_losses(self, hidden, state, actions, mask) -> tuple[Tensor, Tensor]:
         action_loss = self.action_readout(hidden, targets = actions, loss_mask = mask)
         state_loss = self.state_readout(hidden[:, :-1], targets = state[:, 1:], loss_mask = mask[:, 1:])
         return state_loss, action_loss
 
-    def _prepare(self, state, actions, episode_lens):
+    def _prepare(self, state, actions, episode_lens, condition):
         self._check_states(state)
         if actions is None:
             raise ValueError('actions are required for behaviour cloning and discovery (they are the targets)')
@@ -263,13 +321,13 @@ class Transformer(Checkpointable, nn.Module):
         self._check_actions(actions, (b, t), mask = mask)
         if actions.dtype in (torch.int64, torch.int32):
             actions = actions.masked_fill(~mask, 0)  # padding may hold anything; keep it a valid id
-        return actions, mask
+        return actions, mask, self._check_condition(condition, b)
 
     def behaviour_cloning_losses(self, state: Tensor, actions: Tensor, episode_lens: Tensor | None = None,
-                                 predict_state: bool = True) -> BehaviourCloningLosses:
+                                 predict_state: bool = True, condition: Tensor | None = None) -> BehaviourCloningLosses:
         """predict_state = False skips the next-observation readout (its loss is None): at λ = 0 it is pure cost."""
-        actions, mask = self._prepare(state, actions, episode_lens)
-        hidden = self._body('upper_body')(self._body('lower_body')(self.embed(state, actions)))
+        actions, mask, condition = self._prepare(state, actions, episode_lens, condition)
+        hidden = self._body('upper_body', condition)(self._body('lower_body', condition)(self.embed(state, actions)))
         if not predict_state:
             return BehaviourCloningLosses(None, self.action_readout(hidden, targets = actions, loss_mask = mask))
         return BehaviourCloningLosses(*self._readout_losses(hidden, state, actions, mask))
@@ -282,22 +340,23 @@ class Transformer(Checkpointable, nn.Module):
         episode_lens: Tensor | None = None,
         stream: Tensor | None = None,
         force_beta: Tensor | float | None = None,
+        condition: Tensor | None = None,
     ) -> DiscoveryLosses:
         """Discovery objective with the base frozen: no gradient is computed for its weights.
 
-        `stream` may hold a precomputed residual stream (it depends only on the data).
+        `stream` may hold a precomputed residual stream (it depends only on the data and the condition).
         """
         self.check_meta_controller(meta_controller)
-        actions, mask = self._prepare(state, actions, episode_lens)
+        actions, mask, condition = self._prepare(state, actions, episode_lens, condition)
         if stream is None:
             with torch.no_grad():
-                stream = self._body('lower_body')(self.embed(state, actions))
+                stream = self._body('lower_body', condition)(self.embed(state, actions))
 
         # under bf16 autocast only the bodies run in bf16: the metacontroller's hand-written recurrences are fp32
         with torch.autocast(stream.device.type, enabled = False):
             out = meta_controller(stream.float(), episode_lens, force_beta)
         with frozen(*self.base_modules()):
-            hidden = self._body('upper_body')(out.controlled)
+            hidden = self._body('upper_body', condition)(out.controlled)
             state_loss, action_loss = self._readout_losses(hidden, state, actions, mask)
 
         maskf = mask.to(out.kl.dtype)
@@ -326,6 +385,7 @@ class Transformer(Checkpointable, nn.Module):
         force_beta: float | None = None,
         deterministic: bool = False,
         intervention: Callable[[Tensor], Tensor] | None = None,
+        condition: Tensor | None = None,
     ) -> tuple[Tensor, TransformerCache]:
         """One step for a batch of environments: state (b, 1, ...), past action a_{t-1} (b, 1) or (b,).
 
@@ -334,6 +394,8 @@ class Transformer(Checkpointable, nn.Module):
         without torch.no_grad() around the call; train with the sequence forward.
         `intervention` maps e_t (b, d) at the cut to the ê_t the upper body reads, in place
         of a metacontroller (e.g. ground-truth subgoal controllers, or a steering vector).
+        `condition` (b, dim_condition) is required at an episode's first step and kept in the
+        cache (and `cache.select`): later steps may leave it out.
         """
         self._check_states(state, 'one_state')
         if state.shape[1] != 1:
@@ -347,6 +409,7 @@ class Transformer(Checkpointable, nn.Module):
         if cache is not None and cache.batch != b:
             raise ValueError(f'the cache holds {cache.batch} episodes but one_state has {b}: step them all together, '
                              f'or keep some with cache.select(rows)')
+        condition = cache.condition if cache is not None and condition is None else self._check_condition(condition, b)
 
         lower, upper = self._step_decoder('lower_body'), self._step_decoder('upper_body')
         # no graph through the frozen base: the plan also writes its KV buffers in place
@@ -358,7 +421,7 @@ class Transformer(Checkpointable, nn.Module):
                 tokens = tokens + self.action_embed(past_action)
             if cache is None:
                 cache = TransformerCache(lower.init_state(b, tokens), upper.init_state(b, tokens), PrevHiddens(None), b)
-            stream = lower.step(tokens, cache.lower)
+            stream = lower.step(tokens, cache.lower, condition)
 
         meta = None
         if meta_controller is not None:
@@ -368,8 +431,8 @@ class Transformer(Checkpointable, nn.Module):
             stream = intervention(stream)
 
         with torch.no_grad():
-            logits = self.action_readout(upper.step(stream, cache.upper)[:, None])
-        return logits, TransformerCache(cache.lower, cache.upper, PrevHiddens(meta), b, cache.length + 1)
+            logits = self.action_readout(upper.step(stream, cache.upper, condition)[:, None])
+        return logits, TransformerCache(cache.lower, cache.upper, PrevHiddens(meta), b, cache.length + 1, condition)
 
     def forward(
         self,
@@ -383,23 +446,26 @@ class Transformer(Checkpointable, nn.Module):
         return_cache: bool = False,
         force_beta: Tensor | float | None = None,
         predict_state: bool = True,
+        condition: Tensor | None = None,
     ):
         """Three modes, one return type each:
 
         - behaviour cloning: model(state, actions[, predict_state = False]) -> BehaviourCloningLosses
         - discovery: model(state, actions, meta_controller = mc, discovery_phase = True) -> DiscoveryLosses
         - stepping: model(one_state, past_action, cache = cache, return_cache = True) -> (logits, cache)
+
+        A model built with dim_condition takes `condition` (b, dim_condition) in every mode.
         """
         if cache is not None or return_cache:
-            logits, cache = self.step(state, actions, cache, meta_controller, force_beta)
+            logits, cache = self.step(state, actions, cache, meta_controller, force_beta, condition = condition)
             return (logits, cache) if return_cache else logits
         if discovery_phase:
             if meta_controller is None:
                 raise ValueError('discovery_phase = True needs a meta_controller')
-            return self.discovery_losses(state, actions, meta_controller, episode_lens, force_beta = force_beta)
+            return self.discovery_losses(state, actions, meta_controller, episode_lens, force_beta = force_beta, condition = condition)
         if meta_controller is not None:
             raise ValueError('a meta_controller over a whole sequence is only used in discovery (discovery_phase = True); step with return_cache = True for control')
-        return self.behaviour_cloning_losses(state, actions, episode_lens, predict_state)
+        return self.behaviour_cloning_losses(state, actions, episode_lens, predict_state, condition)
 
     # evolution strategies
 

@@ -1,10 +1,13 @@
 """BabyAI: the observation encoding, the bot's demonstrations, the batched env and the smoke pipeline."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from minigrid.core.constants import COLOR_NAMES
 
+from metacontroller import Transformer
 from metacontroller.demos import DemoDataset
 from metacontroller.envs.babyai import (
     CONNECTORS,
@@ -12,10 +15,12 @@ from metacontroller.envs.babyai import (
     KINDS,
     LEVELS,
     MISSION_DIM,
+    NUM_ACTIONS,
     OBJECT_TYPES,
     OBS_DIM,
     POST_TRAINING_LEVEL,
     PRETRAINING_LEVELS,
+    SCENE_DIM,
     SLOT_DIM,
     SUBGOAL_NAMES,
     VecBabyAIEnv,
@@ -25,6 +30,8 @@ from metacontroller.envs.babyai import (
 from metacontroller.envs.babyai_demos import generate_babyai_demos
 from metacontroller.pipeline import cli
 from metacontroller.pipeline.adapters.babyai import BABYAI_OVERRIDES, babyai_adapter
+from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
+from metacontroller.rl import evaluate
 
 ALL_LEVELS = (*PRETRAINING_LEVELS, POST_TRAINING_LEVEL)
 
@@ -143,3 +150,53 @@ def test_live_subgoal_agrees_with_the_bots_labels(demos):
         env.step(np.where(live, batch.actions[:, t].numpy(), 0))
     assert np.concatenate(agree).mean() > 0.9   # 0.96 on these 48 episodes
     assert (env.subgoal == -1).all()   # every episode ended
+
+
+# ---------------------------------------------------------------- the mission as a condition (--model.task_condition)
+
+
+def test_mission_condition_mode_gives_the_mission_apart_from_the_observation(demos, tmp_path):
+    seeds = [0, 1, 2, 3]
+    full, scene = VecBabyAIEnv(4, ALL_LEVELS), VecBabyAIEnv(4, ALL_LEVELS, mission_condition = True)
+    (obs, _), (scene_obs, info) = full.reset(seed = seeds), scene.reset(seed = seeds)
+    assert scene_obs.shape == (4, SCENE_DIM) and info['condition'].shape == (4, MISSION_DIM) and info['condition'].dtype == np.float32
+    np.testing.assert_array_equal(scene_obs, obs[:, :SCENE_DIM])
+    np.testing.assert_array_equal(info['condition'], obs[:, SCENE_DIM:])
+    actions = np.array([2, 0, 1, 2])
+    np.testing.assert_array_equal(scene.step(actions)[0], full.step(actions)[0][:, :SCENE_DIM])
+
+    # the same stored demos; batches hold the scene as observations and the mission of each episode as condition
+    assert generate_babyai_demos(2, mission_condition = True, progress = False).metadata['condition_features'] == MISSION_DIM
+    replace(demos, metadata = {**demos.metadata, 'condition_features': MISSION_DIM}).save(tmp_path / 'demos.npz')
+    split, whole = DemoDataset.load(tmp_path / 'demos.npz').batch(np.arange(6)), demos.batch(np.arange(6))
+    assert torch.equal(split.observations, whole.observations[..., :SCENE_DIM]) and whole.condition is None
+    assert torch.equal(split.condition, whole.observations[:, 0, SCENE_DIM:])
+    lens = whole.episode_lens
+    assert all(torch.equal(whole.observations[i, :n, SCENE_DIM:], split.condition[i].expand(n, -1)) for i, n in enumerate(lens.tolist()))
+
+    adapter = babyai_adapter().with_task_condition(True)
+    assert (adapter.obs_dim, adapter.dim_condition) == (SCENE_DIM, MISSION_DIM) and babyai_adapter().with_task_condition(False).dim_condition is None
+    with pytest.raises(ValueError, match = '--model.task_condition: pinpad has no task'):
+        pinpad_adapter().with_task_condition(True)
+
+
+def test_a_mission_conditioned_model_trains_and_acts_in_babyai(demos):
+    body = dict(depth = 1, heads = 2, attn_dim_head = 8)
+    model = Transformer(16, action_embed_readout = dict(num_discrete = NUM_ACTIONS), state_embed_readout = dict(num_continuous = SCENE_DIM),
+                        lower_body = body, upper_body = body, dim_condition = MISSION_DIM)
+    batch = replace(demos, metadata = {**demos.metadata, 'condition_features': MISSION_DIM}).batch(np.arange(8))
+    losses = model(batch.observations, batch.actions, episode_lens = batch.episode_lens, condition = batch.condition)
+    losses.action.backward()
+    assert model.upper_body.layers[0][0][0].to_gamma.weight.grad.abs().sum() > 0
+    stats = evaluate(model.eval(), lambda n: VecBabyAIEnv(n, (POST_TRAINING_LEVEL,), mission_condition = True), 4, max_steps = 8)
+    assert 0 <= stats.success <= 1 and stats.mean_length <= 8
+
+
+def test_smoke_pipeline_with_the_mission_as_condition(tmp_path):
+    """--model.task_condition reaches every phase: demos' batches, pretraining, probes, control, discovery and RL."""
+    result = cli.main(babyai_adapter(), ['--preset', 'smoke', '--run-dir', str(tmp_path / 'run'), '--no-progress', '--threads', '1',
+                                         '--model.task_condition', 'true'])
+    assert result['config']['model']['task_condition'] and set(result['rl']) == {'internal', 'raw_action', 'no_temporal_abstraction'}
+    assert DemoDataset.load(tmp_path / 'run' / 'data' / 'pretrain.npz').metadata['condition_features'] == MISSION_DIM
+    model = Transformer.init_and_load(tmp_path / 'run' / 'pretrain' / 'model.pt')
+    assert model.dim_condition == MISSION_DIM and model.state_embed.num_continuous == SCENE_DIM

@@ -124,6 +124,22 @@ def test_fused_decoder_matches_x_transformers_forward_and_gradients():
     assert_same(value_and_grads(lambda: fused(x), module), value_and_grads(lambda: decoder(x), module))
 
 
+def test_fused_body_reads_weights_written_through_data():
+    """The model keeps its fused forward across calls: it must read the live parameters, not copies."""
+    model = grid_transformer()
+    x = torch.randn(2, 7, DIM)
+    fused = model._body('upper_body')
+    assert isinstance(fused, FusedDecoder)
+    before = fused(x)
+    with torch.no_grad():
+        for p in model.upper_body.parameters():
+            getattr(p.data, 'copy_' if p.ndim > 1 else 'add_')(0.3 * torch.randn_like(p))
+    assert model._body('upper_body') is fused
+    after = fused(x)
+    assert torch.allclose(after, model.upper_body(x), atol = 1e-5)
+    assert not torch.allclose(before, after)
+
+
 @pytest.mark.parametrize('kwargs', [dict(rotary_pos_emb = True), dict(scale_residual = True), dict(attn_gate_values = True), dict(ff_dropout = 0.1)])
 def test_fused_decoder_refuses_what_it_does_not_compute(kwargs):
     decoder = Decoder(dim = DIM, depth = 1, heads = 2, attn_dim_head = 8, **kwargs)

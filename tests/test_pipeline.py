@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from metacontroller.envs.pinpad_expert import generate_pinpad_demos, pinpad_action_sets
+from metacontroller.pipeline import steering
 from metacontroller.pipeline.adapters.babyai import babyai_adapter
 from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 from metacontroller.pipeline.aggregate import aggregate
@@ -16,13 +17,13 @@ from metacontroller.pipeline.cli import main
 from metacontroller.pipeline.config import PRESETS, smoke_config, validate
 from metacontroller.pipeline.files import read_json, run_lock, write_json
 from metacontroller.pipeline.metrics import beta_binary_fraction, match_switches, switch_counts
-from metacontroller.pipeline.models import build_transformer
+from metacontroller.pipeline.models import build_meta_controller, build_transformer
 from metacontroller.pipeline.phases import PHASES
 from metacontroller.pipeline.pretrain import imitation_metrics
 
 PHASE_FILES = ['config.json', 'results.json', 'run.log', 'data/pretrain.npz', 'data/discovery.npz', 'pretrain/model.pt', 'control/controller.pt',
                'discover/meta_controller.pt', 'rl/meta_controller.pt', 'baselines/raw_action_model.pt',
-               'switches.png', 'probe.png', 'rl_curves.png', 'fig1.png']
+               'switches.png', 'probe.png', 'rl_curves.png', 'fig1.png', 'rate_distortion.png']
 
 
 def run(tmp_path, *flags):
@@ -59,10 +60,16 @@ def test_smoke_pipeline_writes_everything(smoke_run):
     for tasks in ('post_task', 'pretraining_tasks'):
         assert {kind: 0 <= control[tasks][kind]['success'] <= 1 for kind in ('base', 'controlled')} == {'base': True, 'controlled': True}
     assert set(on_disk['discovery']) >= {'switch_f1', 'switches_per_episode', 'beta_binary_fraction', 'action_nll', 'kl'}
+    steer = on_disk['discovery']['steering']   # first subgoal entered: base alone, then each subgoal's code held
+    assert all(len(steer[row]) == 5 and abs(sum(steer[row]) - 1) < 1e-6 for row in ('base', *'ABCD'))
+    assert steer['hit_rate'] == np.mean([steer[x][i] for i, x in enumerate('ABCD')])
+    sweep = on_disk['discovery']['alpha_sweep']   # the rate-distortion table: --discovery.alpha, then the sweep
+    assert [p['alpha'] for p in sweep] == [0.05, 0.5] and on_disk['discovery']['alpha'] == 0.05
+    assert all({'action_nll', 'kl', 'switch_f1', 'switches_per_episode'} <= set(p) for p in sweep)
     for name in ('internal', 'raw_action', 'no_temporal_abstraction'):
         entry = on_disk['rl'][name]
         assert entry['episodes'] > 0 and entry['curve'] and entry['eval_episodes'] >= 1
-        assert 0 <= entry['success'] <= 1
+        assert 0 <= entry['success'] <= 1 and entry['initial_success'] == entry['curve'][0][1]
     assert on_disk['wall_time_s'] > 0
     assert all(math.isfinite(x) for x in numbers({k: v for k, v in on_disk.items() if k != 'config'}))
 
@@ -115,12 +122,46 @@ def test_changed_settings_need_force_or_a_new_folder(smoke_run):
     (['--data.pretrain_epsilon', '1.5'], '--data.pretrain_epsilon must be a probability, <= 1, got 1.5'),
     (['--rl.clip', '0'], '--rl.clip must be finite and > 0, got 0.0'),
     (['--rl.num_envs', '0', '--rl.epochs', '0'], '--rl.num_envs must be >= 1, got 0; --rl.epochs must be >= 1, got 0'),
+    (['--rl.task', 'ABX'], "--rl.task: subgoal names must be a non-empty string over 'ABCD', got 'ABX'"),
+    (['--discovery.select_alpha', 'best'], "--discovery.select_alpha must be one of fixed, switch_f1, got 'best'"),
 ])
 def test_bad_flags_are_rejected_before_any_work(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit):
         run(tmp_path, *flags)
     assert message in capsys.readouterr().err
     assert not (tmp_path / 'run').exists()   # no config.json, no phase ran
+
+
+def test_another_held_out_task_runs_end_to_end(tmp_path):
+    """--rl.task reaches every phase that uses the held-out task: its demos, the plots' episodes, RL."""
+    result = run(tmp_path, '--rl.task', 'ACBD', '--discovery.select_alpha', 'switch_f1')
+    post = np.load(tmp_path / 'run' / 'data' / 'post_task.npz')
+    first = post['subgoals'][:post['episode_lens'][0]]
+    assert ''.join('ABCD'[g] for i, g in enumerate(first) if i == 0 or g != first[i - 1]) == 'ACBD'
+    assert 'post-training task (ACBD)' in read_json(tmp_path / 'run' / 'discover' / 'figures.json')['episodes']
+    sweep = result['discovery']['alpha_sweep']
+    assert result['discovery']['alpha'] == max(sweep, key = lambda p: p['switch_f1'])['alpha']
+    assert result['discovery']['selected_by'] == 'switch_f1' and 0 <= result['rl']['internal']['success'] <= 1
+
+
+def test_steering_rows_share_their_episodes():
+    """With the control switched off (c = 0) every injected code leaves the base as it is: on the same
+    seeded episodes each row must then equal the base's, entry for entry."""
+    adapter, config = pinpad_adapter(), smoke_config()
+    model = build_transformer(adapter, config.model).eval()
+    meta = build_meta_controller(config.model.dim, config.discovery)
+    meta.control_scale = 0.
+    table = steering.steering_table(model, meta, torch.randn(4, config.discovery.dim_latent), 'ABCD',
+                                    adapter.make_envs(adapter.pretraining_tasks), 24, seed = 3)
+    assert all(table[x] == table['base'] for x in 'ABCD') and table['hit_rate'] == table['base_rate']
+    assert abs(sum(table['base']) - 1) < 1e-6 and table['base'][-1] < 1   # some episodes entered a subgoal
+
+
+def test_a_fixed_held_out_task_cannot_be_changed():
+    adapter = babyai_adapter()
+    assert adapter.with_post_task('') is adapter and adapter.with_post_task(adapter.post_task_name) is adapter
+    with pytest.raises(ValueError, match = 'babyai has one post-training task'):
+        babyai_adapter().with_post_task('ABCD')
 
 
 @pytest.mark.parametrize('adapter', [pinpad_adapter(), babyai_adapter()], ids = ['pinpad', 'babyai'])
@@ -202,7 +243,7 @@ def test_seeds_aggregate_to_median_and_quartiles(smoke_run, tmp_path):
     out = aggregate(tmp_path, seed_dirs, 'ABCD')
     success = out['rl']['internal']['success']
     assert success['q25'] <= success['median'] <= success['q75'] and len(success['per_seed']) == 3
-    assert (tmp_path / 'rl_curves.png').is_file() and (tmp_path / 'fig1.png').is_file()
+    assert all((tmp_path / name).is_file() for name in ('rl_curves.png', 'fig1.png', 'rate_distortion.png'))
     assert json.loads((tmp_path / 'results.json').read_text())['seeds'] == [0, 0, 0]
 
 

@@ -179,6 +179,37 @@ def test_step_decoder_sees_updates_through_data(model):
     assert not torch.allclose(before, after)
 
 
+@pytest.mark.parametrize('write', ['copy_', 'add_'])
+@pytest.mark.parametrize('body', [dict(rel_pos_bias = True), dict(rotary_pos_emb = True)])   # fast plan, fallback
+def test_rollout_after_a_data_write_steps_on_the_new_weights(write, body):
+    """Every step of the rollout after a `.data` write (no version bump) equals the full forward."""
+    model = Transformer(
+        dim = DIM, action_embed_readout = dict(num_discrete = ACTIONS), state_embed_readout = dict(num_continuous = STATE),
+        lower_body = dict(depth = 1, heads = 2, **body), upper_body = dict(depth = 1, heads = 2, **body),
+    ).eval()
+    state = torch.randn(2, 5, STATE)
+
+    def rollout():
+        cache, stepped = None, []
+        for t in range(5):
+            logits, cache = model(state[:, t:t + 1], None, cache = cache, return_cache = True)
+            stepped.append(logits)
+        return torch.cat(stepped, 1)
+
+    with torch.no_grad():
+        before = rollout()
+        # a key projection (feeds the KV cache) and an MLP weight (feeds only the step) in each body
+        params = [p for b in (model.lower_body, model.upper_body) for p in (b.layers[0][1].to_k.weight, b.layers[1][1].ff[0][0].weight)]
+        versions = [p._version for p in params]
+        for p in params:
+            getattr(p.data, write)(0.5 * torch.randn_like(p))
+        assert [p._version for p in params] == versions   # the write is invisible to version counters
+        after = rollout()
+        assert torch.allclose(after, model.action_logits(state), atol = 1e-5)
+    assert not torch.allclose(before, after)
+    assert model._step_decoder('lower_body').is_fast == ('rotary_pos_emb' not in body)
+
+
 def test_layer_residuals_cover_every_layer(batch):
     state, _, _ = batch
     body = dict(depth = 2, heads = 2)

@@ -23,6 +23,12 @@ Observation (one encoding for data, training and RL; `OBS_DIM` = 1009 floats):
 The mission is read from the level's instruction tree, not its text: a bag of
 words would lose which colour goes with which object and which comes first,
 and the bot's behaviour would not be a function of the observation.
+
+Mission as a condition (`VecBabyAIEnv(mission_condition = True)`): the
+observation is the image and heading only (`SCENE_DIM` = 984), and the mission
+code comes once per episode from the reset, `info['condition']` (N, 25), for a
+model built with `dim_condition = MISSION_DIM`. Demonstrations keep the full
+observation (see `generate_babyai_demos`).
 """
 from __future__ import annotations
 
@@ -52,7 +58,8 @@ IMAGE_CHANNELS = (len(OBJECT_TO_IDX), len(COLOR_NAMES), len(STATE_TO_IDX))   # (
 IMAGE_DIM = VIEW * VIEW * sum(IMAGE_CHANNELS)                               # 980
 SLOT_DIM = len(KINDS) + len(COLOR_NAMES) + len(OBJECT_TYPES)                 # 11
 MISSION_DIM = MAX_INSTRUCTIONS * SLOT_DIM + len(CONNECTORS)                  # 25
-OBS_DIM = IMAGE_DIM + 4 + MISSION_DIM                                        # 1009
+SCENE_DIM = IMAGE_DIM + 4                                                    # 984: the observation without the mission
+OBS_DIM = SCENE_DIM + MISSION_DIM                                            # 1009
 
 # Ground-truth subgoal label = 2 · slot + kind of the instruction being pursued:
 # lower case the mission's first instruction, upper case its second.
@@ -194,12 +201,16 @@ class VecBabyAIEnv:
     reset(seed = [ints]) -> (obs (N, OBS_DIM) float32, info); step(actions (N,)) ->
     (obs, reward (N,) float32, terminated (N,), truncated (N,), info). Finished slots
     ignore their actions and keep their last observation. Reward is BabyAI's
-    1 - 0.9 · t / max_steps on success, else 0; info['success'] (N,) bool."""
+    1 - 0.9 · t / max_steps on success, else 0; info['success'] (N,) bool.
+    With `mission_condition`, obs is (N, SCENE_DIM) and reset's info['condition'] the
+    missions (N, MISSION_DIM) float32: the contract of a conditioned model's rollouts."""
 
-    def __init__(self, num_envs: int, tasks: Sequence[str] = PRETRAINING_LEVELS, max_steps: int = MAX_STEPS):
+    def __init__(self, num_envs: int, tasks: Sequence[str] = PRETRAINING_LEVELS, max_steps: int = MAX_STEPS,
+                 mission_condition: bool = False):
         if num_envs < 1:
             raise ValueError(f'num_envs must be >= 1, got {num_envs}')
         self.num_envs, self.tasks, self.max_steps = num_envs, validate_levels(tasks), max_steps
+        self.mission_condition = mission_condition
         self.envs = [SequenceLevel(max_steps) for _ in range(num_envs)]
         self.obs = np.zeros((num_envs, OBS_DIM), dtype = np.float32)
         self.done = np.ones(num_envs, dtype = bool)
@@ -211,6 +222,9 @@ class VecBabyAIEnv:
         for slot, s in enumerate(seed):
             self.obs[slot], self.task_id[slot] = reset_episode(self.envs[slot], self.tasks, s)
         self.done[:] = False
+        if self.mission_condition:
+            scene, mission = self.obs[:, :SCENE_DIM], self.obs[:, SCENE_DIM:]
+            return scene.copy(), {'task_id': self.task_id.copy(), 'condition': mission.copy()}
         return self.obs.copy(), {'task_id': self.task_id.copy()}
 
     def step(self, actions: np.ndarray):
@@ -224,7 +238,8 @@ class VecBabyAIEnv:
             obs, reward[slot], terminated[slot], truncated[slot], _ = env.step(int(actions[slot]))
             self.obs[slot] = encode_obs(env, obs)
         self.done |= terminated | truncated
-        return self.obs.copy(), reward, terminated, truncated, {'success': reward > 0}
+        obs = self.obs[:, :SCENE_DIM] if self.mission_condition else self.obs
+        return obs.copy(), reward, terminated, truncated, {'success': reward > 0}
 
     @property
     def subgoal(self) -> np.ndarray:

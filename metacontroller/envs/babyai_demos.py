@@ -12,6 +12,10 @@ toggle or done: toggling a box destroys it and makes the mission unsolvable.
 Episode k of a call is played from seed `episode_seed(seed, k)`: attempts are
 cut into fixed chunks, so the dataset depends only on the arguments, whatever
 the number of worker processes. Only successful episodes are kept.
+
+With `mission_condition` the stored observations are the same, and the dataset's
+metadata says that their last MISSION_DIM features are the episode's condition:
+its batches hold the scene as observations and the mission as `condition`.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from metacontroller.demos import DemoDataset
 from metacontroller.envs.babyai import (
     KINDS,
     MAX_STEPS,
+    MISSION_DIM,
     MOVE_ACTIONS,
     NUM_ACTIONS,
     OBS_DIM,
@@ -119,7 +124,8 @@ def to_dataset(episodes: list[Episode]) -> DemoDataset:
 
 
 def generate_babyai_demos(num_episodes: int, tasks: Sequence[str] = PRETRAINING_LEVELS, epsilon: float = 0., seed: int = 0,
-                          max_steps: int = MAX_STEPS, workers: int = 1, progress: bool = True) -> DemoDataset:
+                          max_steps: int = MAX_STEPS, workers: int = 1, progress: bool = True,
+                          mission_condition: bool = False) -> DemoDataset:
     """`num_episodes` successful bot episodes on levels drawn uniformly from `tasks` (level names)."""
     if num_episodes < 1:
         raise ValueError(f'num_episodes must be >= 1, got {num_episodes}')
@@ -146,4 +152,6 @@ def generate_babyai_demos(num_episodes: int, tasks: Sequence[str] = PRETRAINING_
     metadata = dict(env_name = 'babyai', levels = list(levels), tasks = list(levels), subgoal_names = SUBGOAL_NAMES, num_actions = NUM_ACTIONS,
                     max_steps = max_steps, epsilon = float(epsilon), seed = int(seed), expert = 'minigrid BabyAIBot',
                     attempts = attempts, bot_success_rate = len(kept) / attempts)
+    if mission_condition:
+        metadata['condition_features'] = MISSION_DIM
     return replace(dataset, metadata = {**dataset.metadata, **metadata})

@@ -231,6 +231,8 @@ class VecPinpadEnv(VectorEnv):
       boundary (N,) bool: this step starts a new subgoal: the episode's first
                step (t = 0 counts) or subgoal != the previous step's subgoal.
       success  (N,) bool: the episode ended with the task completed.
+      entered_subgoal (N,) int: pair (0..3) of the colour cell the agent entered,
+               -1 none; a colour other than the target ends the episode.
       progress (N,) int: task colours visited so far.
       task_id  (N,) int: index into `tasks` (-1 for a task given via options).
     With `autoreset=True` finished slots are reset in the same call (gymnasium
@@ -445,7 +447,8 @@ class VecPinpadEnv(VectorEnv):
         self._obs[slots, new * NUM_CHANNELS + AGENT_CHANNEL] = 1.0
         self.trail[slots, new] = True
         self.agent_cell = new
-        info = {'subgoal': subgoal, 'boundary': boundary, 'success': success,
+        entered = np.where(colour >= 0, colour // 2, -1)
+        info = {'subgoal': subgoal, 'boundary': boundary, 'success': success, 'entered_subgoal': entered,
                 'progress': self.progress.copy(), 'task_id': self.task_id}
         self.done |= terminated | truncated
         if self.autoreset and self.done.any():

@@ -5,7 +5,7 @@ sees it through this object, handed to the command line (`cli.run_cli`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Callable, Mapping, Sequence
 
@@ -31,10 +31,38 @@ class EnvAdapter:
     expert_action_sets: Callable[[DemoDataset], ActionSets] | None = None
     # preset name -> {'section.field': value} on top of the pipeline's preset: sizes and budgets for this env
     preset_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory = dict)
+    # subgoal names -> task (raising ValueError on a bad name), for `--rl.task`; None: the post task is fixed
+    parse_task: Callable[[str], Task] | None = None
+    # env.step reports info['entered_subgoal'], so discovery runs the steering check (`pipeline.steering`)
+    reports_entered_subgoal: bool = False
+    # width of the task condition the base model is given (its demos' batches and env resets carry it); None: none
+    dim_condition: int | None = None
+    # () -> this env with its task as a condition vector instead of in the observation, for `--model.task_condition`
+    task_conditioned: Callable[[], EnvAdapter] | None = None
 
     def preset(self, name: str) -> PipelineConfig:
         """The pipeline's preset `name` with this environment's overrides."""
         return override(preset(name), self.preset_overrides.get(name, {}))
+
+    def with_post_task(self, name: str) -> EnvAdapter:
+        """This adapter with the held-out task `name` (subgoal names, e.g. 'ACBD'); '' keeps its own."""
+        if not name or name == self.post_task_name:
+            return self
+        if self.parse_task is None:
+            raise ValueError(f'--rl.task: {self.name} has one post-training task, {self.post_task_name}; got {name!r}')
+        try:
+            task = self.parse_task(name)
+        except ValueError as error:
+            raise ValueError(f'--rl.task: {error}') from None
+        return replace(self, post_task = task, post_task_name = name)
+
+    def with_task_condition(self, on: bool) -> EnvAdapter:
+        """This adapter with the task given to the base model as a condition vector (`--model.task_condition`)."""
+        if not on or self.dim_condition is not None:
+            return self
+        if self.task_conditioned is None:
+            raise ValueError(f'--model.task_condition: {self.name} has no task to give the model as a condition')
+        return replace(self.task_conditioned(), post_task = self.post_task, post_task_name = self.post_task_name)
 
     def make_envs(self, tasks: Sequence[Task]) -> Callable[[int], object]:
         """make_envs(num_envs) -> a fresh batched env on `tasks` (the internal-RL contract)."""

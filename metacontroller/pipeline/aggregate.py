@@ -42,6 +42,9 @@ def aggregate(run_dir: Path, seed_dirs: list[Path], subgoal_names: str, figure_c
 
     runs = {name: [r['rl'][name]['curve'] for r in per_seed if name in r.get('rl', {})] for name in RL_RUNS}
     plots.single_panel(run_dir / 'rl_curves.png', plots.draw_rl_curves, runs, size = (6, 4))
+    sweeps = [r['discovery']['alpha_sweep'] for r in per_seed if 'discovery' in r]
+    if sweeps:
+        plots.single_panel(run_dir / 'rate_distortion.png', plots.draw_rate_distortion, sweeps, size = (6, 4))
     first = per_seed[0]
     if all('probe' in r for r in per_seed) and (seed_dirs[0] / 'discover' / 'figures.json').is_file():
         figures = read_json(seed_dirs[0] / 'discover' / 'figures.json')

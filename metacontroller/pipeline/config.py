@@ -18,6 +18,8 @@ from typing import Any
 from metacontroller.codes import CODES
 from metacontroller.rl.config import RLConfig
 
+SELECT_ALPHA = ('fixed', 'switch_f1')   # how discovery picks the metacontroller that goes downstream
+
 
 def knob(default, help: str):
     """A config field with its documentation (shown by --help)."""
@@ -32,6 +34,8 @@ class ModelConfig:
     dim_head: int = knob(32, 'width of one attention head')
     ff_mult: int = knob(2, 'MLP hidden width = ff_mult * dim (ReLU)')
     binary_state_readout: bool = knob(True, "next-observation head: Bernoulli logits over the 0/1 observation features (False: the readout's Gaussian)")
+    task_condition: bool = knob(False, "give the env's task to the base model as a condition vector (adaptive layer norms) "
+                                       'instead of in the observation (BabyAI: the mission); not in the paper')
 
 
 @dataclass(frozen = True)
@@ -75,8 +79,10 @@ class ControlConfig:
 
 @dataclass(frozen = True)
 class DiscoveryConfig:
-    alpha: float = knob(0.05, 'KL weight of the metacontroller used downstream')
-    sweep_alphas: tuple[float, ...] = knob((), 'extra alphas trained for a rate-distortion table (not used downstream)')
+    alpha: float = knob(0.05, 'KL weight of the metacontroller used downstream (with --discovery.select_alpha fixed)')
+    sweep_alphas: tuple[float, ...] = knob((), 'extra alphas trained for the rate-distortion table and plot')
+    select_alpha: str = knob('fixed', "which alpha goes downstream: 'fixed' (--discovery.alpha) or 'switch_f1' (the best held-out "
+                                      'switch F1 among alpha and the sweep: it reads the held-out labels, as the paper picks by RL success)')
     steps: int = knob(800, 'optimiser steps')
     batch_size: int = knob(128, 'episodes per batch')
     lr: float = knob(1e-3, 'AdamW learning rate')
@@ -85,16 +91,21 @@ class DiscoveryConfig:
     dim_meta_controller: int = knob(32, 'history GRU and sequence summary width (n_h = n_s)')
     dim_latent: int = knob(8, 'latent code width n_z')
     latent_code: str = knob('gaussian', 'gaussian (the paper), binary (n_z bits) or categorical (one of n_z codes); the discrete codes are not in the paper')
+    switch_gumbel_temperature: float = knob(0., 'Gumbel-sigmoid switch in training at this temperature (0: off, as in the '
+                                                  "paper's main runs; its App. C.6 turns it on for the gridworld rate-distortion sweep)")
     dim_encoder_hidden: int = knob(64, 'controller encoder hidden width')
     dim_hypernetwork_hidden: int = knob(32, 'hypernetwork hidden width')
     hypernetwork_low_rank: int = knob(16, 'rank r of the controller U = A B^T')
     dim_policy: int = knob(256, 'internal-RL policy GRU width')
+    steering_episodes: int = knob(256, 'fresh episodes per injected code in the steering check (paper App. B.3.2)')
 
 
 @dataclass(frozen = True)
 class RLPhaseConfig:
     """The pipeline's values for the settings `RLConfig` defines and checks (the same names), and its own:
-    the raw-action baseline's learning rate and the final evaluation."""
+    the held-out task, the raw-action baseline's learning rate and the final evaluation."""
+    task: str = knob('', "held-out task as subgoal names, e.g. ACBD ('': the env's own, ABCDAB on pinpad); "
+                         'the data, control, discovery and RL phases all use it')
     num_envs: int = knob(256, 'episodes per PPO batch (all envs run in lockstep)')
     total_episodes: int = knob(20_000, 'episode budget, the same for internal RL and both baselines')
     lr: float = knob(3e-4, 'policy learning rate (internal RL and beta = 1)')
@@ -142,7 +153,7 @@ def smoke_config() -> PipelineConfig:
         pretrain = PretrainConfig(steps = 20, batch_size = 32, eval_episodes = 32),
         probe = ProbeConfig(train_episodes = 64, steps = 30),
         control = ControlConfig(steps = 10, batch_size = 32, eval_episodes = 32),
-        discovery = DiscoveryConfig(steps = 10, batch_size = 32, dim_policy = 32, sweep_alphas = (0.5,)),
+        discovery = DiscoveryConfig(steps = 10, batch_size = 32, dim_policy = 32, sweep_alphas = (0.5,), steering_episodes = 16),
         rl = RLPhaseConfig(num_envs = 16, total_episodes = 32, eval_every = 16, eval_episodes = 16, final_eval_episodes = 32),
         report = ReportConfig(plot_episodes = 2),
     )
@@ -239,6 +250,8 @@ def _check_together(config: PipelineConfig, flat: dict[str, Any]) -> list[str]:
         problems.append(f'--data.pretrain_epsilon must be a probability, <= 1, got {config.data.pretrain_epsilon}')
     if config.discovery.latent_code not in CODES:
         problems.append(f'--discovery.latent_code must be one of {", ".join(CODES)}, got {config.discovery.latent_code!r}')
+    if config.discovery.select_alpha not in SELECT_ALPHA:
+        problems.append(f'--discovery.select_alpha must be one of {", ".join(SELECT_ALPHA)}, got {config.discovery.select_alpha!r}')
     if config.pretrain.steps == 0 and not config.pretrain.init:
         problems.append('--pretrain.steps 0 keeps the model untrained: give steps >= 1, or a model with --pretrain.init')
     problems += [f'--{key} must be <= --model.dim ({config.model.dim}), got {value}'

@@ -40,9 +40,10 @@ def controlled_logits(model: Transformer, controller: SubgoalController, batch: 
     stream e (b, t, d) when precomputed. No gradient to the base weights: one forward for training and scoring."""
     if stream is None:
         with torch.no_grad():
-            stream = model.residual_stream(batch.observations)
+            stream = model.residual_stream(batch.observations, condition = batch.condition)
     with frozen(*model.base_modules()):
-        return model.action_logits(batch.observations, stream = stream, intervention = partial(controller, labels = step_labels(batch)))
+        return model.action_logits(batch.observations, stream = stream, intervention = partial(controller, labels = step_labels(batch)),
+                                   condition = batch.condition)
 
 
 def controlled_nll(model: Transformer, controller: SubgoalController, batch: DemoBatch, stream: torch.Tensor) -> torch.Tensor:

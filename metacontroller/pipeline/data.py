@@ -65,7 +65,7 @@ def bucketed_batches(dataset: DemoDataset, batch_size: int, rng: np.random.Gener
 
 
 def to_device(batch: DemoBatch, device: str) -> DemoBatch:
-    return DemoBatch(*(t.to(device) for t in batch))
+    return type(batch)(*(t.to(device) for t in batch))   # a ConditionedDemoBatch keeps its condition
 
 
 def length_order(dataset: DemoDataset) -> np.ndarray:

@@ -34,7 +34,7 @@ def precompute(model: Transformer, dataset: DemoDataset, batch_size: int, seed: 
     out = []
     for indices in epoch_batches(dataset, batch_size, np.random.default_rng(seed), min_size = process.world_size):
         batch = to_device(dataset.batch(indices[process.shard(len(indices))]), device)
-        out.append(StreamBatch(batch, model.residual_stream(batch.observations)))
+        out.append(StreamBatch(batch, model.residual_stream(batch.observations, condition = batch.condition)))
     return out
 
 
@@ -62,7 +62,8 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
         for step in bar:
             batch, stream = batches[rng.integers(len(batches))]
             share = process.share(batch.episode_lens.sum())   # both losses are means over valid steps
-            losses = model.discovery_losses(batch.observations, batch.actions, meta_controller, batch.episode_lens, stream = stream)
+            losses = model.discovery_losses(batch.observations, batch.actions, meta_controller, batch.episode_lens, stream = stream,
+                                            condition = batch.condition)
             loss = losses.action_recon + kl_weight(alpha, step, config.kl_warmup_steps) * losses.kl + losses.aux_ratio
             process.optimizer_step(loss * share, optimizer, params)
             trace.append(tuple(process.mean(torch.stack((losses.action_recon, losses.kl)).detach() * share).tolist()))
@@ -101,8 +102,9 @@ def analyse(model: Transformer, meta_controller: MetaController, dataset: DemoDa
     nll = kl = 0.
     counts, betas, lens_all = SwitchCounts(0, 0, 0), [], []
     for batch in ordered_batches(dataset, batch_size, device):
-        stream = model.residual_stream(batch.observations)
-        losses = model.discovery_losses(batch.observations, batch.actions, meta_controller, batch.episode_lens, stream = stream)
+        stream = model.residual_stream(batch.observations, condition = batch.condition)
+        losses = model.discovery_losses(batch.observations, batch.actions, meta_controller, batch.episode_lens, stream = stream,
+                                        condition = batch.condition)
         steps = batch.episode_lens.sum().item()
         nll, kl = nll + losses.action_recon.item() * steps, kl + losses.kl.item() * steps
         beta = meta_controller(stream, batch.episode_lens).beta
@@ -127,7 +129,7 @@ def analyse(model: Transformer, meta_controller: MetaController, dataset: DemoDa
 def episode_betas(model: Transformer, meta_controller: MetaController, dataset: DemoDataset, count: int, device: str) -> list[dict]:
     """β and ground-truth subgoals of the first `count` episodes, for plots."""
     batch = to_device(dataset.batch(np.arange(min(count, len(dataset)))), device)
-    beta = meta_controller(model.residual_stream(batch.observations), batch.episode_lens).beta
+    beta = meta_controller(model.residual_stream(batch.observations, condition = batch.condition), batch.episode_lens).beta
     return [
         dict(beta = beta[i, :n].tolist(), subgoals = batch.subgoals[i, :n].tolist(), switches = decisions(beta[i, :n]).sum().item())
         for i, n in enumerate(batch.episode_lens.tolist())

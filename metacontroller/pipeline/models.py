@@ -23,6 +23,7 @@ def build_transformer(adapter: EnvAdapter, config: ModelConfig) -> Transformer:
         upper_body = body,
         state_encoder = adapter.state_encoder(config.dim) if adapter.state_encoder is not None else None,
         binary_state_readout = config.binary_state_readout,
+        dim_condition = adapter.dim_condition,
     )
 
 
@@ -36,4 +37,5 @@ def build_meta_controller(dim_model: int, config: DiscoveryConfig) -> MetaContro
         hypernetwork_low_rank = config.hypernetwork_low_rank,
         dim_policy = config.dim_policy,
         latent_code = config.latent_code,
+        switch_gumbel_temperature = config.switch_gumbel_temperature or None,   # 0: off
     )

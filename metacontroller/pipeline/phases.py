@@ -14,7 +14,7 @@ from loguru import logger
 
 from metacontroller import MetaController, Transformer
 from metacontroller.distributed import SINGLE, Process
-from metacontroller.pipeline import control, data, discover, pretrain, probe, report, rl_phase
+from metacontroller.pipeline import control, data, discover, pretrain, probe, report, rl_phase, steering
 from metacontroller.pipeline.adapter import EnvAdapter
 from metacontroller.pipeline.config import PipelineConfig
 from metacontroller.pipeline.files import read_json, write_json
@@ -145,16 +145,20 @@ def run_discover(run: Run) -> dict:
     streams = discover.precompute(model, data.load(run.data_dir, 'discovery'), config.batch_size, run.seed, run.device, run.process)
     heldout, post = data.load(run.data_dir, 'heldout'), data.load(run.data_dir, 'post_task')
 
-    sweep, chosen = [], None
-    for alpha in dict.fromkeys((config.alpha, *config.sweep_alphas)):   # the chosen α first, no repeats
+    sweep, trained = [], []
+    for alpha in dict.fromkeys((config.alpha, *config.sweep_alphas)):   # --discovery.alpha first, no repeats
         meta = build_meta_controller(model.dim, config).to(run.device)
         discover.train(model, meta, streams, alpha, config, run.seed, run.progress, run.process)
         summary = discover.analyse(model, meta, heldout, run.device).summary()
         sweep.append(dict(alpha = alpha, **summary))
+        trained.append(meta)
         logger.info(f'discovery α={alpha:g}: ' + ', '.join(f'{k} {v:.3f}' for k, v in summary.items()))
-        chosen = chosen or (meta, summary)
 
-    meta, summary = chosen
+    # 'fixed' keeps --discovery.alpha; 'switch_f1' the best F1, ties to the earlier (so to --discovery.alpha)
+    best = 0 if config.select_alpha == 'fixed' else max(range(len(sweep)), key = lambda i: (sweep[i]['switch_f1'], -i))
+    meta, summary = trained[best], {k: v for k, v in sweep[best].items() if k != 'alpha'}
+    if best:
+        logger.info(f'discovery: α={sweep[best]["alpha"]:g} goes downstream (best held-out switch F1)')
     run.save(meta, 'discover', 'meta_controller.pt')
     plot_episodes = run.config.report.plot_episodes
     figures = dict(episodes = {
@@ -164,7 +168,14 @@ def run_discover(run: Run) -> dict:
     if run.process.is_main:
         write_json(run.path('discover', 'figures.json'), figures, indent = None)
     post_summary = discover.analyse(model, meta, post, run.device).summary()
-    return dict(summary, alpha = config.alpha, post_task = post_summary, alpha_sweep = sweep)
+    metrics = dict(summary, alpha = sweep[best]['alpha'], selected_by = config.select_alpha, post_task = post_summary, alpha_sweep = sweep)
+    if run.adapter.reports_entered_subgoal and run.process.is_main:
+        codes = steering.subgoal_codes(model, meta, data.load(run.data_dir, 'discovery'), run.adapter.num_subgoals, run.device)
+        metrics['steering'] = steering.steering_table(model, meta, codes, run.adapter.subgoal_names, run.adapter.make_envs(run.adapter.pretraining_tasks),
+                                                      config.steering_episodes, run.seed)
+        logger.info(f'steering: first subgoal entered is the injected code\'s {metrics["steering"]["hit_rate"]:.3f} of the time '
+                    f'(base alone: {metrics["steering"]["base_rate"]:.3f} per subgoal)')
+    return metrics
 
 
 def run_rl(run: Run) -> dict:

@@ -92,6 +92,25 @@ def draw_rl_curves(ax, runs: dict[str, list[list]], smooth: int = 5):
     ax.legend(fontsize = 7)
 
 
+def draw_rate_distortion(ax, sweeps: list[list[dict]]):
+    """The paper's Fig. 7: one point per α (and seed) at (action NLL, KL), coloured by switch F1,
+    labelled with α and switches per episode; each seed's points joined in α order."""
+    import matplotlib as mpl  # matplotlib is imported only when plotting
+    colours = mpl.colormaps['viridis']
+    for sweep in sweeps:
+        points = sorted(sweep, key = lambda p: p['alpha'])
+        ax.plot([p['action_nll'] for p in points], [p['kl'] for p in points], color = 'grey', lw = 0.6, zorder = 1)
+        for p in points:
+            ax.scatter(p['action_nll'], p['kl'], color = colours(p['switch_f1']), edgecolor = 'black', lw = 0.4, s = 30, zorder = 2)
+            ax.annotate(f'α={p["alpha"]:g}, {p["switches_per_episode"]:.1f} sw/ep', (p['action_nll'], p['kl']),
+                        fontsize = 6, xytext = (3, 3), textcoords = 'offset points')
+    ax.set_yscale('symlog', linthresh = 0.1)   # KL spans 0 (collapse) to tens of nats (α = 0)
+    ax.set_xlabel('action NLL (distortion)')
+    ax.set_ylabel('KL per step (rate)')
+    ax.figure.colorbar(mpl.cm.ScalarMappable(mpl.colors.Normalize(0, 1), colours), ax = ax, label = 'switch F1')
+    ax.set_title('rate-distortion over α (held-out pretraining-task episodes)', fontsize = 8)
+
+
 def switches_figure(path: Path, groups: dict[str, list[dict]], subgoal_names: str):
     plt = pyplot()
     rows = [(name, episode) for name, episodes in groups.items() for episode in episodes]

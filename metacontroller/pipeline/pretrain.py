@@ -41,7 +41,8 @@ def train_step(model: Transformer, batch: DemoBatch, optimizer: torch.optim.Opti
     """One optimiser step on `batch`; returns the action NLL averaged over ranks."""
     with process.autocast():
         # at λ = 0 the next-observation readout is skipped: it would only cost time
-        losses = model(batch.observations, batch.actions, episode_lens = batch.episode_lens, predict_state = config.state_loss_weight > 0)
+        losses = model(batch.observations, batch.actions, episode_lens = batch.episode_lens, predict_state = config.state_loss_weight > 0,
+                       condition = batch.condition)
     # each loss is a mean over its own steps: the action's every valid step, the state's those with a next one
     share = process.share(torch.stack((batch.episode_lens.sum(), (batch.episode_lens - 1).sum())))
     loss = losses.action * share[0]
@@ -71,7 +72,7 @@ def imitation_metrics(model: Transformer, dataset: DemoDataset, device: str, bat
     same footing, e.g. the base under ground-truth subgoal controllers."""
     nll, match, probs = [], [], []
     for batch in ordered_batches(dataset, batch_size, device):
-        logits = model.action_logits(batch.observations) if logits_fn is None else logits_fn(model, batch)
+        logits = model.action_logits(batch.observations, condition = batch.condition) if logits_fn is None else logits_fn(model, batch)
         mask = lens_to_mask(batch.episode_lens, logits.shape[1])
         log_probs = logits.log_softmax(dim = -1)
         nll.append(-log_probs.gather(-1, batch.actions[..., None])[..., 0][mask])

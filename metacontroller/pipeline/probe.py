@@ -25,7 +25,7 @@ def layer_features(model: Transformer, dataset: DemoDataset, device: str, batch_
     features, labels = [], []
     for batch in ordered_batches(dataset, batch_size, device):
         mask = lens_to_mask(batch.episode_lens, batch.observations.shape[1])
-        streams = torch.stack(model.layer_residuals(batch.observations))     # (L + 1, b, t, d)
+        streams = torch.stack(model.layer_residuals(batch.observations, condition = batch.condition))     # (L + 1, b, t, d)
         features.append(streams[:, mask])
         labels.append(batch.subgoals[mask])
     return torch.cat(features, dim = 1), torch.cat(labels)

@@ -24,7 +24,7 @@ def results(config: dict, seed: int, records: dict[str, dict], wall_time_s: floa
 
 def make_plots(run_dir: Path, result: dict, figures: dict, subgoal_names: str, chance: float, cut: int,
                figure_copy: str = '') -> list[str]:
-    """switches.png, probe.png, rl_curves.png and fig1.png in the run folder (plus an optional copy of fig1)."""
+    """switches.png, probe.png, rl_curves.png, fig1.png and rate_distortion.png in the run folder (plus an optional copy of fig1)."""
     groups = figures['episodes']
     accuracy = result['probe']['accuracy_by_layer']
     runs = {name: [result['rl'][name]['curve']] for name in RL_RUNS if name in result.get('rl', {})}
@@ -33,7 +33,8 @@ def make_plots(run_dir: Path, result: dict, figures: dict, subgoal_names: str, c
     plots.single_panel(run_dir / 'probe.png', plots.draw_probe, accuracy, chance, cut, control)
     plots.single_panel(run_dir / 'rl_curves.png', plots.draw_rl_curves, runs, size = (6, 4))
     plots.summary_figure(run_dir / 'fig1.png', groups, subgoal_names, accuracy, chance, cut, runs, control)
-    written = ['switches.png', 'probe.png', 'rl_curves.png', 'fig1.png']
+    plots.single_panel(run_dir / 'rate_distortion.png', plots.draw_rate_distortion, [result['discovery']['alpha_sweep']], size = (6, 4))
+    written = ['switches.png', 'probe.png', 'rl_curves.png', 'fig1.png', 'rate_distortion.png']
     if figure_copy:
         shutil.copyfile(run_dir / 'fig1.png', figure_copy)
     return written

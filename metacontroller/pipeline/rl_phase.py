@@ -22,9 +22,10 @@ def final_success(model: Transformer, make_envs: Callable, config: RLPhaseConfig
 
 
 def results_entry(result: RLResult, final: dict) -> dict:
-    """The results.json entry of one RL run: the final success is the fresh evaluation's."""
+    """The results.json entry of one RL run: the final success is the fresh evaluation's, the initial
+    success the first training batch's (the untrained policy; the paper's Fig. A5)."""
     return dict(
-        final, episodes = result.episodes, raw_steps = result.raw_steps,
+        final, initial_success = result.curve[0][1], episodes = result.episodes, raw_steps = result.raw_steps,
         curve = [[episodes, success] for episodes, success in result.curve],
         eval_curve = [[episodes, stats.success] for episodes, stats in result.evals],
     )

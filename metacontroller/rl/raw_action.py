@@ -24,6 +24,7 @@ class RawBatch(NamedTuple):
     actions: Tensor     # (N, T) raw actions taken
     log_probs: Tensor   # (N, T) their log-probs at sampling time
     episodes: Episodes
+    condition: Tensor | None = None   # (N, dim_condition) each episode's condition, for a conditioned model
 
     @property
     def valid(self) -> Tensor:
@@ -36,20 +37,23 @@ class RawRecorder:
     def __init__(self, model: Transformer):
         self.model = model
         self.states, self.actions, self.log_probs = [], [], []
+        self.condition = None
 
     def record(self, step: StepRecord):
+        if self.condition is None and step.condition is not None:   # constant over an episode; every row is in the first step
+            self.condition = step.scatter(step.condition)
         self.states.append(step.scatter(step.state))          # finished slots: zeros, masked by `valid`
         self.actions.append(step.scatter(step.action))
         self.log_probs.append(step.scatter(self.model.action_readout.log_prob(step.logits, step.action[:, None])[:, 0]))
 
     def batch(self, episodes: Episodes) -> RawBatch:
         stack = lambda xs: torch.stack(xs, dim = 1)
-        return RawBatch(torch.cat(self.states, dim = 1), stack(self.actions), stack(self.log_probs), episodes)
+        return RawBatch(torch.cat(self.states, dim = 1), stack(self.actions), stack(self.log_probs), episodes, self.condition)
 
 
-def raw_log_probs(model: Transformer, states: Tensor, actions: Tensor) -> Tensor:
-    """Full-sequence recomputation, with gradients: (N, T, ...), (N, T) -> (N, T) log p(a_t | o_{1:t})."""
-    return model.action_readout.log_prob(model.action_logits(states, actions), actions)
+def raw_log_probs(model: Transformer, states: Tensor, actions: Tensor, condition: Tensor | None = None) -> Tensor:
+    """Full-sequence recomputation, with gradients: (N, T, ...), (N, T)[, condition (N, c)] -> (N, T) log p(a_t | o_{1:t})."""
+    return model.action_readout.log_prob(model.action_logits(states, actions, condition = condition), actions)
 
 
 def trainable_parameters(model: Transformer, prefixes: tuple[str, ...] | None) -> list[nn.Parameter]:
@@ -72,7 +76,8 @@ def raw_update(model: Transformer, batch: RawBatch, advantages: Tensor, optimize
 
     def loss_fn(rows):
         horizon = int(batch.episodes.lengths[rows.cpu()].max())   # trim padding past the longest episode
-        log_probs = raw_log_probs(model, batch.states[rows, :horizon], batch.actions[rows, :horizon])
+        condition = None if batch.condition is None else batch.condition[rows]
+        log_probs = raw_log_probs(model, batch.states[rows, :horizon], batch.actions[rows, :horizon], condition)
         return ppo_clip_loss(log_probs, batch.log_probs[rows, :horizon], advantages[rows], valid[rows, :horizon], config.clip)
 
     return ppo_epochs(loss_fn, valid.sum(dim = 1), optimizer, params, config, process)

@@ -6,6 +6,11 @@ without auto-reset works: `reset(seed = [ints]) -> (obs (N, ...), info)`,
 `step(actions (N,)) -> (obs, reward, terminated, truncated, info)`, finished
 slots ignoring their actions. Rewards of slots already done are masked out.
 
+A conditioned model (`Transformer(dim_condition = n)`) reads each episode's
+condition from the reset: `info['condition']`, (N, n) floats, one vector per
+episode, constant over it (a goal, a mission). An env that gives one to an
+unconditioned model, or none to a conditioned one, is an error.
+
 Finished episodes leave the model's batch: once at least 1/8 of the rows are
 done, the cache keeps only the live rows, so the model's arithmetic follows the
 live episodes rather than the longest one (rows are independent in the model,
@@ -52,6 +57,7 @@ class StepRecord(NamedTuple):
     action: Tensor                   # (b, ...) raw action taken
     logits: Tensor                   # (b, 1, num_actions) raw-action logits
     meta: MetaControllerStep | None  # the metacontroller's step, when one is attached
+    condition: Tensor | None = None  # (b, dim_condition) the episodes' condition, for a conditioned model
 
     def scatter(self, values: Tensor) -> Tensor:
         """(b, ...) -> (N, ...), zeros in the slots not in the batch."""
@@ -94,6 +100,21 @@ def drop_finished_rows(cache: TransformerCache, past_action: Tensor, rows: Tenso
     return cache.select(keep_device), past_action[keep_device], rows[keep]
 
 
+def reset_condition(model: Transformer, info, device) -> Tensor | None:
+    """The episodes' condition, info['condition'] (N, dim_condition) of the reset, for a conditioned model; else None."""
+    given = info.get('condition') if isinstance(info, dict) else None
+    if model.dim_condition is None:
+        if given is not None:
+            raise ValueError(f"env.reset gave info['condition'] of shape {np.shape(given)}, but the model takes no condition "
+                             f'(dim_condition = None): build it with dim_condition, or reset the env without one')
+        return None
+    if given is None:
+        keys = sorted(info) if isinstance(info, dict) else type(info).__name__
+        raise ValueError(f"the model is conditioned (dim_condition = {model.dim_condition}): env.reset must return info['condition'], "
+                         f'(num_envs, {model.dim_condition}) floats, one vector per episode; got info keys {keys}')
+    return torch.as_tensor(np.asarray(given), dtype = torch.float32, device = device)
+
+
 def check_seeds(env, seeds) -> list[int]:
     seeds = [int(s) for s in seeds]
     if len(seeds) != env.num_envs:
@@ -125,7 +146,8 @@ def run_episodes(
     seeds = check_seeds(env, seeds)
     device = next(model.parameters()).device
     n = len(seeds)
-    obs, _ = env.reset(seed = seeds)
+    obs, info = env.reset(seed = seeds)
+    condition = reset_condition(model, info, device)   # given at the first step; the cache keeps it (and its live rows)
     live, rows = torch.ones(n, dtype = torch.bool), torch.arange(n)
     returns, lengths, switches = torch.zeros(n), torch.zeros(n, dtype = torch.long), torch.zeros(n, dtype = torch.long)
     cache, past_action, t = None, None, 0
@@ -133,13 +155,14 @@ def run_episodes(
     while live.any() and (max_steps is None or t < max_steps):
         state = as_state(np.asarray(obs)[rows.numpy()], device)
         intervene = None if intervention is None else partial(intervention, rows = rows)
-        logits, cache = model.step(state, past_action, cache, meta_controller, force_beta, deterministic, intervention = intervene)
+        logits, cache = model.step(state, past_action, cache, meta_controller, force_beta, deterministic, intervention = intervene,
+                                   condition = condition if cache is None else None)
         action = raw_action(model, logits, deterministic)
         meta = cache.prev_hiddens.meta_controller
         if meta is not None:
             switches[rows] += decision_mask(meta, live[rows])
         if recorder is not None:
-            recorder.record(StepRecord(rows, n, live[rows], state, action, logits, meta))
+            recorder.record(StepRecord(rows, n, live[rows], state, action, logits, meta, cache.condition))
 
         chosen = action.cpu().numpy()
         actions = np.zeros((n, *chosen.shape[1:]), dtype = chosen.dtype)

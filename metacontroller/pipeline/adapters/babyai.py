@@ -10,7 +10,17 @@ import os
 from functools import partial
 from typing import Any
 
-from metacontroller.envs.babyai import MAX_STEPS, NUM_ACTIONS, OBS_DIM, POST_TRAINING_LEVEL, PRETRAINING_LEVELS, SUBGOAL_NAMES, VecBabyAIEnv
+from metacontroller.envs.babyai import (
+    MAX_STEPS,
+    MISSION_DIM,
+    NUM_ACTIONS,
+    OBS_DIM,
+    POST_TRAINING_LEVEL,
+    PRETRAINING_LEVELS,
+    SCENE_DIM,
+    SUBGOAL_NAMES,
+    VecBabyAIEnv,
+)
 from metacontroller.envs.babyai_demos import generate_babyai_demos
 from metacontroller.pipeline.adapter import EnvAdapter
 
@@ -29,17 +39,21 @@ BABYAI_OVERRIDES: dict[str, dict[str, Any]] = dict(
 )
 
 
-def babyai_adapter() -> EnvAdapter:
+def babyai_adapter(mission_condition: bool = False) -> EnvAdapter:
+    """mission_condition (`--model.task_condition`): the mission reaches the base model as a condition
+    vector (MISSION_DIM) through its adaptive norms, and the observation is the scene alone."""
     return EnvAdapter(
         name = 'babyai',
-        obs_dim = OBS_DIM,
+        obs_dim = SCENE_DIM if mission_condition else OBS_DIM,
         num_actions = NUM_ACTIONS,
         subgoal_names = SUBGOAL_NAMES,
         pretraining_tasks = PRETRAINING_LEVELS,
         post_task = POST_TRAINING_LEVEL,
         post_task_name = POST_TRAINING_LEVEL,
         # the bot is pure Python: one worker per core (the episodes do not depend on the worker count)
-        generate_demos = partial(generate_babyai_demos, workers = min(os.cpu_count() or 1, 8)),
-        vector_env = partial(VecBabyAIEnv, max_steps = MAX_STEPS),
+        generate_demos = partial(generate_babyai_demos, workers = min(os.cpu_count() or 1, 8), mission_condition = mission_condition),
+        vector_env = partial(VecBabyAIEnv, max_steps = MAX_STEPS, mission_condition = mission_condition),
         preset_overrides = BABYAI_OVERRIDES,
+        dim_condition = MISSION_DIM if mission_condition else None,
+        task_conditioned = partial(babyai_adapter, mission_condition = True),
     )

@@ -24,4 +24,6 @@ def pinpad_adapter() -> EnvAdapter:
         state_encoder = partial(EgocentricEncoder, height = pinpad.GRID, width = pinpad.GRID,
                                 channels = pinpad.NUM_CHANNELS, agent_channel = pinpad.AGENT_CHANNEL),
         expert_action_sets = pinpad_action_sets,
+        parse_task = pinpad.task_from_subgoals,
+        reports_entered_subgoal = True,
     )

@@ -1,0 +1,83 @@
+"""The latent-code steering check (paper App. B.3.2): does a discovered code, injected into a
+fresh episode, send the agent to the subgoal it was active for in the demonstrations?
+
+The code of subgoal X is the mean z over the steps of clean episodes labelled X. It is held from
+the first step of fresh episodes (ê = e + U(z̄_X) e at every step, never switched), and the first
+subgoal the agent enters says where it headed. The base alone on the same seeded episodes is the
+reference: at the first step it cannot know the task, so it heads to each pair about equally.
+The env reports what was entered as info['entered_subgoal'] ((N,) ints, -1 none).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch_einops_utils import lens_to_mask
+
+from metacontroller import MetaController, Transformer
+from metacontroller.demos import DemoDataset
+from metacontroller.pipeline.data import ordered_batches
+from metacontroller.rl.rollout import run_episodes
+from metacontroller.rl.seeds import eval_seed, seeded
+
+
+@torch.no_grad()
+def subgoal_codes(model: Transformer, meta_controller: MetaController, dataset: DemoDataset, num_subgoals: int,
+                  device: str, batch_size: int = 256) -> torch.Tensor:
+    """(K, n_z): the mean held code z over the valid steps labelled with each subgoal."""
+    sums, counts = torch.zeros(num_subgoals, meta_controller.dim_latent, device = device), torch.zeros(num_subgoals, device = device)
+    for batch in ordered_batches(dataset, batch_size, device):
+        stream = model.residual_stream(batch.observations, condition = batch.condition)
+        latent = meta_controller(stream, batch.episode_lens).latent
+        mask = lens_to_mask(batch.episode_lens, latent.shape[1])
+        labels = batch.subgoals.long()[mask]
+        sums.index_add_(0, labels, latent[mask].float())
+        counts += torch.bincount(labels, minlength = num_subgoals)
+    return sums / counts.clamp(min = 1)[:, None]
+
+
+class FirstEntered:
+    """A batched env that remembers, per slot, the first subgoal entered this episode (-1: none yet)."""
+
+    def __init__(self, env):
+        self.env, self.first = env, np.full(env.num_envs, -1)
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+    def reset(self, **kwargs):
+        self.first = np.full(self.env.num_envs, -1)
+        return self.env.reset(**kwargs)
+
+    def step(self, actions):
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        if 'entered_subgoal' not in info:
+            raise KeyError(f"{type(self.env).__name__}.step must report info['entered_subgoal'] ((N,) ints, -1 none) for the steering check")
+        self.first = np.where(self.first < 0, info['entered_subgoal'], self.first)
+        return obs, reward, terminated, truncated, info
+
+
+def first_entered(model: Transformer, make_envs: Callable[[int], object], episodes: int, num_subgoals: int, seed: int,
+                  intervention = None) -> list[float]:
+    """Fractions of episodes whose first subgoal entered is each of the K subgoals, then none (K + 1,)."""
+    env = FirstEntered(make_envs(episodes))
+    with seeded(seed, next(model.parameters()).device):
+        run_episodes(model, env, range(seed, seed + episodes), intervention = intervention)
+    return (np.bincount(np.where(env.first >= 0, env.first, num_subgoals), minlength = num_subgoals + 1) / episodes).tolist()
+
+
+def steering_table(model: Transformer, meta_controller: MetaController, codes: torch.Tensor, subgoal_names: str,
+                   make_envs: Callable[[int], object], episodes: int, seed: int) -> dict:
+    """{'base': fractions, 'A': fractions with z̄_A held, ..., 'hit_rate': mean over X of P(X first | z̄_X),
+    'base_rate': mean over X of P(X first | base alone)}. Fractions: over the K subgoals in order, then none.
+    Every row runs on the same env seeds."""
+    num_subgoals, first_seed = len(codes), eval_seed(seed)
+    table = dict(base = first_entered(model, make_envs, episodes, num_subgoals, first_seed))
+    for name, code in zip(subgoal_names, codes):
+        def hold(stream, rows, code = code):
+            return meta_controller.decoder.control(code.expand(len(rows), -1).to(stream.dtype), stream, meta_controller.control_scale)
+        table[name] = first_entered(model, make_envs, episodes, num_subgoals, first_seed, hold)
+    table['hit_rate'] = float(np.mean([table[name][x] for x, name in enumerate(subgoal_names)]))
+    table['base_rate'] = float(np.mean(table['base'][:num_subgoals]))
+    return table
