@@ -19,6 +19,7 @@ not match their checksum.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import pickle
 from contextlib import contextmanager
@@ -85,6 +86,8 @@ def _from_data(value, source):
     if MODULE_KEY not in value:
         return {k: _from_data(v, source) for k, v in value.items()}
     name = MOVED.get(value[MODULE_KEY], value[MODULE_KEY])
+    if value[MODULE_KEY] in MOVED and name not in REGISTRY:   # our own module under its new path: safe to import
+        importlib.import_module(name.rpartition('.')[0])
     if name not in REGISTRY:
         raise ValueError(f'{source} needs the module class {name!r}, which is not registered: '
                          f'import the module that defines it ({name.rpartition(".")[0]}) before loading')

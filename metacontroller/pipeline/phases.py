@@ -168,6 +168,8 @@ def run_discover(run: Run) -> dict:
     if run.process.is_main:
         write_json(run.path('discover', 'figures.json'), figures, indent = None)
     post_summary = discover.analyse(model, meta, post, run.device).summary()
+    # with 'switch_f1' the α is picked on the held-out episodes its figures come from: they are then
+    # the best of the sweep, not an unbiased estimate (alpha_sweep keeps every α's, --discovery.alpha's first)
     metrics = dict(summary, alpha = sweep[best]['alpha'], selected_by = config.select_alpha, post_task = post_summary, alpha_sweep = sweep)
     if run.adapter.reports_entered_subgoal and run.process.is_main:
         codes = steering.subgoal_codes(model, meta, data.load(run.data_dir, 'discovery'), run.adapter.num_subgoals, run.device)
@@ -223,5 +225,5 @@ NEEDS = dict(
     discover = {'pretrain/model.pt': 'pretrain', 'data/discovery.npz': 'data', 'data/heldout.npz': 'data', 'data/post_task.npz': 'data'},
     rl = {'pretrain/model.pt': 'pretrain', 'discover/meta_controller.pt': 'discover'},
     baselines = {'pretrain/model.pt': 'pretrain', 'discover/meta_controller.pt': 'discover'},
-    report = {'phases/probe.json': 'probe', 'discover/figures.json': 'discover'},
+    report = {'phases/probe.json': 'probe', 'phases/discover.json': 'discover', 'discover/figures.json': 'discover'},
 )

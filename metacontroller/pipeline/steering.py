@@ -5,7 +5,8 @@ The code of subgoal X is the mean z over the steps of clean episodes labelled X.
 the first step of fresh episodes (ê = e + U(z̄_X) e at every step, never switched), and the first
 subgoal the agent enters says where it headed. The base alone on the same seeded episodes is the
 reference: at the first step it cannot know the task, so it heads to each pair about equally.
-The env reports what was entered as info['entered_subgoal'] ((N,) ints, -1 none).
+The env reports what was entered as info['entered_subgoal'] ((N,) ints, -1 none). It is pair-level
+on pinpad: entering either colour of pair X first counts as heading to X.
 """
 from __future__ import annotations
 
@@ -25,16 +26,20 @@ from metacontroller.rl.seeds import eval_seed, seeded
 @torch.no_grad()
 def subgoal_codes(model: Transformer, meta_controller: MetaController, dataset: DemoDataset, num_subgoals: int,
                   device: str, batch_size: int = 256) -> torch.Tensor:
-    """(K, n_z): the mean held code z over the valid steps labelled with each subgoal."""
+    """(K, n_z): the mean held code z over the valid labelled steps of each subgoal. z is built from
+    sampled proposals, as in training; for the Gaussian code their mean is close to the posterior's."""
     sums, counts = torch.zeros(num_subgoals, meta_controller.dim_latent, device = device), torch.zeros(num_subgoals, device = device)
     for batch in ordered_batches(dataset, batch_size, device):
         stream = model.residual_stream(batch.observations, condition = batch.condition)
         latent = meta_controller(stream, batch.episode_lens).latent
-        mask = lens_to_mask(batch.episode_lens, latent.shape[1])
+        mask = lens_to_mask(batch.episode_lens, latent.shape[1]) & (batch.subgoals >= 0)   # -1: an unlabelled step
         labels = batch.subgoals.long()[mask]
         sums.index_add_(0, labels, latent[mask].float())
         counts += torch.bincount(labels, minlength = num_subgoals)
-    return sums / counts.clamp(min = 1)[:, None]
+    if (counts == 0).any():
+        missing = (counts == 0).nonzero().flatten().tolist()
+        raise ValueError(f'the steering check needs steps of every subgoal in 0..{num_subgoals - 1}, but subgoals {missing} never occur in the data')
+    return sums / counts[:, None]
 
 
 class FirstEntered:
@@ -53,7 +58,7 @@ class FirstEntered:
     def step(self, actions):
         obs, reward, terminated, truncated, info = self.env.step(actions)
         if 'entered_subgoal' not in info:
-            raise KeyError(f"{type(self.env).__name__}.step must report info['entered_subgoal'] ((N,) ints, -1 none) for the steering check")
+            raise ValueError(f"{type(self.env).__name__}.step must report info['entered_subgoal'] ((N,) ints, -1 none) for the steering check")
         self.first = np.where(self.first < 0, info['entered_subgoal'], self.first)
         return obs, reward, terminated, truncated, info
 
