@@ -53,6 +53,10 @@ class GaussianCode:
     def log_prob(self, dist: Tensor, value: Tensor) -> Tensor:
         return gaussian_log_prob(dist, value)
 
+    def nearest(self, value: Tensor) -> Tensor:
+        """The code nearest to `value` (..., n_z), e.g. a mean of codes: any vector is one."""
+        return value
+
     def kl(self, dist: Tensor) -> Tensor:
         """KL(N(μ, σ²) ‖ N(0, I)), summed over n_z: (..., n_z, 2) -> (...)."""
         mean, log_var = dist.unbind(dim = -1)
@@ -78,6 +82,10 @@ class BinaryCode:
         logits = dist[..., 0]
         return (value * F.logsigmoid(logits) + (1 - value) * F.logsigmoid(-logits)).sum(dim = -1)
 
+    def nearest(self, value: Tensor) -> Tensor:
+        """The code nearest to `value` (..., n_z), e.g. a mean of codes: each bit rounded."""
+        return (value >= 0.5).to(value)
+
     def kl(self, dist: Tensor) -> Tensor:
         """KL(Bernoulli(σ(l)) ‖ Bernoulli(1/2)), summed over the n_z bits."""
         logits = dist[..., 0]
@@ -102,6 +110,10 @@ class CategoricalCode:
     def log_prob(self, dist: Tensor, value: Tensor) -> Tensor:
         """value: one-hot (..., n_z)."""
         return (value * dist[..., 0].log_softmax(dim = -1)).sum(dim = -1)
+
+    def nearest(self, value: Tensor) -> Tensor:
+        """The code nearest to `value` (..., n_z), e.g. a mean of codes: the one-hot of its largest entry."""
+        return F.one_hot(value.argmax(dim = -1), value.shape[-1]).to(value)
 
     def kl(self, dist: Tensor) -> Tensor:
         """KL(Categorical(softmax(l)) ‖ uniform over the n_z codes)."""

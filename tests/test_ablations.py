@@ -199,3 +199,10 @@ def test_latent_code_rejects_unknown_kinds_and_temperatures():
         tiny_meta_controller(latent_code = 'onehot')
     with pytest.raises(ValueError, match = 'code_temperature must be > 0'):
         tiny_meta_controller(latent_code = 'binary', code_temperature = 0.)
+
+
+def test_nearest_code_snaps_a_mean_of_codes_to_a_code():
+    mean = torch.tensor([[0.2, 0.7, 0.1], [0.5, 0.4, 0.1]])
+    assert torch.equal(make_latent_code('categorical').nearest(mean), torch.tensor([[0., 1., 0.], [1., 0., 0.]]))
+    assert torch.equal(make_latent_code('binary').nearest(mean), torch.tensor([[0., 1., 0.], [1., 0., 0.]]))
+    assert torch.equal(make_latent_code('gaussian').nearest(mean), mean)

@@ -97,11 +97,16 @@ def draw_rate_distortion(ax, sweeps: list[list[dict]]):
     labelled with α and switches per episode; each seed's points joined in α order."""
     import matplotlib as mpl  # matplotlib is imported only when plotting
     colours = mpl.colormaps['viridis']
+    labelled = []
     for sweep in sweeps:
         points = sorted(sweep, key = lambda p: p['alpha'])
         ax.plot([p['action_nll'] for p in points], [p['kl'] for p in points], color = 'grey', lw = 0.6, zorder = 1)
         for p in points:
             ax.scatter(p['action_nll'], p['kl'], color = colours(p['switch_f1']), edgecolor = 'black', lw = 0.4, s = 30, zorder = 2)
+            # collapsed α's pile up at KL ≈ 0: label the first of a pile only
+            if any(abs(p['action_nll'] - x) < 0.005 and abs(p['kl'] - y) < 0.01 + 0.3 * y for x, y in labelled):
+                continue
+            labelled.append((p['action_nll'], p['kl']))
             ax.annotate(f'α={p["alpha"]:g}, {p["switches_per_episode"]:.1f} sw/ep', (p['action_nll'], p['kl']),
                         fontsize = 6, xytext = (3, 3), textcoords = 'offset points')
     ax.set_yscale('symlog', linthresh = 0.1)   # KL spans 0 (collapse) to tens of nats (α = 0)

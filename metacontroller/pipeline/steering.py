@@ -26,8 +26,8 @@ from metacontroller.rl.seeds import eval_seed, seeded
 @torch.no_grad()
 def subgoal_codes(model: Transformer, meta_controller: MetaController, dataset: DemoDataset, num_subgoals: int,
                   device: str, batch_size: int = 256) -> torch.Tensor:
-    """(K, n_z): the mean held code z over the valid labelled steps of each subgoal. z is built from
-    sampled proposals, as in training; for the Gaussian code their mean is close to the posterior's."""
+    """(K, n_z): the mean held code z over the valid labelled steps of each subgoal (z is built from sampled
+    proposals, as in training), snapped to the nearest code: a discrete code's mean is not itself a code."""
     sums, counts = torch.zeros(num_subgoals, meta_controller.dim_latent, device = device), torch.zeros(num_subgoals, device = device)
     for batch in ordered_batches(dataset, batch_size, device):
         stream = model.residual_stream(batch.observations, condition = batch.condition)
@@ -39,7 +39,7 @@ def subgoal_codes(model: Transformer, meta_controller: MetaController, dataset: 
     if (counts == 0).any():
         missing = (counts == 0).nonzero().flatten().tolist()
         raise ValueError(f'the steering check needs steps of every subgoal in 0..{num_subgoals - 1}, but subgoals {missing} never occur in the data')
-    return sums / counts[:, None]
+    return meta_controller.code.nearest(sums / counts[:, None])
 
 
 class FirstEntered:
