@@ -6,8 +6,8 @@ action, one-hot, and a cue bit on each segment's first step: the cue says *when*
 changes, never *to what*. A base trained on these episodes is certain inside a segment and at
 chance on each segment's first step, so a metacontroller gains only by supplying the new code
 there. One held code can do the same only by acting as a table from each code to the next, which
-a low-rank controller cannot hold; with a rank-16 one both solutions fit, and discovery often keeps
-one code per episode (docs/reproduction.md, synthetic rows).
+a low-rank controller cannot hold; with a rank-16 one both solutions fit, and discovery may keep
+one code for all or part of an episode (docs/reproduction.md, synthetic rows).
 
 This isolates the method from base-model quality: a known answer for discovery.
 """

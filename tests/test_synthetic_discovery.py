@@ -3,7 +3,7 @@
 on the code's change points. The paper's objective unchanged (action NLL + α·KL, base frozen);
 the Gumbel-sigmoid switch is the one its App. C.6 uses for the gridworld. The controller has rank 2:
 one held code of such low rank cannot act as a table from each code to the next, which a rank-16
-one can, and then it ties with the switching solution (docs/reproduction.md, synthetic rows)."""
+one can, and then it ties with the switching solution in rate (docs/reproduction.md, synthetic rows)."""
 import math
 from functools import partial
 
