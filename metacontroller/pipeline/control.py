@@ -14,13 +14,12 @@ from functools import partial
 import numpy as np
 import torch
 from torch_einops_utils import lens_to_mask
-from tqdm.auto import tqdm
 
 from metacontroller import Transformer
 from metacontroller.demos import NO_SUBGOAL, DemoBatch
-from metacontroller.distributed import SINGLE, Process, adamw
+from metacontroller.distributed import SINGLE, Process
 from metacontroller.pipeline.config import ControlConfig
-from metacontroller.pipeline.discover import StreamBatch
+from metacontroller.pipeline.discover import StreamBatch, fit
 from metacontroller.subgoal_controller import SubgoalController
 from metacontroller.transformer import frozen
 
@@ -56,24 +55,12 @@ def controlled_nll(model: Transformer, controller: SubgoalController, batch: Dem
 def train(model: Transformer, controller: SubgoalController, batches: list[StreamBatch], config: ControlConfig, seed: int,
           progress: bool = True, process: Process = SINGLE) -> list[float]:
     """AdamW on the controlled action NLL, base frozen; returns the NLL per step (data parallel as in discovery)."""
-    params = list(controller.parameters())
-    process.broadcast_parameters(controller)
-    optimizer = adamw(params, config.lr, config.weight_decay)
-    rng = np.random.default_rng(seed)
-    trace = []
-    controller.train()
-    bar = tqdm(range(config.steps), desc = 'control', disable = not (progress and process.is_main))
-    with bar, process.autocast():   # bf16 or a no-op; `process.backward` runs the backward outside it
-        for step in bar:
-            batch, stream = batches[rng.integers(len(batches))]
-            loss = controlled_nll(model, controller, batch, stream)
-            share = process.share(batch.episode_lens.sum())
-            process.optimizer_step(loss * share, optimizer, params)
-            trace.append(process.mean(loss.detach() * share).item())
-            if step % 10 == 0:
-                bar.set_postfix(action_nll = f'{np.mean(trace[-50:]):.3f}')
-    controller.eval()
-    return trace
+    def loss_fn(step, batch, stream):
+        loss = controlled_nll(model, controller, batch, stream)
+        return loss, loss[None]
+    trace = fit(controller, batches, loss_fn, config.steps, config.lr, config.weight_decay, seed, 'control',
+                dict(action_nll = '.3f'), progress, process)
+    return [nll for nll, in trace]
 
 
 def subgoal_intervention(controller: SubgoalController):

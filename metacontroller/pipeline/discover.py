@@ -7,7 +7,7 @@ With several processes, each rank keeps the streams of its part of every batch.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -46,32 +46,45 @@ def kl_weight(alpha: float, step: int, warmup_steps: int = 0) -> float:
     return alpha if warmup_steps == 0 else alpha * min(step / warmup_steps, 1.)
 
 
-def train(model: Transformer, meta_controller: MetaController, batches: list[StreamBatch], alpha: float,
-          config: DiscoveryConfig, seed: int, progress: bool = True, process: Process = SINGLE) -> list[tuple[float, float]]:
-    """AdamW on action NLL + α·KL (α applied here and only here, warmed up over `config.kl_warmup_steps`
-    counted by this loop's step); returns (nll, kl) per step.
-    Data parallel: every rank picks the same batch and trains on its part of it (from `precompute`)."""
-    params = list(meta_controller.parameters())
-    process.broadcast_parameters(meta_controller)
-    optimizer = adamw(params, config.lr, config.weight_decay)
+def fit(module: torch.nn.Module, batches: list[StreamBatch], loss_fn: Callable, steps: int, lr: float, weight_decay: float,
+        seed: int, desc: str, formats: dict[str, str], progress: bool = True, process: Process = SINGLE) -> list[tuple[float, ...]]:
+    """The loop of every phase that trains a module on precomputed streams, base frozen (discovery, control):
+    AdamW, one batch drawn per step, the same on every rank, each rank training on its part (from `precompute`).
+
+    loss_fn(step, batch, stream) -> (loss, logged): logged is a 1-d tensor of means over valid steps, one per
+    name in `formats` (name -> format spec of the progress bar); returns the logged values per step."""
+    params = list(module.parameters())
+    process.broadcast_parameters(module)
+    optimizer = adamw(params, lr, weight_decay)
     rng = np.random.default_rng(seed)
     trace = []
-    meta_controller.train()
-    bar = tqdm(range(config.steps), desc = f'discover α={alpha:g}', disable = not (progress and process.is_main))
+    module.train()
+    bar = tqdm(range(steps), desc = desc, disable = not (progress and process.is_main))
     with bar, process.autocast():   # bf16 or a no-op; `process.backward` runs the backward outside it
         for step in bar:
             batch, stream = batches[rng.integers(len(batches))]
-            share = process.share(batch.episode_lens.sum())   # both losses are means over valid steps
-            losses = model.discovery_losses(batch.observations, batch.actions, meta_controller, batch.episode_lens, stream = stream,
-                                            condition = batch.condition)
-            loss = losses.action_recon + kl_weight(alpha, step, config.kl_warmup_steps) * losses.kl + losses.aux_ratio
+            share = process.share(batch.episode_lens.sum())   # the losses are means over valid steps
+            loss, logged = loss_fn(step, batch, stream)
             process.optimizer_step(loss * share, optimizer, params)
-            trace.append(tuple(process.mean(torch.stack((losses.action_recon, losses.kl)).detach() * share).tolist()))
+            trace.append(tuple(process.mean(logged.detach() * share).tolist()))
             if step % 10 == 0:
-                nll, kl = np.mean(trace[-50:], axis = 0)
-                bar.set_postfix(action_nll = f'{nll:.3f}', kl = f'{kl:.2f}')
-    meta_controller.eval()
+                means = np.mean(trace[-50:], axis = 0)
+                bar.set_postfix({name: format(value, spec) for (name, spec), value in zip(formats.items(), means)})
+    module.eval()
     return trace
+
+
+def train(model: Transformer, meta_controller: MetaController, batches: list[StreamBatch], alpha: float,
+          config: DiscoveryConfig, seed: int, progress: bool = True, process: Process = SINGLE) -> list[tuple[float, float]]:
+    """AdamW on action NLL + α·KL (α applied here and only here, warmed up over `config.kl_warmup_steps`
+    counted by this loop's step); returns (nll, kl) per step. Data parallel, as `fit`."""
+    def loss_fn(step, batch, stream):
+        losses = model.discovery_losses(batch.observations, batch.actions, meta_controller, batch.episode_lens, stream = stream,
+                                        condition = batch.condition)
+        loss = losses.action_recon + kl_weight(alpha, step, config.kl_warmup_steps) * losses.kl + losses.aux_ratio
+        return loss, torch.stack((losses.action_recon, losses.kl))
+    return fit(meta_controller, batches, loss_fn, config.steps, config.lr, config.weight_decay, seed, f'discover α={alpha:g}',
+               dict(action_nll = '.3f', kl = '.2f'), progress, process)
 
 
 class SwitchAnalysis(NamedTuple):

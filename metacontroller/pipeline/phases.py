@@ -142,7 +142,8 @@ def run_control(run: Run) -> dict:
 def run_discover(run: Run) -> dict:
     config = run.config.discovery
     model = run.load_model()
-    streams = discover.precompute(model, data.load(run.data_dir, 'discovery'), config.batch_size, run.seed, run.device, run.process)
+    demos = data.load(run.data_dir, 'discovery')
+    streams = discover.precompute(model, demos, config.batch_size, run.seed, run.device, run.process)
     heldout, post = data.load(run.data_dir, 'heldout'), data.load(run.data_dir, 'post_task')
 
     sweep, trained = [], []
@@ -172,7 +173,7 @@ def run_discover(run: Run) -> dict:
     # the best of the sweep, not an unbiased estimate (alpha_sweep keeps every α's, --discovery.alpha's first)
     metrics = dict(summary, alpha = sweep[best]['alpha'], selected_by = config.select_alpha, post_task = post_summary, alpha_sweep = sweep)
     if run.adapter.reports_entered_subgoal and run.process.is_main:
-        codes = steering.subgoal_codes(model, meta, data.load(run.data_dir, 'discovery'), run.adapter.num_subgoals, run.device)
+        codes = steering.subgoal_codes(model, meta, demos, run.adapter.num_subgoals, run.device)
         metrics['steering'] = steering.steering_table(model, meta, codes, run.adapter.subgoal_names, run.adapter.make_envs(run.adapter.pretraining_tasks),
                                                       config.steering_episodes, run.seed)
         logger.info(f'steering: first subgoal entered is the injected code\'s {metrics["steering"]["hit_rate"]:.3f} of the time '
