@@ -20,6 +20,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def stepped_logits(model: Transformer, state: torch.Tensor) -> torch.Tensor:
+    """(b, t, actions): the cached step run over every step of `state`, no past actions, concatenated."""
+    cache, stepped = None, []
+    for t in range(state.shape[1]):
+        logits, cache = model(state[:, t:t + 1], None, cache = cache, return_cache = True)
+        stepped.append(logits)
+    return torch.cat(stepped, 1)
+
+
 def tiny_transformer(**kwargs) -> Transformer:
     body = dict(depth = 1, heads = 2, attn_dim_head = 8, rel_pos_bias = True)
     return Transformer(

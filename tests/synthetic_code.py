@@ -13,6 +13,7 @@ This isolates the method from base-model quality: a known answer for discovery.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -89,3 +90,24 @@ def switch_score(model: Transformer, meta_controller: MetaController, episodes: 
     meta_controller.eval()
     beta = meta_controller(model.residual_stream(episodes.observations), episodes.lens).beta
     return switch_counts(beta, episodes.boundaries, episodes.lens)
+
+
+class SyntheticRun(NamedTuple):
+    base_nll: float        # the base's last behaviour-cloning NLL
+    counts: SwitchCounts   # switches against the segment starts, over `episodes`
+    episodes: int
+
+
+def synthetic_run(codes: int, segments: int, length: int, seed: int, rank: int = 2, gumbel: float | None = 1.,
+                  alpha: float = 0.05, steps: int = 1_000, episodes: int = 512) -> SyntheticRun:
+    """Seed, train the base (200 steps), discover on it (64 episodes a step), score on fresh episodes."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    sample = partial(code_episodes, 64, codes, segments, length, generator)
+    model = code_base(codes)
+    base_nll = train_base(model, sample, steps = 200)
+    meta_controller = MetaController(dim_model = 32, dim_meta_controller = 32, dim_latent = 4, dim_policy = 16,
+                                     hypernetwork_low_rank = rank, switch_gumbel_temperature = gumbel)
+    discover(model, meta_controller, sample, steps = steps, alpha = alpha)
+    counts = switch_score(model, meta_controller, code_episodes(episodes, codes, segments, length, generator))
+    return SyntheticRun(base_nll, counts, episodes)

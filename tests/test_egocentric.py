@@ -6,6 +6,8 @@ from metacontroller.egocentric import EgocentricEncoder, egocentric_index
 from metacontroller.envs.pinpad import AGENT_CHANNEL, GRID, NUM_CHANNELS, OBS_DIM
 from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 
+from conftest import stepped_logits
+
 
 def test_index_centres_the_agent():
     index = egocentric_index(3, 3)                 # canvas 5×5
@@ -46,11 +48,8 @@ def test_transformer_with_state_encoder_steps_exactly():
     state = state.flatten(2)
     with torch.no_grad():
         full = model.action_logits(state)
-        cache, stepped = None, []
-        for t in range(5):
-            logits, cache = model(state[:, t:t + 1], None, cache = cache, return_cache = True)
-            stepped.append(logits)
-    assert torch.allclose(torch.cat(stepped, 1), full, atol = 1e-5)
+        stepped = stepped_logits(model, state)
+    assert torch.allclose(stepped, full, atol = 1e-5)
     assert model.state_encoder in model.base_modules()
 
 

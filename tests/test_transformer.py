@@ -9,7 +9,7 @@ from x_transformers import Decoder
 from metacontroller import Transformer
 from metacontroller.fast_decode import CachedDecoder
 
-from conftest import ACTIONS, DIM, STATE, tiny_transformer
+from conftest import ACTIONS, DIM, STATE, stepped_logits, tiny_transformer
 
 
 def test_behaviour_cloning_losses_are_named_and_finite(model, batch):
@@ -189,22 +189,15 @@ def test_rollout_after_a_data_write_steps_on_the_new_weights(write, body):
     ).eval()
     state = torch.randn(2, 5, STATE)
 
-    def rollout():
-        cache, stepped = None, []
-        for t in range(5):
-            logits, cache = model(state[:, t:t + 1], None, cache = cache, return_cache = True)
-            stepped.append(logits)
-        return torch.cat(stepped, 1)
-
     with torch.no_grad():
-        before = rollout()
+        before = stepped_logits(model, state)
         # a key projection (feeds the KV cache) and an MLP weight (feeds only the step) in each body
         params = [p for b in (model.lower_body, model.upper_body) for p in (b.layers[0][1].to_k.weight, b.layers[1][1].ff[0][0].weight)]
         versions = [p._version for p in params]
         for p in params:
             getattr(p.data, write)(0.5 * torch.randn_like(p))
         assert [p._version for p in params] == versions   # the write is invisible to version counters
-        after = rollout()
+        after = stepped_logits(model, state)
         assert torch.allclose(after, model.action_logits(state), atol = 1e-5)
     assert not torch.allclose(before, after)
     assert model._step_decoder('lower_body').is_fast == ('rotary_pos_emb' not in body)
@@ -228,11 +221,7 @@ def test_default_flash_body_steps_exactly_on_the_fast_plan():
     ).eval()
     state = torch.randn(2, 6, STATE)
     with torch.no_grad():
-        cache, stepped = None, []
-        for t in range(6):
-            logits, cache = model(state[:, t:t + 1], None, cache = cache, return_cache = True)
-            stepped.append(logits)
-        assert torch.allclose(torch.cat(stepped, 1), model.action_logits(state), atol = 1e-5)
+        assert torch.allclose(stepped_logits(model, state), model.action_logits(state), atol = 1e-5)
     assert model._step_decoder('lower_body').is_fast and model._step_decoder('upper_body').is_fast
 
 

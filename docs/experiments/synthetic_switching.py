@@ -9,15 +9,12 @@ Prints one line per seed: the base's final NLL, switch F1 (±1 step, t = 0 exclu
 import argparse
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'tests'))   # the generator lives beside the test that uses it
-from synthetic_code import code_base, code_episodes, discover, switch_score, train_base  # noqa: E402
-
-from metacontroller import MetaController  # noqa: E402
+from synthetic_code import synthetic_run  # noqa: E402
 
 
 def main():
@@ -36,18 +33,10 @@ def main():
 
     for seed in args.seeds:
         start = time.time()
-        torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
-        sample = partial(code_episodes, 64, args.codes, args.segments, args.length, generator)
-        model = code_base(args.codes)
-        base_nll = train_base(model, sample, steps = 200)
-        meta = MetaController(dim_model = 32, dim_meta_controller = 32, dim_latent = 4, dim_policy = 16,
-                              hypernetwork_low_rank = args.rank, switch_gumbel_temperature = args.gumbel or None)
-        discover(model, meta, sample, steps = args.steps, alpha = args.alpha)
-        counts = switch_score(model, meta, code_episodes(512, args.codes, args.segments, args.length, generator))
-        print(f'seed {seed}: base NLL {base_nll:.3f}, switch F1 {counts.f1:.3f}, switches per episode '
-              f'{counts.predicted / 512:.2f} (changes: {counts.actual / 512:.2f}), {time.time() - start:.0f} s', flush = True)
-
+        run = synthetic_run(args.codes, args.segments, args.length, seed, args.rank, args.gumbel or None, args.alpha, args.steps)
+        counts = run.counts
+        print(f'seed {seed}: base NLL {run.base_nll:.3f}, switch F1 {counts.f1:.3f}, switches per episode '
+              f'{counts.predicted / run.episodes:.2f} (changes: {counts.actual / run.episodes:.2f}), {time.time() - start:.0f} s', flush = True)
 
 if __name__ == '__main__':
     main()
