@@ -98,6 +98,8 @@ class DiscoveryConfig:
     hypernetwork_low_rank: int = knob(16, 'rank r of the controller U = A B^T')
     dim_policy: int = knob(256, 'internal-RL policy GRU width')
     steering_episodes: int = knob(256, 'fresh episodes per injected code in the steering check (paper App. B.3.2)')
+    init: str = knob('', 'start every alpha from this metacontroller checkpoint (its shape must match the --discovery.* '
+                         "settings) instead of fresh weights, e.g. to train a previous discovery on; '': fresh")
 
 
 @dataclass(frozen = True)

@@ -13,6 +13,7 @@ import torch
 from loguru import logger
 
 from metacontroller import MetaController, Transformer
+from metacontroller.checkpoint import Checkpointable
 from metacontroller.distributed import SINGLE, Process
 from metacontroller.pipeline import control, data, discover, pretrain, probe, report, rl_phase, steering
 from metacontroller.pipeline.adapter import EnvAdapter
@@ -62,6 +63,17 @@ def run_data(run: Run) -> dict:
     return data.generate(run.adapter, run.config.data, run.seed, run.data_dir)
 
 
+def load_matching(path: str, fresh: Checkpointable, flag: str, settings: str) -> Checkpointable:
+    """The checkpoint at `path`, which must have `fresh`'s tensor shapes (the run's settings describe it)."""
+    loaded = type(fresh).init_and_load(path)
+    given, expected = ({k: tuple(v.shape) for k, v in m.state_dict().items()} for m in (loaded, fresh))
+    if given != expected:
+        differ = sorted(k for k in given.keys() | expected.keys() if given.get(k) != expected.get(k))
+        raise ValueError(f'{flag} {path}: its model does not have the shape the {settings} settings describe '
+                         f'({len(differ)} tensors differ, e.g. {differ[:3]}); pass the settings it was trained with')
+    return loaded
+
+
 def initial_model(run: Run) -> Transformer:
     """A fresh base model, or the checkpoint `--pretrain.init` names (e.g. pretrained on a GPU elsewhere),
     which must have the shape the model settings describe (they set the cut and the reports)."""
@@ -69,14 +81,16 @@ def initial_model(run: Run) -> Transformer:
     path = run.config.pretrain.init
     if not path:
         return fresh
-    model = Transformer.init_and_load(path)
-    given, expected = ({k: tuple(v.shape) for k, v in m.state_dict().items()} for m in (model, fresh))
-    if given != expected:
-        differ = sorted(k for k in given.keys() | expected.keys() if given.get(k) != expected.get(k))
-        raise ValueError(f'--pretrain.init {path}: its model does not have the shape the --model.* settings describe '
-                         f'({len(differ)} tensors differ, e.g. {differ[:3]}); pass the settings it was trained with')
+    model = load_matching(path, fresh, '--pretrain.init', '--model.*')
     logger.info(f'base model from {path}; {run.config.pretrain.steps} more pretraining steps')
     return model
+
+
+def initial_meta_controller(run: Run, dim_model: int) -> MetaController:
+    """A fresh metacontroller, or a copy of the checkpoint `--discovery.init` names (each α starts from it)."""
+    fresh = build_meta_controller(dim_model, run.config.discovery)
+    path = run.config.discovery.init
+    return load_matching(path, fresh, '--discovery.init', '--discovery.*') if path else fresh
 
 
 def run_pretrain(run: Run) -> dict:
@@ -148,7 +162,7 @@ def run_discover(run: Run) -> dict:
 
     sweep, trained = [], []
     for alpha in dict.fromkeys((config.alpha, *config.sweep_alphas)):   # --discovery.alpha first, no repeats
-        meta = build_meta_controller(model.dim, config).to(run.device)
+        meta = initial_meta_controller(run, model.dim).to(run.device)
         discover.train(model, meta, streams, alpha, config, run.seed, run.progress, run.process)
         summary = discover.analyse(model, meta, heldout, run.device).summary()
         sweep.append(dict(alpha = alpha, **summary))

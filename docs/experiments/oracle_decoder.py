@@ -1,0 +1,62 @@
+"""Discovery started from the ground-truth controllers (docs/reproduction.md, issue 15).
+
+On row P's base, discovery finds switches on the subgoal boundaries but codes that carry a route
+(about 21 nats per episode) and steer at chance, while the ground-truth controllers reach a lower
+action NLL (0.30 against 0.60) at a smaller rate. Is that code out of the search's reach, or does
+the objective leave it? This writes a metacontroller whose decoder *is* the `control` phase's
+controllers: the code's first K dims feed the controllers' one-hot input, the others start with zero
+weight; the encoder, switching unit and policy are fresh. `--discovery.init` then trains it with the
+paper's objective, unchanged, and the steering check and internal RL read the codes it ends with.
+It is a diagnostic that uses the labels (through the controllers), not a method.
+
+    python docs/experiments/oracle_decoder.py --run-dir runs/study/cotrained --out runs/study/oracle_init.pt
+    python train_pinpad.py --run-dir runs/study/cotrained --phases discover,rl,baselines --force \\
+        --discovery.init runs/study/oracle_init.pt --discovery.steps 3200 --threads 1
+"""
+import argparse
+from pathlib import Path
+
+import torch
+
+from metacontroller.pipeline.config import default_config
+from metacontroller.pipeline.models import build_meta_controller
+from metacontroller.subgoal_controller import SubgoalController
+
+
+def oracle_meta_controller(controller: SubgoalController, seed: int):
+    """A fresh metacontroller (default discovery settings) whose decoder computes the controllers' U for z = onehot(k)."""
+    torch.manual_seed(seed)
+    meta = build_meta_controller(controller.dim_model, default_config().discovery)
+    source, target = controller.decoder, meta.decoder
+    k = controller.num_subgoals
+    if meta.dim_latent < k:
+        raise ValueError(f'the code has {meta.dim_latent} dims, fewer than the {k} subgoals')
+    with torch.no_grad():
+        first, given = target.hidden[0], source.hidden[0]
+        first.weight.zero_()
+        first.weight[:, :k] = given.weight
+        first.bias.copy_(given.bias)
+        target.to_a.load_state_dict(source.to_a.state_dict())
+        target.to_b.load_state_dict(source.to_b.state_dict())
+    return meta
+
+
+def main():
+    parser = argparse.ArgumentParser(description = __doc__.split('\n\n')[0])
+    parser.add_argument('--run-dir', type = Path, required = True, help = 'a pipeline run folder whose control phase has run')
+    parser.add_argument('--out', type = Path, required = True, help = 'metacontroller checkpoint to write')
+    parser.add_argument('--seed', type = int, default = 0)
+    args = parser.parse_args()
+
+    controller = SubgoalController.init_and_load(args.run_dir / 'control' / 'controller.pt')
+    meta = oracle_meta_controller(controller, args.seed)
+    eye = torch.eye(controller.num_subgoals, meta.dim_latent)
+    stream = torch.randn(4, controller.dim_model)
+    same = torch.allclose(meta.decoder.control(eye, stream), controller(stream, torch.arange(controller.num_subgoals)), atol = 1e-5)
+    print(f'decoder at one-hot codes equals the ground-truth controllers: {same}')
+    meta.save(args.out)
+    print(f'wrote {args.out}')
+
+
+if __name__ == '__main__':
+    main()
