@@ -11,6 +11,7 @@ Stdlib only at import: `benchmarks.speed` imports `StepMemory` from here.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -46,8 +47,17 @@ class StepMemory:
         return result, (_status_kb('VmHWM') - start) / 1024
 
 
-def main():
-    run_sh, threads, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description = "The peer's own benchmark at our thread count (run by `benchmarks.speed --peer`).")
+    parser.add_argument('run_sh', help = "the peer's run.sh; its bench_peer.py lies beside it")
+    parser.add_argument('threads', type = int, help = 'torch intra-op threads')
+    parser.add_argument('name', help = 'the bench_peer.py configuration to measure')
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None):
+    args = parse_args(argv)
+    run_sh, threads, name = args.run_sh, args.threads, args.name
     # the harness's folder replaces benchmarks/ on the path: our module names must not shadow the peer's imports
     sys.path[0] = os.path.dirname(os.path.abspath(run_sh))
     import torch

@@ -85,11 +85,25 @@ def frozen(*modules: nn.Module):
             p.requires_grad_(True)
 
 
+# x-transformers' norms that read no condition; it takes one norm per body, and a conditioned body's is adaptive
+UNCONDITIONED_NORMS = ('use_rmsnorm', 'use_simple_rmsnorm', 'use_scalenorm', 'use_dynamic_tanh', 'use_derf')
+
+
+def check_norm_takes_condition(body: dict, dim_condition: int | None):
+    """Checked on the settings as given: x-transformers would only assert, deep inside Decoder."""
+    chosen = [key for key in UNCONDITIONED_NORMS if body.get(key)]
+    if dim_condition is not None and chosen:
+        raise ValueError(f'dim_condition = {dim_condition} conditions each body through its norms, but the body sets '
+                         f'{", ".join(f"{key} = {body[key]!r}" for key in chosen)}, a norm that reads no condition: drop it '
+                         f'(adaptive layer norm), or set use_adaptive_rmsnorm = True for an RMS norm that reads the condition')
+
+
 def build_body(dim: int, body: dict | nn.Module, dim_condition: int | None = None, **defaults) -> nn.Module:
     if isinstance(body, nn.Module):
         return body
     if not isinstance(body, dict):
         raise TypeError(f'a body must be a dict of x-transformers Decoder kwargs or an nn.Module, got {type(body).__name__}')
+    check_norm_takes_condition(body, dim_condition)
     # fused attention (SDPA) is faster and leaner than the einsum path, but x-transformers
     # does not combine it with T5 relative position bias
     defaults.setdefault('attn_flash', not body.get('rel_pos_bias', False))

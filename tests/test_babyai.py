@@ -180,6 +180,17 @@ def test_mission_condition_mode_gives_the_mission_apart_from_the_observation(dem
         pinpad_adapter().with_task_condition(True)
 
 
+def test_task_condition_follows_the_flag_both_ways():
+    """An adapter built conditioned, run without --model.task_condition, gives up its condition
+    (config.json says off); the held-out task it was given stays."""
+    conditioned = babyai_adapter(mission_condition = True)
+    off = replace(conditioned, post_task_name = 'held out').with_task_condition(False)
+    assert (off.obs_dim, off.dim_condition, off.post_task_name) == (OBS_DIM, None, 'held out')
+    assert conditioned.with_task_condition(True) is conditioned and off.with_task_condition(False) is off
+    with pytest.raises(ValueError, match = '--model.task_condition: babyai always gives the model its task as a condition'):
+        replace(conditioned, task_condition_variant = None).with_task_condition(False)
+
+
 def test_a_mission_conditioned_model_trains_and_acts_in_babyai(demos):
     body = dict(depth = 1, heads = 2, attn_dim_head = 8)
     model = Transformer(16, action_embed_readout = dict(num_discrete = NUM_ACTIONS), state_embed_readout = dict(num_continuous = SCENE_DIM),

@@ -1,10 +1,10 @@
-"""The speed benchmark's own arithmetic: step memory and the table against the peer."""
+"""The speed benchmark's own arithmetic: step memory and the table against the peer; the peer script's command line."""
 import os
 
 import pytest
 import torch
 
-from benchmarks.peer import StepMemory
+from benchmarks.peer import StepMemory, parse_args
 from benchmarks.speed import parse, print_table
 
 
@@ -29,3 +29,13 @@ def test_table_sets_each_of_our_measures_against_the_peers(capsys):
     assert '| a | rollout_step_ms_16_envs | 20 ms | 2 ms | 10.0x faster |' in table
     assert '| a | peak RSS of the process | 1000 MB | 420 MB | 0.42 of the peer |' in table
     assert '| a | RSS growth over the discovery steps | 400 MB | 100 MB | 0.25 of the peer |' in table
+
+
+def test_peer_script_prints_its_usage(capsys):
+    with pytest.raises(SystemExit) as help_exit:
+        parse_args(['--help'])
+    assert help_exit.value.code == 0 and 'run_sh threads name' in capsys.readouterr().out
+    with pytest.raises(SystemExit):   # missing arguments: usage and the error, not an IndexError
+        parse_args([])
+    assert 'the following arguments are required: run_sh, threads, name' in capsys.readouterr().err
+    assert vars(parse_args(['run.sh', '2', 'small'])) == dict(run_sh = 'run.sh', threads = 2, name = 'small')

@@ -190,6 +190,10 @@ def test_bad_condition_settings_are_clear_errors():
         build(adaptive, dim_condition = COND + 1)
     assert build(adaptive, dim_condition = COND).dim_condition == COND   # a module conditioned as the model is: accepted
     assert build(dict(depth = 1, use_adaptive_rmsnorm = True), dim_condition = COND).lower_body.need_condition   # x-transformers' other adaptive norm
+    for norm in ('use_rmsnorm', 'use_scalenorm'):   # a norm that reads no condition cannot be the conditioned body's one norm
+        with pytest.raises(ValueError, match = f'dim_condition = 5 conditions .* sets {norm} = True, .*use_adaptive_rmsnorm = True'):
+            build(dict(depth = 1, **{norm: True}), dim_condition = COND)
+    assert not build(dict(depth = 1, use_rmsnorm = True)).lower_body.need_condition   # without a condition: allowed
 
 
 # ---------------------------------------------------------------- rollouts: info['condition'] at reset

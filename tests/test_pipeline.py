@@ -14,11 +14,11 @@ from metacontroller.pipeline.adapters.babyai import babyai_adapter
 from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 from metacontroller.pipeline.aggregate import aggregate
 from metacontroller.pipeline.cli import main
-from metacontroller.pipeline.config import PRESETS, smoke_config, validate
+from metacontroller.pipeline.config import PRESETS, override, smoke_config, validate
 from metacontroller.pipeline.files import read_json, run_lock, write_json
 from metacontroller.pipeline.metrics import beta_binary_fraction, match_switches, switch_counts
 from metacontroller.pipeline.models import build_meta_controller, build_transformer
-from metacontroller.pipeline.phases import PHASES
+from metacontroller.pipeline.phases import PHASES, Run, initial_meta_controller, initial_model
 from metacontroller.pipeline.pretrain import imitation_metrics
 
 PHASE_FILES = ['config.json', 'results.json', 'run.log', 'data/pretrain.npz', 'data/discovery.npz', 'pretrain/model.pt', 'control/controller.pt',
@@ -96,6 +96,54 @@ def test_force_redoes_selected_phase(smoke_run):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match = r'needs .*pretrain/model.pt.*--phases pretrain,discover'):
         run(tmp_path, '--phases', 'discover')
+
+
+def smoke_settings(tmp_path, settings: dict) -> Run:
+    """A smoke-preset run with {'section.field': value} settings, for the phases' own helpers."""
+    return Run(tmp_path / 'run', override(smoke_config(), settings), pinpad_adapter())
+
+
+def perturbed(module):
+    """Weights no fresh build has, so that a start from the checkpoint is told from a fresh one."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    return module
+
+
+def assert_same_weights(a, b):
+    first, second = a.state_dict(), b.state_dict()
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_start_checkpoint_of_another_shape_names_its_flag_and_tensors(tmp_path):
+    config = smoke_config()
+    build_transformer(pinpad_adapter(), override(config, {'model.ff_mult': 4}).model).save(tmp_path / 'model.pt')
+    build_meta_controller(config.model.dim, override(config, {'discovery.dim_latent': 4}).discovery).save(tmp_path / 'meta.pt')
+    with pytest.raises(ValueError, match = r"--pretrain.init .*model.pt: .*the --model.\* settings describe "
+                                           r"\(6 tensors differ, e.g. \['lower_body.layers.1.1.ff.0.0.bias', "):
+        initial_model(smoke_settings(tmp_path, {'pretrain.init': str(tmp_path / 'model.pt')}))
+    with pytest.raises(ValueError, match = r"--discovery.init .*meta.pt: .*the --discovery.\* settings describe "
+                                           r"\(6 tensors differ, e.g. \['decoder.hidden.0.weight', 'encoder.2.bias'"):
+        initial_meta_controller(smoke_settings(tmp_path, {'discovery.init': str(tmp_path / 'meta.pt')}), config.model.dim)
+
+
+def test_discovery_starts_every_alpha_from_the_init_checkpoint(tmp_path):
+    config = smoke_config()
+    saved = perturbed(build_meta_controller(config.model.dim, config.discovery))
+    saved.save(tmp_path / 'meta.pt')
+    run = smoke_settings(tmp_path, {'discovery.init': str(tmp_path / 'meta.pt')})
+    first, second = (initial_meta_controller(run, config.model.dim) for _ in range(2))
+    assert_same_weights(first, saved)
+    assert_same_weights(second, saved) and first is not second   # a copy per alpha: training one leaves the next's start alone
+
+
+def test_pretrain_init_with_no_steps_keeps_the_model_as_is(tmp_path):
+    saved = perturbed(build_transformer(pinpad_adapter(), smoke_config().model))
+    saved.save(tmp_path / 'init.pt')
+    result = run(tmp_path, '--phases', 'data,pretrain', '--pretrain.init', str(tmp_path / 'init.pt'), '--pretrain.steps', '0')
+    assert_same_weights(smoke_settings(tmp_path, {}).load_model(), saved)   # the pretrain phase's model.pt
+    assert result['pretrain']['init'] == str(tmp_path / 'init.pt') and result['pretrain']['final_train_action_nll'] is None
 
 
 def test_changed_settings_need_force_or_a_new_folder(smoke_run):

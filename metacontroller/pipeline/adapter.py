@@ -37,8 +37,9 @@ class EnvAdapter:
     reports_entered_subgoal: bool = False
     # width of the task condition the base model is given (its demos' batches and env resets carry it); None: none
     dim_condition: int | None = None
-    # () -> this env with its task as a condition vector instead of in the observation, for `--model.task_condition`
-    task_conditioned: Callable[[], EnvAdapter] | None = None
+    # on -> this env with its task as a condition vector (True) or in the observation (False), for
+    # `--model.task_condition`; None: the env has one way to give its task
+    task_condition_variant: Callable[[bool], EnvAdapter] | None = None
 
     def preset(self, name: str) -> PipelineConfig:
         """The pipeline's preset `name` with this environment's overrides."""
@@ -57,12 +58,14 @@ class EnvAdapter:
         return replace(self, post_task = task, post_task_name = name)
 
     def with_task_condition(self, on: bool) -> EnvAdapter:
-        """This adapter with the task given to the base model as a condition vector (`--model.task_condition`)."""
-        if not on or self.dim_condition is not None:
+        """This adapter with the task given to the base model as a condition vector or not (`--model.task_condition`):
+        both ways, so that an adapter built conditioned still follows the flag config.json records."""
+        if on == (self.dim_condition is not None):
             return self
-        if self.task_conditioned is None:
-            raise ValueError(f'--model.task_condition: {self.name} has no task to give the model as a condition')
-        return replace(self.task_conditioned(), post_task = self.post_task, post_task_name = self.post_task_name)
+        if self.task_condition_variant is None:
+            has = 'has no task to give the model as a condition' if on else 'always gives the model its task as a condition: pass --model.task_condition'
+            raise ValueError(f'--model.task_condition: {self.name} {has}')
+        return replace(self.task_condition_variant(on), post_task = self.post_task, post_task_name = self.post_task_name)
 
     def make_envs(self, tasks: Sequence[Task]) -> Callable[[int], object]:
         """make_envs(num_envs) -> a fresh batched env on `tasks` (the internal-RL contract)."""

@@ -55,5 +55,5 @@ def babyai_adapter(mission_condition: bool = False) -> EnvAdapter:
         vector_env = partial(VecBabyAIEnv, max_steps = MAX_STEPS, mission_condition = mission_condition),
         preset_overrides = BABYAI_OVERRIDES,
         dim_condition = MISSION_DIM if mission_condition else None,
-        task_conditioned = partial(babyai_adapter, mission_condition = True),
+        task_condition_variant = babyai_adapter,
     )
