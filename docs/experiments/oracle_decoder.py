@@ -10,14 +10,21 @@ paper's objective, unchanged, and the steering check and internal RL read the co
 It is a diagnostic that uses the labels (through the controllers), not a method.
 
     python docs/experiments/oracle_decoder.py --run-dir runs/study/cotrained --out runs/study/oracle_init.pt
-    python train_pinpad.py --run-dir runs/study/cotrained --phases discover,rl,baselines --force \\
+    python train_pinpad.py --run-dir runs/study/cotrained --phases discover,rl --force \\
         --discovery.init runs/study/oracle_init.pt --discovery.steps 3200 --threads 1
+
+With `--frozen-decoder` the script trains the rest itself (same objective and settings, the decoder
+held at the controllers) and writes the run's discover/meta_controller.pt, for `--phases rl`.
 """
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from metacontroller import Transformer
+from metacontroller.pipeline import data, discover, steering
+from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 from metacontroller.pipeline.config import default_config
 from metacontroller.pipeline.models import build_meta_controller
 from metacontroller.subgoal_controller import SubgoalController
@@ -46,7 +53,11 @@ def main():
     parser.add_argument('--run-dir', type = Path, required = True, help = 'a pipeline run folder whose control phase has run')
     parser.add_argument('--out', type = Path, required = True, help = 'metacontroller checkpoint to write')
     parser.add_argument('--seed', type = int, default = 0)
+    parser.add_argument('--frozen-decoder', action = 'store_true', help = 'train discovery here with the decoder frozen')
+    parser.add_argument('--steps', type = int, default = 3_200, help = 'discovery steps (with --frozen-decoder)')
+    parser.add_argument('--threads', type = int, default = 1)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     controller = SubgoalController.init_and_load(args.run_dir / 'control' / 'controller.pt')
     meta = oracle_meta_controller(controller, args.seed)
@@ -56,6 +67,25 @@ def main():
     print(f'decoder at one-hot codes equals the ground-truth controllers: {same}')
     meta.save(args.out)
     print(f'wrote {args.out}')
+    if args.frozen_decoder:
+        train_frozen(meta, args.run_dir, args.steps, args.seed)
+
+
+def train_frozen(meta, run_dir: Path, steps: int, seed: int):
+    """Discovery with the decoder held at the controllers (AdamW skips parameters without gradients)."""
+    config = replace(default_config().discovery, steps = steps)
+    adapter = pinpad_adapter()
+    model = Transformer.init_and_load(run_dir / 'pretrain' / 'model.pt').eval()
+    meta.decoder.requires_grad_(False)
+    demos = data.load(run_dir / 'data', 'discovery')
+    streams = discover.precompute(model, demos, config.batch_size, seed, 'cpu')
+    discover.train(model, meta, streams, config.alpha, config, seed)
+    meta.save(run_dir / 'discover' / 'meta_controller.pt')
+    print(discover.analyse(model, meta, data.load(run_dir / 'data', 'heldout'), 'cpu').summary())
+    codes = steering.subgoal_codes(model, meta, demos, adapter.num_subgoals, 'cpu')
+    table = steering.steering_table(model, meta, codes, adapter.subgoal_names, adapter.make_envs(adapter.pretraining_tasks),
+                                    config.steering_episodes, seed)
+    print('steering', table)
 
 
 if __name__ == '__main__':
