@@ -9,10 +9,6 @@ real-gated linear recurrent unit (RG-LRU), on its own:
 It is linear in h, so it runs as a parallel associative scan (no step-by-step
 backward, unlike a GRU). The summary is h at each row's last valid step, so
 padding past a row's length never reaches it.
-
-`future` is our option, not the paper's: the same recurrence run backward in time
-over each row's valid steps, so that s_t summarises e_{t..T} and the nearest
-future events weigh most.
 """
 from __future__ import annotations
 
@@ -22,7 +18,6 @@ from assoc_scan import AssocScan
 from torch import Tensor, nn
 
 GATE_SHARPNESS = 8.  # c in Hawk
-SUMMARIES = ('sequence', 'future')   # what the encoder reads: one summary (the paper), or one per step (`future`)
 
 
 class SequenceEmbedder(nn.Module):
@@ -36,30 +31,10 @@ class SequenceEmbedder(nn.Module):
 
     def forward(self, stream: Tensor, lens: Tensor) -> Tensor:
         """stream (b, t, d), lens (b,) -> summary (b, n_s)."""
-        hidden = self.scan_states(stream)                                                      # (b, t, n_s)
-        index = (lens - 1).clamp_min(0)[:, None, None].expand(-1, 1, hidden.shape[-1])
-        return hidden.gather(1, index)[:, 0]
-
-    def future(self, stream: Tensor, lens: Tensor) -> Tensor:
-        """stream (b, t, d), lens (b,) -> per-step summaries of e_{t..len} (b, t, n_s); padded steps are junk."""
-        flip = reverse_within(lens, stream.shape[1])
-        return reorder(self.scan_states(reorder(stream, flip)), flip)
-
-    def scan_states(self, stream: Tensor) -> Tensor:
-        """stream (b, t, d) -> the recurrence's state after each step (b, t, n_s)."""
         recurrence_gate, input_gate, values = self.project(stream).chunk(3, dim = -1)
         log_a = -GATE_SHARPNESS * F.softplus(-self.log_decay) * torch.sigmoid(recurrence_gate)  # log σ(Λ)^{c r}
         a = log_a.exp()
         inputs = (-torch.expm1(2 * log_a)).clamp_min(1e-12).sqrt() * torch.sigmoid(input_gate) * values
-        return self.scan(a, inputs)
-
-
-def reverse_within(lens: Tensor, time: int) -> Tensor:
-    """(b, t) time indices that reverse each row's first lens[b] steps and keep its padding in place."""
-    steps = torch.arange(time, device = lens.device)
-    return torch.where(steps < lens[:, None], lens[:, None] - 1 - steps, steps)
-
-
-def reorder(values: Tensor, index: Tensor) -> Tensor:
-    """values (b, t, n) taken at time indices (b, t)."""
-    return values.gather(1, index[..., None].expand(-1, -1, values.shape[-1]))
+        hidden = self.scan(a, inputs)                                                          # (b, t, n_s)
+        index = (lens - 1).clamp_min(0)[:, None, None].expand(-1, 1, hidden.shape[-1])
+        return hidden.gather(1, index)[:, 0]

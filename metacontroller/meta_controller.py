@@ -33,7 +33,7 @@ from torch_einops_utils import lens_to_mask
 
 from metacontroller.checkpoint import Checkpointable
 from metacontroller.codes import make_latent_code
-from metacontroller.embedder import SUMMARIES, SequenceEmbedder
+from metacontroller.embedder import SequenceEmbedder
 from metacontroller.hypernetwork import Controller, ControllerDecoder
 from metacontroller.policy import CausalPolicy
 from metacontroller.ppo import compact, ppo_clip_loss
@@ -123,21 +123,16 @@ class MetaController(Checkpointable, nn.Module):
         latent_code: str = 'gaussian',
         code_temperature: float = 1.,
         code_straight_through: bool = True,
-        summary: str = 'sequence',
     ):
         """control_scale c: ê = e + c·U e (1: the paper; 0: the base model untouched, an ablation).
         latent_code: 'gaussian' (the paper), 'binary' (n_z bits) or 'categorical' (one of n_z codes);
         the discrete codes sample with Gumbel noise at `code_temperature` in discovery, hard and
-        straight-through unless `code_straight_through` is False.
-        summary: what the encoder reads of the future: 'sequence' (the paper: one summary s(e_{1:T}) for
-        every step) or 'future' (ours: s_t summarises e_{t..T}, the recurrence run backward in time)."""
+        straight-through unless `code_straight_through` is False."""
         super().__init__()
         if hypernetwork_low_rank is not None and not 0 < hypernetwork_low_rank <= dim_model:
             raise ValueError(f'hypernetwork_low_rank must be in [1, dim_model={dim_model}] or None (full rank), got {hypernetwork_low_rank}')
 
-        if summary not in SUMMARIES:
-            raise ValueError(f"summary must be one of {', '.join(SUMMARIES)}, got {summary!r}")
-        self.dim_model, self.dim_latent, self.summary = dim_model, dim_latent, summary
+        self.dim_model, self.dim_latent = dim_model, dim_latent
         self.code = make_latent_code(latent_code, code_temperature, code_straight_through)
         dim_history = dim_summary = dim_meta_controller
 
@@ -172,10 +167,7 @@ class MetaController(Checkpointable, nn.Module):
 
         history = gru_sequence(self.history, stream)
         prev_history = shift_right(history)                              # h_{t-1}
-        if self.summary == 'future':
-            summary = self.embedder.future(stream, lens)                  # s_t of e_{t..T} (b, t, n_s)
-        else:
-            summary = self.embedder(stream, lens)[:, None].expand(-1, t, -1)  # s (b, t, n_s)
+        summary = self.embedder(stream, lens)[:, None].expand(-1, t, -1)  # s (b, t, n_s)
 
         encoded = self.encoder(torch.cat((stream, prev_history, summary), dim = -1))
         posterior = torch.stack(encoded.chunk(self.code.params, dim = -1), dim = -1)   # (b, t, n_z, k)

@@ -55,7 +55,6 @@ def main():
     parser.add_argument('--seed', type = int, default = 0)
     parser.add_argument('--frozen-decoder', action = 'store_true', help = 'train discovery here with the decoder frozen')
     parser.add_argument('--steps', type = int, default = 3_200, help = 'discovery steps (with --frozen-decoder)')
-    parser.add_argument('--alpha', type = float, default = 0.05, help = 'KL weight (with --frozen-decoder)')
     parser.add_argument('--threads', type = int, default = 1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -69,12 +68,12 @@ def main():
     meta.save(args.out)
     print(f'wrote {args.out}')
     if args.frozen_decoder:
-        train_frozen(meta, args.run_dir, args.steps, args.alpha, args.seed)
+        train_frozen(meta, args.run_dir, args.steps, args.seed)
 
 
-def train_frozen(meta, run_dir: Path, steps: int, alpha: float, seed: int):
+def train_frozen(meta, run_dir: Path, steps: int, seed: int):
     """Discovery with the decoder held at the controllers (AdamW skips parameters without gradients)."""
-    config = replace(default_config().discovery, steps = steps, alpha = alpha)
+    config = replace(default_config().discovery, steps = steps)
     adapter = pinpad_adapter()
     model = Transformer.init_and_load(run_dir / 'pretrain' / 'model.pt').eval()
     meta.decoder.requires_grad_(False)

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 from metacontroller.codes import CODES
-from metacontroller.embedder import SUMMARIES
 from metacontroller.rl.config import RLConfig
 
 SELECT_ALPHA = ('fixed', 'switch_f1')   # how discovery picks the metacontroller that goes downstream
@@ -92,8 +91,6 @@ class DiscoveryConfig:
     dim_meta_controller: int = knob(32, 'history GRU and sequence summary width (n_h = n_s)')
     dim_latent: int = knob(8, 'latent code width n_z')
     latent_code: str = knob('gaussian', 'gaussian (the paper), binary (n_z bits) or categorical (one of n_z codes); the discrete codes are not in the paper')
-    summary: str = knob('sequence', "what the encoder reads of the future: 'sequence' (the paper: one summary of the "
-                                    "whole episode) or 'future' (per step, a summary of the steps from t on; not in the paper)")
     switch_gumbel_temperature: float = knob(0., 'Gumbel-sigmoid switch in training at this temperature (0: off, as in the '
                                                   "paper's main runs; its App. C.6 turns it on for the gridworld rate-distortion sweep)")
     dim_encoder_hidden: int = knob(64, 'controller encoder hidden width')
@@ -253,8 +250,6 @@ def _check_together(config: PipelineConfig, flat: dict[str, Any]) -> list[str]:
         problems.append(f'--model.depth must be even (the metacontroller sits at L/2), got {config.model.depth}')
     if config.data.pretrain_epsilon > 1:
         problems.append(f'--data.pretrain_epsilon must be a probability, <= 1, got {config.data.pretrain_epsilon}')
-    if config.discovery.summary not in SUMMARIES:
-        problems.append(f'--discovery.summary must be one of {", ".join(SUMMARIES)}, got {config.discovery.summary!r}')
     if config.discovery.latent_code not in CODES:
         problems.append(f'--discovery.latent_code must be one of {", ".join(CODES)}, got {config.discovery.latent_code!r}')
     if config.discovery.select_alpha not in SELECT_ALPHA:

@@ -37,6 +37,5 @@ def build_meta_controller(dim_model: int, config: DiscoveryConfig) -> MetaContro
         hypernetwork_low_rank = config.hypernetwork_low_rank,
         dim_policy = config.dim_policy,
         latent_code = config.latent_code,
-        summary = config.summary,
         switch_gumbel_temperature = config.switch_gumbel_temperature or None,   # 0: off
     )
