@@ -134,8 +134,23 @@ def test_discovery_starts_every_alpha_from_the_init_checkpoint(tmp_path):
     saved.save(tmp_path / 'meta.pt')
     run = smoke_settings(tmp_path, {'discovery.init': str(tmp_path / 'meta.pt')})
     first, second = (initial_meta_controller(run, config.model.dim) for _ in range(2))
-    assert_same_weights(first, saved)
-    assert_same_weights(second, saved) and first is not second   # a copy per alpha: training one leaves the next's start alone
+    with torch.no_grad():   # a copy per alpha: training one leaves the next's start alone
+        next(first.parameters()).add_(1.)
+    assert first is not second
+    assert_same_weights(second, saved)
+
+
+def test_discovery_init_keeps_the_runs_settings_that_change_no_shape(tmp_path):
+    config = smoke_config()
+    build_meta_controller(config.model.dim, config.discovery).save(tmp_path / 'meta.pt')   # no Gumbel switch
+    run = smoke_settings(tmp_path, {'discovery.init': str(tmp_path / 'meta.pt'), 'discovery.switch_gumbel_temperature': 1.})
+    assert initial_meta_controller(run, config.model.dim).switching.gumbel_temperature == 1.
+
+
+def test_a_missing_init_checkpoint_is_an_error_before_any_phase(tmp_path):
+    for flag in ('pretrain.init', 'discovery.init'):
+        with pytest.raises(ValueError, match = f'--{flag} .*no such checkpoint file'):
+            validate(override(smoke_config(), {flag: str(tmp_path / 'missing.pt')}))
 
 
 def test_pretrain_init_with_no_steps_keeps_the_model_as_is(tmp_path):

@@ -53,7 +53,7 @@ def main():
     dataset = data.load(args.run_dir / 'data', 'heldout')
     n = min(args.episodes, len(dataset.episode_lens))
     batch = dataset.batch(np.arange(n))
-    with torch.no_grad():
+    with torch.no_grad(), seeded(args.seed, torch.device('cpu')):   # the sampled z_0 too
         stream = model.residual_stream(batch.observations)
         out = meta(stream, batch.episode_lens)
         codes = (out.latent if args.sampled else out.mean)[:, 0]                   # (n, n_z): each episode's first code

@@ -9,12 +9,14 @@ weight; the encoder, switching unit and policy are fresh. `--discovery.init` the
 paper's objective, unchanged, and the steering check and internal RL read the codes it ends with.
 It is a diagnostic that uses the labels (through the controllers), not a method.
 
-    python docs/experiments/oracle_decoder.py --run-dir runs/study/cotrained --out runs/study/oracle_init.pt
-    python train_pinpad.py --run-dir runs/study/cotrained --phases discover,rl --force \\
+    cp -r runs/study/cotrained runs/study/oracle        # a copy: the discover phase is redone there
+    python docs/experiments/oracle_decoder.py --run-dir runs/study/oracle --out runs/study/oracle_init.pt
+    python train_pinpad.py --run-dir runs/study/oracle --phases discover,rl --force \\
         --discovery.init runs/study/oracle_init.pt --discovery.steps 3200 --threads 1
 
-With `--frozen-decoder` the script trains the rest itself (same objective and settings, the decoder
-held at the controllers) and writes the run's discover/meta_controller.pt, for `--phases rl`.
+With `--frozen-decoder` the script trains the rest itself (the default discovery settings, `--alpha`
+and `--steps`; the decoder held at the controllers) and writes the run's discover/meta_controller.pt,
+for `--phases rl --force` (also on a copy: the run's phases/discover.json is not rewritten).
 """
 import argparse
 from dataclasses import replace
@@ -55,6 +57,7 @@ def main():
     parser.add_argument('--seed', type = int, default = 0)
     parser.add_argument('--frozen-decoder', action = 'store_true', help = 'train discovery here with the decoder frozen')
     parser.add_argument('--steps', type = int, default = 3_200, help = 'discovery steps (with --frozen-decoder)')
+    parser.add_argument('--alpha', type = float, default = 0.05, help = 'KL weight (with --frozen-decoder)')
     parser.add_argument('--threads', type = int, default = 1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -62,18 +65,18 @@ def main():
     controller = SubgoalController.init_and_load(args.run_dir / 'control' / 'controller.pt')
     meta = oracle_meta_controller(controller, args.seed)
     eye = torch.eye(controller.num_subgoals, meta.dim_latent)
-    stream = torch.randn(4, controller.dim_model)
+    stream = torch.randn(controller.num_subgoals, controller.dim_model)
     same = torch.allclose(meta.decoder.control(eye, stream), controller(stream, torch.arange(controller.num_subgoals)), atol = 1e-5)
     print(f'decoder at one-hot codes equals the ground-truth controllers: {same}')
     meta.save(args.out)
     print(f'wrote {args.out}')
     if args.frozen_decoder:
-        train_frozen(meta, args.run_dir, args.steps, args.seed)
+        train_frozen(meta, args.run_dir, args.steps, args.alpha, args.seed)
 
 
-def train_frozen(meta, run_dir: Path, steps: int, seed: int):
+def train_frozen(meta, run_dir: Path, steps: int, alpha: float, seed: int):
     """Discovery with the decoder held at the controllers (AdamW skips parameters without gradients)."""
-    config = replace(default_config().discovery, steps = steps)
+    config = replace(default_config().discovery, steps = steps, alpha = alpha)
     adapter = pinpad_adapter()
     model = Transformer.init_and_load(run_dir / 'pretrain' / 'model.pt').eval()
     meta.decoder.requires_grad_(False)

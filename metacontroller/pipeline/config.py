@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from metacontroller.codes import CODES
@@ -254,6 +255,9 @@ def _check_together(config: PipelineConfig, flat: dict[str, Any]) -> list[str]:
         problems.append(f'--discovery.latent_code must be one of {", ".join(CODES)}, got {config.discovery.latent_code!r}')
     if config.discovery.select_alpha not in SELECT_ALPHA:
         problems.append(f'--discovery.select_alpha must be one of {", ".join(SELECT_ALPHA)}, got {config.discovery.select_alpha!r}')
+    for flag, path in (('--pretrain.init', config.pretrain.init), ('--discovery.init', config.discovery.init)):
+        if path and not Path(path).is_file():   # found now, not when its phase starts hours later
+            problems.append(f'{flag} {path}: no such checkpoint file')
     if config.pretrain.steps == 0 and not config.pretrain.init:
         problems.append('--pretrain.steps 0 keeps the model untrained: give steps >= 1, or a model with --pretrain.init')
     problems += [f'--{key} must be <= --model.dim ({config.model.dim}), got {value}'

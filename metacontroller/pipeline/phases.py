@@ -64,14 +64,16 @@ def run_data(run: Run) -> dict:
 
 
 def load_matching(path: str, fresh: Checkpointable, flag: str, settings: str) -> Checkpointable:
-    """The checkpoint at `path`, which must have `fresh`'s tensor shapes (the run's settings describe it)."""
-    loaded = type(fresh).init_and_load(path)
-    given, expected = ({k: tuple(v.shape) for k, v in m.state_dict().items()} for m in (loaded, fresh))
+    """`fresh` with the weights of the checkpoint at `path`, which must have its tensor shapes. The run's
+    settings build the module, so one that changes no shape (e.g. the Gumbel switch) is the run's, as recorded."""
+    weights = type(fresh).init_and_load(path).state_dict()
+    given, expected = ({k: tuple(v.shape) for k, v in d.items()} for d in (weights, fresh.state_dict()))
     if given != expected:
         differ = sorted(k for k in given.keys() | expected.keys() if given.get(k) != expected.get(k))
         raise ValueError(f'{flag} {path}: its model does not have the shape the {settings} settings describe '
                          f'({len(differ)} tensors differ, e.g. {differ[:3]}); pass the settings it was trained with')
-    return loaded
+    fresh.load_state_dict(weights)
+    return fresh
 
 
 def initial_model(run: Run) -> Transformer:
@@ -185,7 +187,8 @@ def run_discover(run: Run) -> dict:
     post_summary = discover.analyse(model, meta, post, run.device).summary()
     # with 'switch_f1' the α is picked on the held-out episodes its figures come from: they are then
     # the best of the sweep, not an unbiased estimate (alpha_sweep keeps every α's, --discovery.alpha's first)
-    metrics = dict(summary, alpha = sweep[best]['alpha'], selected_by = config.select_alpha, post_task = post_summary, alpha_sweep = sweep)
+    metrics = dict(summary, alpha = sweep[best]['alpha'], selected_by = config.select_alpha, post_task = post_summary, alpha_sweep = sweep,
+                   init = config.init)
     if run.adapter.reports_entered_subgoal and run.process.is_main:
         codes = steering.subgoal_codes(model, meta, demos, run.adapter.num_subgoals, run.device)
         metrics['steering'] = steering.steering_table(model, meta, codes, run.adapter.subgoal_names, run.adapter.make_envs(run.adapter.pretraining_tasks),
