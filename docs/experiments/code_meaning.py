@@ -45,7 +45,7 @@ def segments(dataset, meta, model, seed: int):
     rows = []
     for i, length in enumerate(batch.episode_lens.tolist()):
         labels = batch.subgoals[i, :length].numpy()
-        starts = [t for t in range(length) if labels[t] >= 0 and (t == 0 or labels[t] != labels[t - 1])]
+        starts = np.flatnonzero(batch.boundaries[i, :length].numpy()).tolist()   # each subgoal's first step
         ends = starts[1:] + [length]
         for k, (start, end) in enumerate(zip(starts, ends)):
             rows.append((latent[i, (start + end) // 2], labels[starts[k - 1]] if k else -1, labels[start], i, cells[i, end - 1], cells[i, start]))

@@ -21,21 +21,18 @@ import torch
 from metacontroller import MetaController, Transformer
 from metacontroller.envs.pinpad import VecPinpadEnv
 from metacontroller.pipeline import data
-from metacontroller.pipeline.steering import FirstEntered
-from metacontroller.rl.rollout import run_episodes
+from metacontroller.pipeline.steering import first_subgoals
 from metacontroller.rl.seeds import seeded
 
 
 def first_pairs(model, dataset, seeds, tasks, codes, meta, seed):
     """First subgoal entered per episode (-1: none), `codes[i]` held in the env of seeds[i] (None: the base alone)."""
-    env = FirstEntered(VecPinpadEnv(len(seeds), tasks = tasks, max_steps = dataset.metadata['max_steps']))
+    env = VecPinpadEnv(len(seeds), tasks = tasks, max_steps = dataset.metadata['max_steps'])
     hold = None
     if codes is not None:
         def hold(stream, rows):
             return meta.decoder.control(codes[rows].to(stream.dtype), stream, meta.control_scale)
-    with seeded(seed, torch.device('cpu')):
-        run_episodes(model, env, [int(s) for s in seeds], intervention = hold)
-    return env.first
+    return first_subgoals(model, env, [int(s) for s in seeds], seed, hold)
 
 
 def main():

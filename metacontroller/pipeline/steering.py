@@ -63,13 +63,19 @@ class FirstEntered:
         return obs, reward, terminated, truncated, info
 
 
+def first_subgoals(model: Transformer, env, seeds, torch_seed: int, intervention = None) -> np.ndarray:
+    """(N,) the first subgoal each episode enters (-1: none), the env reset to `seeds`, sampling under `torch_seed`."""
+    env = FirstEntered(env)
+    with seeded(torch_seed, next(model.parameters()).device):
+        run_episodes(model, env, seeds, intervention = intervention)
+    return env.first
+
+
 def first_entered(model: Transformer, make_envs: Callable[[int], object], episodes: int, num_subgoals: int, seed: int,
                   intervention = None) -> list[float]:
     """Fractions of episodes whose first subgoal entered is each of the K subgoals, then none (K + 1,)."""
-    env = FirstEntered(make_envs(episodes))
-    with seeded(seed, next(model.parameters()).device):
-        run_episodes(model, env, range(seed, seed + episodes), intervention = intervention)
-    return (np.bincount(np.where(env.first >= 0, env.first, num_subgoals), minlength = num_subgoals + 1) / episodes).tolist()
+    first = first_subgoals(model, make_envs(episodes), range(seed, seed + episodes), seed, intervention)
+    return (np.bincount(np.where(first >= 0, first, num_subgoals), minlength = num_subgoals + 1) / episodes).tolist()
 
 
 def steering_table(model: Transformer, meta_controller: MetaController, codes: torch.Tensor, subgoal_names: str,
