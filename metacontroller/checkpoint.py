@@ -11,8 +11,9 @@ What the format trusts: nothing in the file is code. It is read with
 code when it is loaded. A constructor argument that is a module is stored as
 its class's registered name and its own constructor arguments: torch's
 parameter-free activations (`torch.nn.ReLU`, ...) and every `Checkpointable`
-class, registered under its import path when the class is defined (import the
-module that defines it before loading). Loading then refuses another format
+class, registered under its import path when the class is defined. A class of
+this library is imported on demand (our own module, named by its path inside
+the package); import the module of any other before loading. Loading then refuses another format
 version, a state dict whose keys differ from the module's, and tensors that do
 not match their checksum.
 """
@@ -22,7 +23,7 @@ import hashlib
 import importlib
 import os
 import pickle
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import wraps
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from metacontroller.version import __version__
 FORMAT = 'metacontroller-checkpoint'
 FORMAT_VERSION = 2   # 1 pickled the constructor arguments as objects
 MODULE_KEY = '__module_class__'
+PACKAGE = __name__.partition('.')[0]
 
 # parameter-free activations: their public attributes are their constructor arguments
 ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.LeakyReLU, nn.ELU, nn.Softplus, nn.Mish)
@@ -86,8 +88,10 @@ def _from_data(value, source):
     if MODULE_KEY not in value:
         return {k: _from_data(v, source) for k, v in value.items()}
     name = MOVED.get(value[MODULE_KEY], value[MODULE_KEY])
-    if value[MODULE_KEY] in MOVED and name not in REGISTRY:   # our own module under its new path: safe to import
-        importlib.import_module(name.rpartition('.')[0])
+    module = name.rpartition('.')[0]
+    if name not in REGISTRY and module.partition('.')[0] == PACKAGE:   # one of our own modules: safe to import
+        with suppress(ModuleNotFoundError):
+            importlib.import_module(module)
     if name not in REGISTRY:
         raise ValueError(f'{source} needs the module class {name!r}, which is not registered: '
                          f'import the module that defines it ({name.rpartition(".")[0]}) before loading')

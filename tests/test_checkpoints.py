@@ -1,4 +1,7 @@
 """save / init_and_load: round trips, refused and tampered files, module arguments stored as data."""
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -144,3 +147,20 @@ def test_a_checkpoint_naming_a_moved_class_by_its_old_path_loads(tmp_path):
     loaded = Transformer.init_and_load(path)
     assert isinstance(loaded.state_encoder, EgocentricEncoder) and loaded.state_encoder.shape == (7, 7, 13)
     assert torch.equal(loaded.state_encoder.proj.weight, model.state_encoder.proj.weight)
+
+
+def test_a_class_of_this_library_loads_without_importing_its_module_first(tmp_path):
+    """`Transformer.init_and_load` of a pinpad base, in a fresh interpreter that never imported
+    metacontroller.egocentric; a class from another package still has to be imported by the user."""
+    path = tmp_path / 'model.pt'
+    tiny_transformer(state_encoder = EgocentricEncoder(DIM)).save(path)
+    script = ('import sys; from metacontroller import Transformer; '
+              "assert 'metacontroller.egocentric' not in sys.modules; "
+              'print(type(Transformer.init_and_load(sys.argv[1]).state_encoder).__name__)')
+    done = subprocess.run([sys.executable, '-c', script, str(path)], capture_output = True, text = True, timeout = 120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == 'EgocentricEncoder'
+
+    resave(path, lambda package: package['config']['kwargs']['state_encoder'].update(__module_class__ = 'elsewhere.Encoder'))
+    with pytest.raises(ValueError, match = r"needs the module class 'elsewhere.Encoder', which is not registered"):
+        Transformer.init_and_load(path)

@@ -9,6 +9,8 @@ controllers' success, the phase can see controllability when a base has it.
     python train_pinpad.py --run-dir runs/study/cotrained --phases probe,control --threads 1
 
 (the first command copies the data folder into --out, so that the second finds D* and the held-out set).
+`--label-dropout 0.5` turns the controller off on half of the episodes, so that the base must also infer
+the subgoal itself (docs/reproduction.md, "A base that infers the subgoal itself").
 """
 import argparse
 import json
@@ -36,6 +38,8 @@ def main():
     parser.add_argument('--data', type = Path, required = True, help = 'a pipeline data folder (pretrain.npz, discovery.npz, heldout.npz)')
     parser.add_argument('--out', type = Path, required = True, help = 'run folder to write (pretrain/model.pt, data/, cotrained.json)')
     parser.add_argument('--steps', type = int, default = 6_000, help = "pretraining steps (the default preset's)")
+    parser.add_argument('--label-dropout', type = float, default = 0.0,
+                        help = 'fraction of episodes trained without their labels (controller off), so that the base also learns to infer the subgoal')
     parser.add_argument('--seed', type = int, default = 0)
     parser.add_argument('--threads', type = int, default = 1)
     args = parser.parse_args()
@@ -54,7 +58,13 @@ def main():
     for _ in tqdm(range(args.steps), desc = 'co-train'):
         batch = data.batch(next(batches))
         mask = lens_to_mask(batch.episode_lens, batch.actions.shape[1])
-        hidden = model.upper_body(controller(model.residual_stream(batch.observations), step_labels(batch)))
+        stream = model.residual_stream(batch.observations)  # (b, t, d)
+        controlled = controller(stream, step_labels(batch))
+        if args.label_dropout > 0:
+            # a row without its label must be acted from the stream alone, as after pretraining without labels
+            labelled = torch.rand(stream.shape[0], 1, 1) >= args.label_dropout
+            controlled = torch.where(labelled, controlled, stream)
+        hidden = model.upper_body(controlled)
         loss = model.action_readout(hidden, targets = batch.actions.masked_fill(~mask, 0), loss_mask = mask)
         optimizer.zero_grad(set_to_none = True)
         loss.backward()
@@ -70,7 +80,7 @@ def main():
     success = {name: evaluate(model, adapter.make_envs(tasks), config.control.eval_episodes, seed = args.seed,
                               intervention = subgoal_intervention(controller))._asdict()
                for name, tasks in (('post_task', (adapter.post_task,)), ('pretraining_tasks', adapter.pretraining_tasks))}
-    record = dict(success, steps = args.steps, final_train_action_nll = float(np.mean(trace[-50:])), wall_time_s = time.time() - start)
+    record = dict(success, steps = args.steps, label_dropout = args.label_dropout, final_train_action_nll = float(np.mean(trace[-50:])), wall_time_s = time.time() - start)
     (args.out / 'cotrained.json').write_text(json.dumps(record, indent = 2))
     print({name: round(stats['success'], 3) for name, stats in success.items()})
 

@@ -1,0 +1,54 @@
+"""Internal-RL learning curves of several run folders in one figure (the paper's Fig. 8 layout, log x).
+
+Each curve is LABEL=RUN_DIR[:METHOD]: the training-batch success curve recorded by that run's `rl`
+phase (METHOD `internal`, the default) or `baselines` phase (`raw_action`, `no_temporal_abstraction`).
+Curves that share a label are seeds of one method: their median is drawn, with the 25–75% band.
+Dashed lines mark reference successes, e.g. the ground-truth controllers on the same task.
+
+    python docs/experiments/rl_curves.py --out curves.png 'AB, colour codes=runs/a' 'AB, raw actions=runs/a:raw_action' \\
+        --reference 'AB, ground-truth controllers=0.675'
+"""
+import argparse
+import json
+from pathlib import Path
+
+from metacontroller.pipeline.plots import draw_rl_curves, single_panel
+
+
+def curve(spec: str) -> tuple[str, list]:
+    label, _, where = spec.partition('=')
+    run_dir, _, method = where.partition(':')
+    method = method or 'internal'
+    phase = 'rl' if method == 'internal' else 'baselines'
+    record = Path(run_dir) / 'phases' / f'{phase}.json'
+    if not record.exists():
+        raise SystemExit(f'{spec!r}: expected {record} (run the {phase} phase first)')
+    metrics = json.loads(record.read_text())['metrics']
+    if method not in metrics:
+        raise SystemExit(f'{spec!r}: {record} has methods {sorted(metrics)}, not {method!r}')
+    return label, metrics[method]['curve']
+
+
+def draw(ax, runs: dict, references: list[tuple[str, float]]):
+    draw_rl_curves(ax, runs)
+    for (label, value), style in zip(references, ('--', ':', '-.', (0, (1, 3)))):
+        ax.axhline(value, color = 'grey', ls = style, lw = 0.8, label = label)
+    ax.legend(fontsize = 6)
+
+
+def main():
+    parser = argparse.ArgumentParser(description = __doc__.split('\n\n')[0])
+    parser.add_argument('curves', nargs = '+', help = 'LABEL=RUN_DIR[:METHOD]')
+    parser.add_argument('--reference', action = 'append', default = [], help = 'LABEL=SUCCESS, drawn as a dashed line')
+    parser.add_argument('--out', type = Path, required = True)
+    args = parser.parse_args()
+    runs = {}
+    for label, points in map(curve, args.curves):
+        runs.setdefault(label, []).append(points)
+    references = [(label, float(value)) for label, _, value in (r.rpartition('=') for r in args.reference)]
+    single_panel(args.out, draw, runs, references, size = (6, 4))
+    print(f'wrote {args.out}')
+
+
+if __name__ == '__main__':
+    main()
