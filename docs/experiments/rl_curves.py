@@ -29,6 +29,14 @@ def curve(spec: str) -> tuple[str, list]:
     return label, metrics[method]['curve']
 
 
+def reference(spec: str) -> tuple[str, float]:
+    label, _, value = spec.rpartition('=')
+    try:
+        return label, float(value)
+    except ValueError:
+        raise SystemExit(f'--reference {spec!r}: expected LABEL=SUCCESS, e.g. "AB, ground-truth controllers=0.675"') from None
+
+
 def draw(ax, runs: dict, references: list[tuple[str, float]]):
     draw_rl_curves(ax, runs)
     for (label, value), style in zip(references, ('--', ':', '-.', (0, (1, 3)))):
@@ -45,7 +53,7 @@ def main():
     runs = {}
     for label, points in map(curve, args.curves):
         runs.setdefault(label, []).append(points)
-    references = [(label, float(value)) for label, _, value in (r.rpartition('=') for r in args.reference)]
+    references = [reference(spec) for spec in args.reference]
     single_panel(args.out, draw, runs, references, size = (6, 4))
     print(f'wrote {args.out}')
 
