@@ -11,9 +11,9 @@ What the format trusts: nothing in the file is code. It is read with
 code when it is loaded. A constructor argument that is a module is stored as
 its class's registered name and its own constructor arguments: torch's
 parameter-free activations (`torch.nn.ReLU`, ...) and every `Checkpointable`
-class, registered under its import path when the class is defined. A class of
-this library is imported on demand (our own module, named by its path inside
-the package); import the module of any other before loading. Loading then refuses another format
+class, registered under its import path when the class is defined. A class
+of this library is imported on demand (only modules inside this package);
+import the module of any other before loading. Loading then refuses another format
 version, a state dict whose keys differ from the module's, and tensors that do
 not match their checksum.
 """
@@ -23,7 +23,7 @@ import hashlib
 import importlib
 import os
 import pickle
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 
@@ -88,10 +88,15 @@ def _from_data(value, source):
     if MODULE_KEY not in value:
         return {k: _from_data(v, source) for k, v in value.items()}
     name = MOVED.get(value[MODULE_KEY], value[MODULE_KEY])
+    if not isinstance(name, str):
+        raise ValueError(f'{source} names a module class by {name!r}; expected its import path, a string')
     module = name.rpartition('.')[0]
     if name not in REGISTRY and module.partition('.')[0] == PACKAGE:   # one of our own modules: safe to import
-        with suppress(ModuleNotFoundError):
+        try:
             importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name != module:   # the module exists but needs a package that is not installed: say so
+                raise
     if name not in REGISTRY:
         raise ValueError(f'{source} needs the module class {name!r}, which is not registered: '
                          f'import the module that defines it ({name.rpartition(".")[0]}) before loading')

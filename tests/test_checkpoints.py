@@ -164,3 +164,9 @@ def test_a_class_of_this_library_loads_without_importing_its_module_first(tmp_pa
     resave(path, lambda package: package['config']['kwargs']['state_encoder'].update(__module_class__ = 'elsewhere.Encoder'))
     with pytest.raises(ValueError, match = r"needs the module class 'elsewhere.Encoder', which is not registered"):
         Transformer.init_and_load(path)
+    resave(path, lambda package: package['config']['kwargs']['state_encoder'].update(__module_class__ = 'metacontroller.nowhere.Encoder'))
+    with pytest.raises(ValueError, match = r"needs the module class 'metacontroller.nowhere.Encoder', which is not registered"):
+        Transformer.init_and_load(path)
+    resave(path, lambda package: package['config']['kwargs']['state_encoder'].update(__module_class__ = 7))
+    with pytest.raises(ValueError, match = 'names a module class by 7; expected its import path'):
+        Transformer.init_and_load(path)

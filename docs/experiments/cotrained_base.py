@@ -43,6 +43,8 @@ def main():
     parser.add_argument('--seed', type = int, default = 0)
     parser.add_argument('--threads', type = int, default = 1)
     args = parser.parse_args()
+    if not 0 <= args.label_dropout <= 1:
+        parser.error(f'--label-dropout is a fraction of episodes, in [0, 1]; got {args.label_dropout}')
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 

@@ -10,6 +10,7 @@ Dashed lines mark reference successes, e.g. the ground-truth controllers on the 
 """
 import argparse
 import json
+from itertools import cycle
 from pathlib import Path
 
 from metacontroller.pipeline.plots import draw_rl_curves, single_panel
@@ -39,7 +40,7 @@ def reference(spec: str) -> tuple[str, float]:
 
 def draw(ax, runs: dict, references: list[tuple[str, float]]):
     draw_rl_curves(ax, runs)
-    for (label, value), style in zip(references, ('--', ':', '-.', (0, (1, 3)))):
+    for (label, value), style in zip(references, cycle(('--', ':', '-.', (0, (1, 3))))):
         ax.axhline(value, color = 'grey', ls = style, lw = 0.8, label = label)
     ax.legend(fontsize = 6)
 

@@ -9,8 +9,9 @@ switching unit) and its code z_t controls the base on both: the original and the
 stream, each against its own actions. A place code sends the rotated agent to the wrong place; a
 colour code is right in both. The objective is the mean of the two action NLLs + α·KL.
 
-It writes the run's discover/meta_controller.pt (use a copy of the run folder), prints the switch
-metrics and the steering check; then `code_meaning.py` and `--phases rl --force` read it.
+The metacontroller has the preset's default discovery sizes (or `--init`'s); only α and the steps
+are set here. It writes the run's discover/meta_controller.pt (use a copy of the run folder), prints
+the switch metrics and the steering check; then `code_meaning.py` and `--phases rl --force` read it.
 
     cp -r runs/study/cotrained runs/study/rotated
     python docs/experiments/rotation_consistency.py --run-dir runs/study/rotated --alpha 0.05 --steps 3200
