@@ -42,7 +42,7 @@ def draw(ax, runs: dict, references: list[tuple[str, float]]):
     draw_rl_curves(ax, runs)
     for (label, value), style in zip(references, cycle(('--', ':', '-.', (0, (1, 3))))):
         ax.axhline(value, color = 'grey', ls = style, lw = 0.8, label = label)
-    ax.legend(fontsize = 6)
+    ax.legend(fontsize = 6, loc = 'upper left', bbox_to_anchor = (1.01, 1))   # outside: the curves fill the axes
 
 
 def main():
@@ -55,7 +55,7 @@ def main():
     for label, points in map(curve, args.curves):
         runs.setdefault(label, []).append(points)
     references = [reference(spec) for spec in args.reference]
-    single_panel(args.out, draw, runs, references, size = (6, 4))
+    single_panel(args.out, draw, runs, references, size = (9, 4))
     print(f'wrote {args.out}')
 
 
