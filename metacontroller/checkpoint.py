@@ -99,7 +99,7 @@ def _from_data(value, source):
                 raise
     if name not in REGISTRY:
         raise ValueError(f'{source} needs the module class {name!r}, which is not registered: '
-                         f'import the module that defines it ({name.rpartition(".")[0]}) before loading')
+                         f'import the module that defines it ({module}) before loading')
     return REGISTRY[name](*_from_data(value['args'], source), **_from_data(value['kwargs'], source))
 
 
