@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch_einops_utils import lens_to_mask
 
-from metacontroller.distributed import adamw
+from metacontroller.distributed import adamw, native_bf16
 from metacontroller.fast_train import plain_paths
 from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 from metacontroller.pipeline.data import bucketed_batches
@@ -113,6 +113,7 @@ def main():
     lengths = [b.observations.shape[1] for b in batches[2:]]
     print(f'pretrain default config: d {config.model.dim}, L {config.model.depth}, batch {config.pretrain.batch_size}, '
           f'T {min(lengths)}-{max(lengths)} (mean {np.mean(lengths):.0f}), {args.threads} thread(s), ours in {"bf16" if args.bf16 else "fp32"}')
+    print(f'CPU: {torch.backends.cpu.get_cpu_capability()}, bf16 matmuls {"native" if native_bf16("cpu") else "emulated (bf16 autocast is slower than fp32 here)"}')
     print(f'padded tokens: {1 - valid / padded:.1%} of the batch (length-bucketed)')
 
     # breakdown on one batch of median length

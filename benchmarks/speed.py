@@ -168,7 +168,11 @@ def main():
 
 
 def print_table(ours: dict, peer: dict, threads: int):
-    print(f'\n{threads} thread(s)\n\n| config | measure | peer | ours | ratio |\n|---|---|---|---|---|')
+    import torch
+
+    from metacontroller.distributed import native_bf16
+    bf16 = 'native' if native_bf16('cpu') else 'emulated, slower than fp32'
+    print(f'\n{threads} thread(s), CPU {torch.backends.cpu.get_cpu_capability()} (bf16 matmuls {bf16})\n\n| config | measure | peer | ours | ratio |\n|---|---|---|---|---|')
     for name in dict.fromkeys(config for config, _ in ours):
         for (config, what), mine in ours.items():
             theirs = peer.get((config, what.removesuffix('_bf16')))

@@ -344,3 +344,30 @@ def test_a_busy_machine_is_named_at_start_up(monkeypatch):
     finally:
         logger.remove(handler)
     assert len(lines) == 1 and '--threads' in lines[0]
+
+
+@pytest.mark.parametrize('native', [True, False])
+def test_emulated_bf16_is_named_at_start_up(monkeypatch, native):
+    from loguru import logger
+
+    from metacontroller import distributed
+    from metacontroller.pipeline import cli
+
+    lines = []
+    handler = logger.add(lines.append, level = 'WARNING')
+    try:
+        monkeypatch.setattr(distributed, 'native_bf16', lambda device: native)
+        cli.warn_if_bf16_emulated(distributed.Process(mixed_precision = 'no'))
+        cli.warn_if_bf16_emulated(distributed.Process(mixed_precision = 'bf16'))
+    finally:
+        logger.remove(handler)
+    assert len(lines) == (0 if native else 1)
+    assert native or '--mixed-precision no' in lines[0]
+
+
+def test_native_bf16_answers_for_this_machine():
+    from metacontroller.distributed import native_bf16
+
+    assert isinstance(native_bf16('cpu'), bool)
+    with pytest.raises(RuntimeError):
+        native_bf16('not-a-device')

@@ -106,6 +106,17 @@ NEIGHBOURS = _neighbour_table()
 NEIGHBOURS.flags.writeable = False
 
 
+def quarter_turn(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The grid turned k quarter turns anticlockwise, as index maps (cells (49,), actions (4,)): the turned
+    grid's cell i is the old cell cells[i], and the old move a is the turned move actions[a]. Layouts are
+    uniform over cells, so a turned episode is another valid episode, with every colour at another place."""
+    cells = np.rot90(np.arange(NUM_CELLS).reshape(GRID, GRID), k).flatten()   # a copy: rot90 gives a view
+    turned = np.argsort(cells)                                   # old cell -> its index in the turned grid
+    centre = NUM_CELLS // 2                                      # the centre stays; its neighbours turn
+    actions = [list(NEIGHBOURS[centre]).index(turned[NEIGHBOURS[centre, a]]) for a in range(NUM_ACTIONS)]
+    return cells, np.array(actions)
+
+
 @dataclass(frozen = True)
 class Layout:
     """Where everything is: cell of colour k, cell of wall k, agent start cell."""

@@ -40,6 +40,9 @@ class EnvAdapter:
     # on -> this env with its task as a condition vector (True) or in the observation (False), for
     # `--model.task_condition`; None: the env has one way to give its task
     task_condition_variant: Callable[[bool], EnvAdapter] | None = None
+    # (observations (b, t, obs_dim), actions (b, t), numpy rng) -> the same episodes under a symmetry of the env drawn
+    # from rng (pinpad: 1-3 quarter turns): valid episodes with every subgoal elsewhere, for --discovery.rotation_consistency
+    rotate_episodes: Callable[..., tuple[Any, Any]] | None = None
 
     def preset(self, name: str) -> PipelineConfig:
         """The pipeline's preset `name` with this environment's overrides."""

@@ -95,6 +95,9 @@ def main(adapter: EnvAdapter, argv: list[str] | None = None) -> dict:
         config = config_from_args(args, adapter)
         validate(config)   # every setting, before any phase runs or config.json is written
         adapter = adapter.with_post_task(config.rl.task).with_task_condition(config.model.task_condition)
+        if config.discovery.rotation_consistency and adapter.rotate_episodes is None:
+            raise ValueError(f'--discovery.rotation_consistency: {adapter.name} defines no episode rotations '
+                             f'(symmetries that move its subgoals; pinpad turns its grid)')
         torch.device(args.device)
     except (ValueError, RuntimeError) as error:
         parser.error(str(error))
@@ -110,6 +113,8 @@ def main(adapter: EnvAdapter, argv: list[str] | None = None) -> dict:
             torch.set_num_threads(args.threads)
         if process.is_main and process.device.type == 'cpu':
             warn_if_busy()
+        if process.is_main:
+            warn_if_bf16_emulated(process)
         return run_seeds(args, config, adapter, process)
 
 
@@ -122,6 +127,16 @@ def warn_if_busy():
         advice = 'lower --threads (e.g. --threads 1)' if threads > 1 else 'it is already at --threads 1: expect it to be slower than alone'
         logger.warning(f'this machine is busy (load {load:.1f} on {cores} cores) and this run uses {threads} threads: '
                        f'competing for cores can slow every run 10-20x; {advice}')
+
+
+def warn_if_bf16_emulated(process: distributed.Process):
+    """bf16 autocast on a device without bf16 matmuls in hardware is much slower than fp32, not faster."""
+    if process.mixed_precision != 'bf16' or distributed.native_bf16(process.device):
+        return
+    what = f'CPU ({torch.backends.cpu.get_cpu_capability()})' if process.device.type == 'cpu' else str(process.device)
+    logger.warning(f'--mixed-precision bf16 on a {what} without native bf16 matmuls: they are emulated, '
+                   f'which made a pretraining step 12x slower than fp32 on an AVX2 CPU (benchmarks.pretrain); '
+                   f'--mixed-precision no is faster here')
 
 
 @contextmanager

@@ -99,6 +99,9 @@ class DiscoveryConfig:
     hypernetwork_low_rank: int = knob(16, 'rank r of the controller U = A B^T')
     dim_policy: int = knob(256, 'internal-RL policy GRU width')
     steering_episodes: int = knob(256, 'fresh episodes per injected code in the steering check (paper App. B.3.2)')
+    rotation_consistency: bool = knob(False, "each code must also steer its episode turned by a symmetry of the env (pinpad: "
+                                             '1-3 quarter turns, one per step): the loss is the mean of the two action NLLs + alpha KL. '
+                                             "Not the paper's objective: it finds codes that name colours, not places (docs/reproduction.md)")
     init: str = knob('', 'start every alpha from this metacontroller checkpoint (its shape must match the --discovery.* '
                          "settings) instead of fresh weights, e.g. to train a previous discovery on; '': fresh")
 

@@ -11,6 +11,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch_einops_utils import lens_to_mask
 from tqdm.auto import tqdm
 
 from metacontroller import MetaController, Transformer
@@ -20,6 +22,7 @@ from metacontroller.pipeline.config import DiscoveryConfig
 from metacontroller.pipeline.data import epoch_batches, ordered_batches, to_device
 from metacontroller.pipeline.metrics import SwitchCounts, beta_binary_fraction, switch_counts
 from metacontroller.switching import decisions
+from metacontroller.transformer import frozen
 
 
 class StreamBatch(NamedTuple):
@@ -75,16 +78,46 @@ def fit(module: torch.nn.Module, batches: list[StreamBatch], loss_fn: Callable, 
 
 
 def train(model: Transformer, meta_controller: MetaController, batches: list[StreamBatch], alpha: float,
-          config: DiscoveryConfig, seed: int, progress: bool = True, process: Process = SINGLE) -> list[tuple[float, float]]:
+          config: DiscoveryConfig, seed: int, progress: bool = True, process: Process = SINGLE,
+          rotate_episodes: Callable | None = None) -> list[tuple[float, ...]]:
     """AdamW on action NLL + α·KL (α applied here and only here, warmed up over `config.kl_warmup_steps`
-    counted by this loop's step); returns (nll, kl) per step. Data parallel, as `fit`."""
+    counted by this loop's step); returns (nll, kl) per step. Data parallel, as `fit`.
+
+    With `rotate_episodes` (the adapter's, for --discovery.rotation_consistency; not the paper's objective) the
+    codes read from each episode must also steer that episode under a symmetry of the env that moves its
+    subgoals (pinpad: quarter turns), so that a code naming a place rather than a subgoal pays for it: the action
+    NLL is the mean of the episode's and the turned episode's. Returns (nll, turned nll, kl) per step then."""
+    turns = np.random.default_rng([seed, 1])   # the symmetry of each step, apart from the batch draws
+
     def loss_fn(step, batch, stream):
         losses = model.discovery_losses(batch.observations, batch.actions, meta_controller, batch.episode_lens, stream = stream,
                                         condition = batch.condition)
-        loss = losses.action_recon + kl_weight(alpha, step, config.kl_warmup_steps) * losses.kl + losses.aux_ratio
-        return loss, torch.stack((losses.action_recon, losses.kl))
-    return fit(meta_controller, batches, loss_fn, config.steps, config.lr, config.weight_decay, seed, f'discover α={alpha:g}',
-               dict(action_nll = '.3f', kl = '.2f'), progress, process)
+        logged, nll = [losses.action_recon], losses.action_recon
+        if rotate_episodes is not None:
+            turned = turned_action_nll(model, meta_controller, batch, stream, rotate_episodes, turns)
+            logged, nll = [nll, turned], (nll + turned) / 2
+        loss = nll + kl_weight(alpha, step, config.kl_warmup_steps) * losses.kl + losses.aux_ratio
+        return loss, torch.stack((*logged, losses.kl))
+
+    formats = dict(action_nll = '.3f', **(dict(turned_nll = '.3f') if rotate_episodes else {}), kl = '.2f')
+    return fit(meta_controller, batches, loss_fn, config.steps, config.lr, config.weight_decay, seed,
+               f'discover α={alpha:g}' + (', rotation-consistent' if rotate_episodes else ''), formats, progress, process)
+
+
+def turned_action_nll(model: Transformer, meta_controller: MetaController, batch: DemoBatch, stream: torch.Tensor,
+                      rotate_episodes: Callable, rng: np.random.Generator) -> torch.Tensor:
+    """-log p(turned a_t | turned e_t steered by z_t), mean over valid steps, with z_t sampled from the posterior
+    that reads the *original* episode's stream (b, t, d): a code that names a subgoal steers both alike."""
+    observations, actions = rotate_episodes(batch.observations, batch.actions, rng)
+    mask = lens_to_mask(batch.episode_lens, actions.shape[1])
+    with torch.no_grad():
+        turned = model.residual_stream(observations, condition = batch.condition)
+    with torch.autocast(stream.device.type, enabled = False):   # the metacontroller runs in fp32, as in discovery_losses
+        latent = meta_controller(stream.float(), batch.episode_lens).latent
+    steer = lambda e: meta_controller.decoder.control(latent, e.float(), meta_controller.control_scale)
+    with frozen(*model.base_modules()):
+        logits = model.action_logits(observations, stream = turned, intervention = steer, condition = batch.condition)
+    return F.cross_entropy(logits[mask].float(), actions[mask])
 
 
 class SwitchAnalysis(NamedTuple):

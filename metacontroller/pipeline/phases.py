@@ -165,8 +165,11 @@ def run_discover(run: Run) -> dict:
     sweep, trained = [], []
     for alpha in dict.fromkeys((config.alpha, *config.sweep_alphas)):   # --discovery.alpha first, no repeats
         meta = initial_meta_controller(run, model.dim).to(run.device)
-        discover.train(model, meta, streams, alpha, config, run.seed, run.progress, run.process)
+        trace = discover.train(model, meta, streams, alpha, config, run.seed, run.progress, run.process,
+                               run.adapter.rotate_episodes if config.rotation_consistency else None)
         summary = discover.analyse(model, meta, heldout, run.device).summary()
+        if config.rotation_consistency:   # the training NLL on the turned episodes against the original ones: last 50 steps
+            summary.update(zip(('final_train_action_nll', 'final_train_turned_action_nll'), np.mean(trace[-50:], axis = 0)[:2].tolist()))
         sweep.append(dict(alpha = alpha, **summary))
         trained.append(meta)
         logger.info(f'discovery α={alpha:g}: ' + ', '.join(f'{k} {v:.3f}' for k, v in summary.items()))
@@ -188,7 +191,7 @@ def run_discover(run: Run) -> dict:
     # with 'switch_f1' the α is picked on the held-out episodes its figures come from: they are then
     # the best of the sweep, not an unbiased estimate (alpha_sweep keeps every α's, --discovery.alpha's first)
     metrics = dict(summary, alpha = sweep[best]['alpha'], selected_by = config.select_alpha, post_task = post_summary, alpha_sweep = sweep,
-                   init = config.init)
+                   init = config.init, rotation_consistency = config.rotation_consistency)
     if run.adapter.reports_entered_subgoal and run.process.is_main:
         codes = steering.subgoal_codes(model, meta, demos, run.adapter.num_subgoals, run.device)
         metrics['steering'] = steering.steering_table(model, meta, codes, run.adapter.subgoal_names, run.adapter.make_envs(run.adapter.pretraining_tasks),

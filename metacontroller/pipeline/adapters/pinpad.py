@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
+import torch
+from torch import Tensor
+
 from metacontroller.egocentric import EgocentricEncoder
 from metacontroller.envs import pinpad
 from metacontroller.envs.pinpad_expert import generate_pinpad_demos, pinpad_action_sets
@@ -26,4 +30,12 @@ def pinpad_adapter() -> EnvAdapter:
         expert_action_sets = pinpad_action_sets,
         parse_task = pinpad.task_from_subgoals,
         reports_entered_subgoal = True,
+        rotate_episodes = turn_episodes,
     )
+
+
+def turn_episodes(observations: Tensor, actions: Tensor, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+    """(b, t, 637) one-hot grids and (b, t) moves -> the same episodes turned by 1-3 quarter turns (one draw)."""
+    cells, moves = (torch.from_numpy(m).to(observations.device) for m in pinpad.quarter_turn(int(rng.integers(1, 4))))
+    grid = observations.unflatten(-1, (pinpad.NUM_CELLS, pinpad.NUM_CHANNELS))[..., cells, :]
+    return grid.flatten(-2), moves[actions]
