@@ -10,7 +10,9 @@ AdamW one tensor at a time. Both
 train copies of one model on the same length-bucketed pinpad batches, one
 step each in turn, so that load from other processes falls on both alike;
 the ratio is of their summed times. A breakdown times each part of the step
-(forward + backward) alone on one batch the same way.
+(forward + backward) alone on one batch the same way. Last, the roof: our
+step's matmul FLOPs over the best matmul rate this CPU reaches, the least time
+any fp32 step on these batches could take.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from torch_einops_utils import lens_to_mask
 
 from metacontroller.distributed import adamw, native_bf16
@@ -66,6 +69,27 @@ def parts(model, batch, optimizer) -> dict:
         state_readout = lambda: backward(model.state_readout(leaf(hidden)[:, :-1], targets = obs[:, 1:], loss_mask = mask[:, 1:])),
         clip_and_adamw = lambda: (torch.nn.utils.clip_grad_norm_(model.parameters(), 1.), optimizer.step()),
     )
+
+
+def step_flops(model, batch) -> int:
+    """Matmul FLOPs of our step's forward and backward on `batch` (torch's FlopCounterMode, on a copy)."""
+    model = copy.deepcopy(model)
+    with FlopCounterMode(display = False) as counter:
+        model(batch.observations, batch.actions, episode_lens = batch.episode_lens, predict_state = False).action.backward()
+    return counter.get_total_flops()
+
+
+def matmul_rate(model_config, tokens: int) -> float:
+    """The best fp32 FLOP/s over a square matmul and the bodies' own linear layers on `tokens` rows:
+    what this CPU's threads reach on the work a step is made of, at best."""
+    d, ff = model_config.dim, model_config.dim * model_config.ff_mult
+    shapes = [(2048, 2048, 2048), (tokens, d, 3 * d), (tokens, d, ff), (tokens, ff, d), (tokens, d, d)]
+    rates = []
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        seconds = statistics.median(timed(lambda: a @ b) for _ in range(12))
+        rates.append(2 * m * k * n / seconds)
+    return max(rates)
 
 
 def main():
@@ -138,6 +162,15 @@ def main():
     for name in ('plain', 'ours'):
         print(f'| {name} | {statistics.median(seconds[name]) * 1000:.0f} ms | {valid / sum(seconds[name]):,.0f} |')
     print(f'ours / plain: {sum(seconds["plain"]) / sum(seconds["ours"]):.2f}x tokens/s')
+
+    # the roof: our step's matmul FLOPs at the best matmul rate this CPU reaches bound any fp32 step from below
+    flops = sum(step_flops(ours, b) for b in batches[2:])
+    rate = matmul_rate(config.model, int(np.mean([b.observations.shape[0] * b.observations.shape[1] for b in batches[2:]])))
+    floor = flops / rate
+    print(f'\nroof (fp32): our steps do {flops / len(batches[2:]) / 1e9:.2f} GFLOP of matmuls each (FlopCounterMode); '
+          f"this CPU's best matmul rate here is {rate / 1e9:.1f} GFLOP/s, so no fp32 step on these batches can take "
+          f'under {floor / len(batches[2:]) * 1000:.0f} ms: at most {sum(seconds["plain"]) / floor:.2f}x the plain path '
+          f'(ours reaches {flops / sum(seconds["ours"]) / 1e9:.1f} GFLOP/s, {flops / sum(seconds["ours"]) / rate:.0%} of that rate)')
 
 
 if __name__ == '__main__':

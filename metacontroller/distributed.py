@@ -27,7 +27,7 @@ MIXED_PRECISION = ('no', 'bf16')
 
 def native_bf16(device: str | torch.device) -> bool:
     """Whether `device` runs bf16 matmuls in hardware. A CPU without AVX-512 (e.g. AVX2 only) emulates
-    them: bf16 autocast made a pretraining step 12x slower than fp32 on such a CPU (benchmarks.pretrain)."""
+    them: bf16 autocast made a pretraining step 12x and a discovery step 17-19x slower than fp32 on an AVX2 CPU."""
     device = torch.device(device)
     if device.type == 'cuda':
         return torch.cuda.is_bf16_supported()

@@ -135,7 +135,7 @@ def warn_if_bf16_emulated(process: distributed.Process):
         return
     what = f'CPU ({torch.backends.cpu.get_cpu_capability()})' if process.device.type == 'cpu' else str(process.device)
     logger.warning(f'--mixed-precision bf16 on a {what} without native bf16 matmuls: they are emulated, '
-                   f'which made a pretraining step 12x slower than fp32 on an AVX2 CPU (benchmarks.pretrain); '
+                   f'which made a pretraining step 12x and a discovery step 17-19x slower than fp32 on an AVX2 CPU (benchmarks.pretrain, benchmarks.speed); '
                    f'--mixed-precision no is faster here')
 
 
