@@ -71,11 +71,12 @@ def parts(model, batch, optimizer) -> dict:
     )
 
 
-def step_flops(model, batch) -> int:
+def step_flops(model, batch, predict_state: bool) -> int:
     """Matmul FLOPs of our step's forward and backward on `batch` (torch's FlopCounterMode, on a copy)."""
     model = copy.deepcopy(model)
     with FlopCounterMode(display = False) as counter:
-        model(batch.observations, batch.actions, episode_lens = batch.episode_lens, predict_state = False).action.backward()
+        losses = model(batch.observations, batch.actions, episode_lens = batch.episode_lens, predict_state = predict_state)
+        (losses.action if losses.state is None else losses.action + losses.state).backward()
     return counter.get_total_flops()
 
 
@@ -163,14 +164,18 @@ def main():
         print(f'| {name} | {statistics.median(seconds[name]) * 1000:.0f} ms | {valid / sum(seconds[name]):,.0f} |')
     print(f'ours / plain: {sum(seconds["plain"]) / sum(seconds["ours"]):.2f}x tokens/s')
 
+    if args.bf16:   # the roof is of fp32 matmuls
+        return
     # the roof: our step's matmul FLOPs at the best matmul rate this CPU reaches bound any fp32 step from below
-    flops = sum(step_flops(ours, b) for b in batches[2:])
-    rate = matmul_rate(config.model, int(np.mean([b.observations.shape[0] * b.observations.shape[1] for b in batches[2:]])))
-    floor = flops / rate
-    print(f'\nroof (fp32): our steps do {flops / len(batches[2:]) / 1e9:.2f} GFLOP of matmuls each (FlopCounterMode); '
+    timed_batches = batches[2:]
+    flops = sum(step_flops(ours, b, config.pretrain.state_loss_weight > 0) for b in timed_batches)
+    rate = matmul_rate(config.model, int(np.mean([b.observations.shape[0] * b.observations.shape[1] for b in timed_batches])))
+    floor, plain_mean = flops / rate, statistics.mean(seconds['plain'])
+    print(f'\nroof (fp32): our steps do {flops / len(timed_batches) / 1e9:.2f} GFLOP of matmuls each (FlopCounterMode); '
           f"this CPU's best matmul rate here is {rate / 1e9:.1f} GFLOP/s, so no fp32 step on these batches can take "
-          f'under {floor / len(batches[2:]) * 1000:.0f} ms: at most {sum(seconds["plain"]) / floor:.2f}x the plain path '
-          f'(ours reaches {flops / sum(seconds["ours"]) / 1e9:.1f} GFLOP/s, {flops / sum(seconds["ours"]) / rate:.0%} of that rate)')
+          f'under {floor / len(timed_batches) * 1000:.0f} ms on average: at most {sum(seconds["plain"]) / floor:.2f}x the plain '
+          f'path (mean step {plain_mean * 1000:.0f} ms); ours reaches {flops / sum(seconds["ours"]) / 1e9:.1f} GFLOP/s, '
+          f'{flops / sum(seconds["ours"]) / rate:.0%} of that rate')
 
 
 if __name__ == '__main__':

@@ -26,14 +26,18 @@ MIXED_PRECISION = ('no', 'bf16')
 
 
 def native_bf16(device: str | torch.device) -> bool:
-    """Whether `device` runs bf16 matmuls in hardware. A CPU without AVX-512 (e.g. AVX2 only) emulates
-    them: bf16 autocast made a pretraining step 12x and a discovery step 17-19x slower than fp32 on an AVX2 CPU."""
+    """Whether `device` has bf16 matmul kernels rather than emulating them (README, "Speed": on an AVX2-only
+    CPU bf16 autocast is many times slower than fp32). CPUs: oneDNN's own check (AVX-512 and newer);
+    CUDA: compute capability 8.0 and up; anything else, or a torch that cannot tell, is taken to have them."""
     device = torch.device(device)
-    if device.type == 'cuda':
-        return torch.cuda.is_bf16_supported()
-    if device.type == 'cpu':
-        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return True   # other backends: not known here, assume so
+    try:
+        if device.type == 'cuda':
+            return torch.cuda.get_device_capability(device) >= (8, 0) or torch.version.hip is not None
+        if device.type == 'cpu':
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())   # private, hence the fallback below
+    except (AttributeError, RuntimeError):
+        pass
+    return True
 
 
 class Process:

@@ -365,9 +365,13 @@ def test_emulated_bf16_is_named_at_start_up(monkeypatch, native):
     assert native or '--mixed-precision no' in lines[0]
 
 
-def test_native_bf16_answers_for_this_machine():
+@pytest.mark.parametrize('device, capable', [('cpu', True), ('cpu', False), ('cuda:1', True), ('cuda:1', False)])
+def test_native_bf16_asks_the_device_itself(monkeypatch, device, capable):
     from metacontroller.distributed import native_bf16
 
-    assert isinstance(native_bf16('cpu'), bool)
-    with pytest.raises(RuntimeError):
-        native_bf16('not-a-device')
+    monkeypatch.setattr(torch.ops.mkldnn, '_is_mkldnn_bf16_supported', lambda: capable)   # AVX-512 or not
+    asked = []
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda d: asked.append(d) or ((8, 0) if capable else (7, 5)))
+    monkeypatch.setattr(torch.version, 'hip', None)
+    assert native_bf16(device) is capable
+    assert asked == ([torch.device(device)] if device.startswith('cuda') else [])   # the device given, not the current one

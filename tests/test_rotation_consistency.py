@@ -10,7 +10,7 @@ from metacontroller.envs.pinpad_expert import generate_pinpad_demos
 from metacontroller.pipeline.adapters.babyai import babyai_adapter
 from metacontroller.pipeline.adapters.pinpad import pinpad_adapter, turn_episodes
 from metacontroller.pipeline.cli import main
-from metacontroller.pipeline.discover import turned_action_nll
+from metacontroller.pipeline.discover import recorded_outputs, turned_action_nll
 
 from conftest import randomize_controller_, tiny_meta_controller, tiny_transformer
 
@@ -44,8 +44,7 @@ def test_turned_episodes_are_the_grid_image_turned():
     assert turned.sum() == batch.observations.sum()   # a permutation: nothing added or lost
 
 
-def test_turned_nll_under_no_turn_is_the_discovery_nll():
-    """With the identity for a symmetry, the turned term is the paper's action NLL on the same code sample."""
+def tiny_case():
     model, meta = tiny_transformer().eval(), randomize_controller_(tiny_meta_controller())
     b, t = 3, 10
     state, actions, lens = torch.randn(b, t, 12), torch.randint(0, 4, (b, t)), torch.tensor([10, 7, 4])
@@ -53,14 +52,33 @@ def test_turned_nll_under_no_turn_is_the_discovery_nll():
     batch = DemoBatch(state, actions, torch.zeros(b, t, dtype = torch.long), torch.zeros(b, t, dtype = torch.bool), lens)
     with torch.no_grad():   # as discovery precomputes it
         stream = model.residual_stream(state)
-    torch.manual_seed(1)
-    paper = model.discovery_losses(state, actions, meta, lens, stream = stream).action_recon
-    torch.manual_seed(1)
-    turned = turned_action_nll(model, meta, batch, stream, lambda obs, act, rng: (obs, act), np.random.default_rng(0))
+    return model, meta, batch, stream
+
+
+def test_turned_nll_under_no_turn_is_the_discovery_nll_of_the_same_code_sample():
+    """With the identity for a symmetry, the turned term is the paper's action NLL on the sample of z it drew."""
+    model, meta, batch, stream = tiny_case()
+    with recorded_outputs(meta) as outputs:
+        paper = model.discovery_losses(batch.observations, batch.actions, meta, batch.episode_lens, stream = stream).action_recon
+    assert len(outputs) == 1
+    turned = turned_action_nll(model, meta, outputs[0].latent, batch, lambda obs, act, rng: (obs, act), np.random.default_rng(0))
     torch.testing.assert_close(turned, paper)
     turned.backward()
     assert all(p.grad is None for p in model.parameters())   # the base stays frozen
     assert meta.encoder[0].weight.grad is not None          # the codes learn from the turned episodes
+
+
+def test_turned_nll_under_bf16_autocast_stays_near_fp32():
+    model, meta, batch, stream = tiny_case()
+    latent = meta(stream, batch.episode_lens).latent.detach()
+    swap = lambda obs, act, rng: (obs.flip(-1), act.flip(-1))   # any symmetry: another episode, the same codes
+    fp32 = turned_action_nll(model, meta, latent, batch, swap, np.random.default_rng(0))
+    with torch.autocast('cpu', dtype = torch.bfloat16):
+        bf16 = turned_action_nll(model, meta, latent, batch, swap, np.random.default_rng(0))
+    assert bf16.dtype == torch.float32
+    torch.testing.assert_close(bf16, fp32, rtol = 0, atol = 2e-2)
+    plain = model.discovery_losses(batch.observations, batch.actions, meta, batch.episode_lens, stream = stream).action_recon
+    assert (fp32 - plain).abs() > 1e-3   # the turned episodes are not the originals
 
 
 def test_the_flag_runs_discovery_and_is_recorded(tmp_path):
@@ -69,6 +87,9 @@ def test_the_flag_runs_discovery_and_is_recorded(tmp_path):
     discovery = result['discovery']
     assert discovery['rotation_consistency'] is True
     assert all(np.isfinite(discovery[key]) for key in ('action_nll', 'final_train_action_nll', 'final_train_turned_action_nll'))
+    assert discovery['final_train_turned_action_nll'] != discovery['final_train_action_nll']
+    plain = main(pinpad_adapter(), [*flags, '--phases', 'discover', '--force'])['discovery']   # the same run without the flag
+    assert 'final_train_turned_action_nll' not in plain and plain['rotation_consistency'] is False
 
 
 def test_an_env_without_rotations_refuses_the_flag(tmp_path, capsys):

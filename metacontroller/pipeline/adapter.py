@@ -70,6 +70,13 @@ class EnvAdapter:
             raise ValueError(f'--model.task_condition: {self.name} {has}')
         return replace(self.task_condition_variant(on), post_task = self.post_task, post_task_name = self.post_task_name)
 
+    def episode_rotations(self, on: bool) -> Callable[..., tuple[Any, Any]] | None:
+        """`rotate_episodes` for --discovery.rotation_consistency when `on`, else None; a clear error for an env without."""
+        if on and self.rotate_episodes is None:
+            raise ValueError(f'--discovery.rotation_consistency: {self.name} defines no episode rotations '
+                             f'(symmetries that move its subgoals; pinpad turns its grid)')
+        return self.rotate_episodes if on else None
+
     def make_envs(self, tasks: Sequence[Task]) -> Callable[[int], object]:
         """make_envs(num_envs) -> a fresh batched env on `tasks` (the internal-RL contract)."""
         return partial(self.vector_env, tasks = tuple(tasks))

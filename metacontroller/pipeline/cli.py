@@ -95,9 +95,7 @@ def main(adapter: EnvAdapter, argv: list[str] | None = None) -> dict:
         config = config_from_args(args, adapter)
         validate(config)   # every setting, before any phase runs or config.json is written
         adapter = adapter.with_post_task(config.rl.task).with_task_condition(config.model.task_condition)
-        if config.discovery.rotation_consistency and adapter.rotate_episodes is None:
-            raise ValueError(f'--discovery.rotation_consistency: {adapter.name} defines no episode rotations '
-                             f'(symmetries that move its subgoals; pinpad turns its grid)')
+        adapter.episode_rotations(config.discovery.rotation_consistency)   # an env without them fails here, before any work
         torch.device(args.device)
     except (ValueError, RuntimeError) as error:
         parser.error(str(error))
@@ -130,13 +128,12 @@ def warn_if_busy():
 
 
 def warn_if_bf16_emulated(process: distributed.Process):
-    """bf16 autocast on a device without bf16 matmuls in hardware is much slower than fp32, not faster."""
+    """bf16 autocast on a device without bf16 matmul kernels is much slower than fp32, not faster."""
     if process.mixed_precision != 'bf16' or distributed.native_bf16(process.device):
         return
     what = f'CPU ({torch.backends.cpu.get_cpu_capability()})' if process.device.type == 'cpu' else str(process.device)
-    logger.warning(f'--mixed-precision bf16 on a {what} without native bf16 matmuls: they are emulated, '
-                   f'which made a pretraining step 12x and a discovery step 17-19x slower than fp32 on an AVX2 CPU (benchmarks.pretrain, benchmarks.speed); '
-                   f'--mixed-precision no is faster here')
+    logger.warning(f'--mixed-precision bf16 on a {what} without bf16 matmul kernels: they are emulated, which is many times '
+                   f'slower than fp32 (README, "Speed"); --mixed-precision no is faster here')
 
 
 @contextmanager

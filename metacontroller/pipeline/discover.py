@@ -4,10 +4,13 @@ The residual stream at the cut depends only on the observations (the lower
 body never sees the intervention), so it is computed once per dataset and
 reused every epoch: each step then costs the metacontroller plus the upper body.
 With several processes, each rank keeps the streams of its part of every batch.
+With --discovery.rotation_consistency a step also runs the lower body on the
+turned batch (a fresh turn each step) and the upper body on it.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from contextlib import contextmanager
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -90,11 +93,12 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
     turns = np.random.default_rng([seed, 1])   # the symmetry of each step, apart from the batch draws
 
     def loss_fn(step, batch, stream):
-        losses = model.discovery_losses(batch.observations, batch.actions, meta_controller, batch.episode_lens, stream = stream,
-                                        condition = batch.condition)
+        with recorded_outputs(meta_controller) as outputs:
+            losses = model.discovery_losses(batch.observations, batch.actions, meta_controller, batch.episode_lens, stream = stream,
+                                            condition = batch.condition)
         logged, nll = [losses.action_recon], losses.action_recon
         if rotate_episodes is not None:
-            turned = turned_action_nll(model, meta_controller, batch, stream, rotate_episodes, turns)
+            turned = turned_action_nll(model, meta_controller, outputs[0].latent, batch, rotate_episodes, turns)
             logged, nll = [nll, turned], (nll + turned) / 2
         loss = nll + kl_weight(alpha, step, config.kl_warmup_steps) * losses.kl + losses.aux_ratio
         return loss, torch.stack((*logged, losses.kl))
@@ -104,19 +108,31 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
                f'discover α={alpha:g}' + (', rotation-consistent' if rotate_episodes else ''), formats, progress, process)
 
 
-def turned_action_nll(model: Transformer, meta_controller: MetaController, batch: DemoBatch, stream: torch.Tensor,
+@contextmanager
+def recorded_outputs(module: torch.nn.Module) -> Iterator[list]:
+    """Inside, the list collects `module`'s forward outputs: the codes z that `discovery_losses` samples
+    are reused for the turned episodes, so that one sample steers both."""
+    outputs = []
+    handle = module.register_forward_hook(lambda _module, _args, output: outputs.append(output))
+    try:
+        yield outputs
+    finally:
+        handle.remove()
+
+
+def turned_action_nll(model: Transformer, meta_controller: MetaController, latent: torch.Tensor, batch: DemoBatch,
                       rotate_episodes: Callable, rng: np.random.Generator) -> torch.Tensor:
-    """-log p(turned a_t | turned e_t steered by z_t), mean over valid steps, with z_t sampled from the posterior
-    that reads the *original* episode's stream (b, t, d): a code that names a subgoal steers both alike."""
+    """-log p(turned a_t | turned e_t steered by z_t), mean over valid steps, for codes z (b, t, n_z) read from the
+    *original* episodes: a code that names a subgoal steers both alike, one that names a place does not.
+    As in `discovery_losses` (and `precompute`), the lower body and the control run in fp32; only the upper body autocasts."""
     observations, actions = rotate_episodes(batch.observations, batch.actions, rng)
     mask = lens_to_mask(batch.episode_lens, actions.shape[1])
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(observations.device.type, enabled = False):
         turned = model.residual_stream(observations, condition = batch.condition)
-    with torch.autocast(stream.device.type, enabled = False):   # the metacontroller runs in fp32, as in discovery_losses
-        latent = meta_controller(stream.float(), batch.episode_lens).latent
-    steer = lambda e: meta_controller.decoder.control(latent, e.float(), meta_controller.control_scale)
+    with torch.autocast(observations.device.type, enabled = False):
+        controlled = meta_controller.decoder.control(latent, turned, meta_controller.control_scale)
     with frozen(*model.base_modules()):
-        logits = model.action_logits(observations, stream = turned, intervention = steer, condition = batch.condition)
+        logits = model.action_logits(observations, stream = controlled, condition = batch.condition)
     return F.cross_entropy(logits[mask].float(), actions[mask])
 
 

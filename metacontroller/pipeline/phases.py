@@ -162,14 +162,14 @@ def run_discover(run: Run) -> dict:
     streams = discover.precompute(model, demos, config.batch_size, run.seed, run.device, run.process)
     heldout, post = data.load(run.data_dir, 'heldout'), data.load(run.data_dir, 'post_task')
 
+    rotations = run.adapter.episode_rotations(config.rotation_consistency)
     sweep, trained = [], []
     for alpha in dict.fromkeys((config.alpha, *config.sweep_alphas)):   # --discovery.alpha first, no repeats
         meta = initial_meta_controller(run, model.dim).to(run.device)
-        trace = discover.train(model, meta, streams, alpha, config, run.seed, run.progress, run.process,
-                               run.adapter.rotate_episodes if config.rotation_consistency else None)
+        trace = discover.train(model, meta, streams, alpha, config, run.seed, run.progress, run.process, rotations)
         summary = discover.analyse(model, meta, heldout, run.device).summary()
-        if config.rotation_consistency:   # the training NLL on the turned episodes against the original ones: last 50 steps
-            summary.update(zip(('final_train_action_nll', 'final_train_turned_action_nll'), np.mean(trace[-50:], axis = 0)[:2].tolist()))
+        # training action NLL (and on the turned episodes, with rotations), last 50 steps: the trace's columns but the KL
+        summary.update(zip(('final_train_action_nll', 'final_train_turned_action_nll'), np.mean(trace[-50:], axis = 0)[:-1].tolist()))
         sweep.append(dict(alpha = alpha, **summary))
         trained.append(meta)
         logger.info(f'discovery α={alpha:g}: ' + ', '.join(f'{k} {v:.3f}' for k, v in summary.items()))
