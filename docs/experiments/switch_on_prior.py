@@ -34,9 +34,9 @@ def main():
     torch.manual_seed(args.seed)
     for batch in ordered_batches(heldout, 256, 'cpu'):
         stream = model.residual_stream(batch.observations)
-        encoder = meta(stream, batch.episode_lens).proposal           # z̃ sampled from the posterior
-        for name, proposal in (('encoder', encoder), ('prior', torch.randn_like(encoder))):
-            beta = switching_beta(meta, stream, proposal)
+        out = meta(stream, batch.episode_lens)                         # β on z̃ sampled from the posterior
+        prior = switching_beta(meta, stream, torch.randn_like(out.proposal))
+        for name, beta in (('encoder', out.beta), ('prior', prior)):
             counts[name] = counts[name] + switch_counts(beta, batch.boundaries, batch.episode_lens)
     episodes = len(heldout)
     for name, c in counts.items():
@@ -45,7 +45,8 @@ def main():
 
 
 def switching_beta(meta: MetaController, stream: torch.Tensor, proposal: torch.Tensor) -> torch.Tensor:
-    """β (b, t) of the switching unit on `stream` when the code proposed at each step is `proposal` (b, t, n_z)."""
+    """β (b, t) of the switching unit on `stream` when the code proposed at each step is `proposal` (b, t, n_z):
+    `MetaController.forward`'s switching with the encoder's proposals swapped out."""
     prev_history = shift_right(gru_sequence(meta.history, stream))
     return meta.switching(meta.switching.project_inputs(stream, prev_history), proposal).beta
 
