@@ -131,6 +131,9 @@ class MetaController(Checkpointable, nn.Module):
         super().__init__()
         if hypernetwork_low_rank is not None and not 0 < hypernetwork_low_rank <= dim_model:
             raise ValueError(f'hypernetwork_low_rank must be in [1, dim_model={dim_model}] or None (full rank), got {hypernetwork_low_rank}')
+        if ratio_loss_weight < 0 or target_segment_length <= 1:
+            raise ValueError(f'need ratio_loss_weight >= 0 and target_segment_length > 1 (steps per segment), '
+                             f'got {ratio_loss_weight} and {target_segment_length}')
 
         self.dim_model, self.dim_latent = dim_model, dim_latent
         self.code = make_latent_code(latent_code, code_temperature, code_straight_through)
@@ -189,7 +192,9 @@ class MetaController(Checkpointable, nn.Module):
             raise ValueError(f'{what} must be (batch >= 1, time >= 1, dim_model = {self.dim_model}), got {given}')
 
     def ratio_loss(self, beta: Tensor, mask: Tensor) -> Tensor:
-        """H-Net ratio loss (not in the paper; weight 0 by default), already weighted."""
+        """H-Net ratio loss (not in the paper; weight 0 by default), already weighted: N/(N-1)·((N-1)·F·G + (1-F)(1-G))
+        for the fraction F of valid steps that switch (hard, β ≥ 0.5) and the mean β G, with N the target segment
+        length. Its minimum over G is at F = 1/N, where it is 1; the gradient flows through G only."""
         if self.ratio_loss_weight == 0:
             return beta.new_zeros(())
         n = self.target_segment_length

@@ -221,3 +221,23 @@ def test_gumbel_switch_is_off_by_default_and_only_noises_training():
     assert not torch.allclose(out.beta, b) and torch.isfinite(out.beta).all()
     out.beta.sum().backward()
     assert noisy.switching.to_logit.weight.grad.abs().sum() > 0
+
+
+def test_ratio_loss_is_one_on_target_and_pulls_the_switch_rate_towards_it():
+    meta = tiny_meta_controller(ratio_loss_weight = 2., target_segment_length = 4.)
+    mask = torch.ones(1, 8, dtype = torch.bool)
+    on_target = torch.tensor([[0.9, 0.1, 0.1, 0.1, 0.9, 0.1, 0.1, 0.1]])   # F = G = 1/4
+    assert meta.ratio_loss(on_target, mask).item() == pytest.approx(2.)
+    for beta, direction in ((torch.full((1, 8), 0.9), 1.), (torch.full((1, 8), 0.1), -1.)):   # every step switches / none does
+        beta.requires_grad_(True)
+        meta.ratio_loss(beta, mask).backward()
+        assert (beta.grad.sign() == direction).all()   # descent lowers β where too many switch, raises it where too few
+    padded = torch.tensor([[0.9, 0.1, 0.1, 0.1, 0.9, 0.9]])
+    assert meta.ratio_loss(padded, torch.tensor([[True] * 4 + [False] * 2])).item() == pytest.approx(2.)
+    assert tiny_meta_controller().ratio_loss(on_target, mask).item() == 0.
+
+
+@pytest.mark.parametrize('kwargs', [dict(ratio_loss_weight = -1.), dict(target_segment_length = 1.)])
+def test_bad_ratio_loss_settings_are_refused(kwargs):
+    with pytest.raises(ValueError, match = 'ratio_loss_weight >= 0 and target_segment_length > 1'):
+        tiny_meta_controller(**kwargs)

@@ -94,6 +94,9 @@ class DiscoveryConfig:
     latent_code: str = knob('gaussian', 'gaussian (the paper), binary (n_z bits) or categorical (one of n_z codes); the discrete codes are not in the paper')
     switch_gumbel_temperature: float = knob(0., 'Gumbel-sigmoid switch in training at this temperature (0: off, as in the '
                                                   "paper's main runs; its App. C.6 turns it on for the gridworld rate-distortion sweep)")
+    ratio_loss_weight: float = knob(0., "weight of H-Net's ratio loss, which pulls the fraction of switch steps towards "
+                                        "1 / --discovery.target_segment_length (0: off, as in the paper; not in the paper)")
+    target_segment_length: float = knob(8., "the ratio loss's target mean segment length in steps (> 1)")
     dim_encoder_hidden: int = knob(64, 'controller encoder hidden width')
     dim_hypernetwork_hidden: int = knob(32, 'hypernetwork hidden width')
     hypernetwork_low_rank: int = knob(16, 'rank r of the controller U = A B^T')
@@ -256,6 +259,8 @@ def _check_together(config: PipelineConfig, flat: dict[str, Any]) -> list[str]:
         problems.append(f'--data.pretrain_epsilon must be a probability, <= 1, got {config.data.pretrain_epsilon}')
     if config.discovery.latent_code not in CODES:
         problems.append(f'--discovery.latent_code must be one of {", ".join(CODES)}, got {config.discovery.latent_code!r}')
+    if config.discovery.target_segment_length <= 1:
+        problems.append(f'--discovery.target_segment_length must be > 1 (steps per segment), got {config.discovery.target_segment_length}')
     if config.discovery.select_alpha not in SELECT_ALPHA:
         problems.append(f'--discovery.select_alpha must be one of {", ".join(SELECT_ALPHA)}, got {config.discovery.select_alpha!r}')
     for flag, path in (('--pretrain.init', config.pretrain.init), ('--discovery.init', config.discovery.init)):

@@ -38,4 +38,6 @@ def build_meta_controller(dim_model: int, config: DiscoveryConfig) -> MetaContro
         dim_policy = config.dim_policy,
         latent_code = config.latent_code,
         switch_gumbel_temperature = config.switch_gumbel_temperature or None,   # 0: off
+        ratio_loss_weight = config.ratio_loss_weight,
+        target_segment_length = config.target_segment_length,
     )
