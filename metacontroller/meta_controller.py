@@ -192,9 +192,10 @@ class MetaController(Checkpointable, nn.Module):
             raise ValueError(f'{what} must be (batch >= 1, time >= 1, dim_model = {self.dim_model}), got {given}')
 
     def ratio_loss(self, beta: Tensor, mask: Tensor) -> Tensor:
-        """H-Net ratio loss (not in the paper; weight 0 by default), already weighted: N/(N-1)·((N-1)·F·G + (1-F)(1-G))
+        """H-Net ratio loss (not in the paper; weight 0 by default), already weighted: w·N/(N-1)·((N-1)·F·G + (1-F)(1-G))
         for the fraction F of valid steps that switch (hard, β ≥ 0.5) and the mean β G, with N the target segment
-        length. Its minimum over G is at F = 1/N, where it is 1; the gradient flows through G only."""
+        length. The gradient flows through G only, with the sign of N·F - 1: it lowers β while more than 1/N of the
+        steps switch and raises it while fewer do. At F = 1/N the loss is w whatever G is."""
         if self.ratio_loss_weight == 0:
             return beta.new_zeros(())
         n = self.target_segment_length

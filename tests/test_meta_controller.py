@@ -223,11 +223,13 @@ def test_gumbel_switch_is_off_by_default_and_only_noises_training():
     assert noisy.switching.to_logit.weight.grad.abs().sum() > 0
 
 
-def test_ratio_loss_is_one_on_target_and_pulls_the_switch_rate_towards_it():
+def test_ratio_loss_is_its_weight_on_target_and_pulls_the_switch_rate_towards_it():
     meta = tiny_meta_controller(ratio_loss_weight = 2., target_segment_length = 4.)
     mask = torch.ones(1, 8, dtype = torch.bool)
-    on_target = torch.tensor([[0.9, 0.1, 0.1, 0.1, 0.9, 0.1, 0.1, 0.1]])   # F = G = 1/4
+    on_target = torch.tensor([[0.9, 0.1, 0.1, 0.1, 0.9, 0.1, 0.1, 0.1]])   # F = 1/4 (G = 0.3: at F = 1/N, G drops out)
     assert meta.ratio_loss(on_target, mask).item() == pytest.approx(2.)
+    # every step switches: F = 1, G = 0.9 -> w·N/(N-1)·(N-1)·G = 2·4·0.9
+    assert meta.ratio_loss(torch.full((1, 8), 0.9), mask).item() == pytest.approx(7.2)
     for beta, direction in ((torch.full((1, 8), 0.9), 1.), (torch.full((1, 8), 0.1), -1.)):   # every step switches / none does
         beta.requires_grad_(True)
         meta.ratio_loss(beta, mask).backward()

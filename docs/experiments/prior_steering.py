@@ -9,17 +9,20 @@ counted. Reported per code set:
 
 - commitment: how often a code heads to the subgoal it prefers, cross-validated (the preferred
   subgoal read off the even episodes, the rate counted on the odd ones, so that noise does not pass
-  for preference): 0.25 if codes do not prefer a subgoal, 1 if each always heads to the same one;
+  for preference), over the episodes that enter a subgoal at all: 0.25 if codes do not prefer a
+  subgoal, 1 if each always heads to the same one;
 - none: how often no subgoal is entered at all;
 - the subgoals the codes prefer (how many codes have each as their most entered).
 
-The references: the subgoals' mean codes (as in the steering check), and z = 0, the prior's mean.
+The references: the subgoals' mean codes (as in the steering check, from the held-out D*
+episodes), and z = 0, the prior's mean.
 
 Then the untrained policy itself, in closed loop on a held-out task (`--task`, default AB): an
 episode succeeds only if every colour of the task is visited in order, so success is the product of
 the colour-to-colour links. For each link it counts how often it holds, and whether the policy took
 a decision (a new prior sample) just after the previous colour: a switch in the middle of a pair
-hands the agent a fresh random code where the base alone would finish the pair.
+hands the agent a fresh random code where the base alone would finish the pair. Gaussian codes only
+(the paper's; `--discovery.latent_code gaussian`).
 
     python docs/experiments/prior_steering.py --run-dir runs/study/rot01
 """
@@ -30,6 +33,7 @@ import numpy as np
 import torch
 
 from metacontroller import MetaController, Transformer
+from metacontroller.codes import GaussianCode
 from metacontroller.envs.pinpad import task_from_subgoals
 from metacontroller.pipeline import data
 from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
@@ -51,29 +55,35 @@ def first_entered_per_code(model, meta, codes: torch.Tensor, make_envs, episodes
     return np.where(first >= 0, first, num_subgoals).reshape(len(codes), episodes)
 
 
+def subgoal_counts(first: np.ndarray, k: int) -> np.ndarray:
+    """(M, E) first subgoals (k: none) -> (M, k + 1) counts per code."""
+    return np.stack([np.bincount(row, minlength = k + 1) for row in first])
+
+
 def summary(name: str, first: np.ndarray, names: str) -> str:
     k = len(names)
-    counts = lambda x: np.stack([np.bincount(row, minlength = k + 1) for row in x])   # noqa: E731
-    preferred = counts(first[:, 0::2])[:, :k].argmax(-1)                       # (M,)
-    commitment = (first[:, 1::2] == preferred[:, None]).mean()
-    favourites = np.bincount(counts(first)[:, :k].argmax(-1), minlength = k)
+    even, odd = subgoal_counts(first[:, 0::2], k)[:, :k], first[:, 1::2]
+    seen = even.sum(-1) > 0                                                     # codes that entered a subgoal in the even episodes
+    preferred = even.argmax(-1)
+    entered = odd[seen] < k
+    commitment = (odd[seen] == preferred[seen, None])[entered].mean() if entered.any() else float('nan')
+    favourites = np.bincount(subgoal_counts(first, k)[:, :k].argmax(-1), minlength = k)
     return (f'{name:14s} commitment {commitment:.3f}, none {(first == k).mean():.3f}, '
             f'preferred by ' + ' '.join(f'{n} {c}' for n, c in zip(names, favourites)))
 
 
 class Trace:
-    """Per step and slot: the subgoal entered (-1 none), the task progress, and whether the policy decided.
-    Wraps the batched env (for `entered_subgoal`, `progress`) and is the rollout's recorder (for decisions)."""
+    """Per step and slot: the task progress, and whether the policy decided.
+    Wraps the batched env (for `progress`) and is the rollout's recorder (for decisions)."""
 
     def __init__(self, env):
-        self.env, self.entered, self.progress, self.decided = env, [], [], []
+        self.env, self.progress, self.decided = env, [], []
 
     def __getattr__(self, name):
         return getattr(self.env, name)
 
     def step(self, actions):
         obs, reward, terminated, truncated, info = self.env.step(actions)
-        self.entered.append(info['entered_subgoal'].copy())
         self.progress.append(info['progress'].copy())
         return obs, reward, terminated, truncated, info
 
@@ -81,7 +91,7 @@ class Trace:
         self.decided.append(step.scatter(decision_mask(step.meta, step.live)).numpy())
 
     def arrays(self):
-        return (np.stack(x, axis = 1) for x in (self.entered, self.progress, self.decided))   # (N, T) each
+        return (np.stack(x, axis = 1) for x in (self.progress, self.decided))   # (N, T) each
 
 
 def closed_loop(model, meta, env, episodes: int, task: tuple[int, ...], seed: int) -> str:
@@ -91,7 +101,7 @@ def closed_loop(model, meta, env, episodes: int, task: tuple[int, ...], seed: in
     trace = Trace(env)
     with seeded(seed, torch.device('cpu')):
         out = run_episodes(model, trace, range(seed, seed + episodes), meta_controller = meta, recorder = trace)
-    _, progress, decided = trace.arrays()
+    progress, decided = trace.arrays()
     reached = progress.max(axis = 1)                                            # (N,) colours visited in order
     lines = [f'success {out.success.float().mean():.3f}, switches per episode {out.switches.float().mean():.2f}',
              f'colour 1 of {len(task)} ({task[0]}): {np.mean(reached >= 1):.3f}']
@@ -102,10 +112,26 @@ def closed_loop(model, meta, env, episodes: int, task: tuple[int, ...], seed: in
         visit = (progress[rows] >= k - 1).argmax(axis = 1)                       # step of colour k - 1's visit
         timely = np.array([decided[i, t + 1:t + 3].any() for i, t in zip(rows, visit)])
         hit = reached[rows] >= k
-        rate = lambda m: f'{hit[m].mean():.3f} ({m.sum()})' if m.any() else '- (0)'   # noqa: E731
         lines.append(f'colour {k} ({task[k - 1]}) after {k - 1}: {hit.mean():.3f} of {len(rows)}; a decision within 2 steps '
-                     f'{timely.mean():.3f}; visited after one {rate(timely)}, without {rate(~timely)}')
+                     f'{timely.mean():.3f}; visited after one {rate(hit, timely)}, without {rate(hit, ~timely)}')
     return '\n  '.join(lines)
+
+
+def rate(hit: np.ndarray, where: np.ndarray) -> str:
+    return f'{hit[where].mean():.3f} ({where.sum()})' if where.any() else '- (0)'
+
+
+def open_loop(model, meta, adapter, heldout, args):
+    """Prior samples, the subgoals' mean codes and z = 0, each held from the first step."""
+    make_envs, names, k = adapter.make_envs(adapter.pretraining_tasks), adapter.subgoal_names, adapter.num_subgoals
+    seed = eval_seed(args.seed)
+    torch.manual_seed(args.seed)
+    prior = first_entered_per_code(model, meta, torch.randn(args.codes, meta.dim_latent), make_envs, args.episodes, k, seed)
+    means = first_entered_per_code(model, meta, subgoal_codes(model, meta, heldout, k, 'cpu'), make_envs, args.episodes, k, seed)
+    zero = first_entered_per_code(model, meta, torch.zeros(1, meta.dim_latent), make_envs, args.episodes, k, seed)
+    print(summary('prior samples', prior, names))
+    print(summary('mean codes', means, names) + f'; hit rate {np.mean(means == np.arange(k)[:, None]):.3f}')
+    print(summary('z = 0', zero, names))
 
 
 @torch.no_grad()
@@ -120,22 +146,18 @@ def main():
     parser.add_argument('--threads', type = int, default = 1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    try:
+        task = task_from_subgoals(args.task)
+    except ValueError as error:
+        parser.error(f'--task: {error}')
+    if len(args.task) < 2:
+        parser.error(f'--task needs at least 2 subgoals, got {args.task!r}')
     adapter = pinpad_adapter()
     model = Transformer.init_and_load(args.run_dir / 'pretrain' / 'model.pt').eval()
     meta = MetaController.init_and_load(args.run_dir / 'discover' / 'meta_controller.pt').eval()
-    make_envs, names, k = adapter.make_envs(adapter.pretraining_tasks), adapter.subgoal_names, adapter.num_subgoals
-    run = lambda codes: first_entered_per_code(model, meta, codes, make_envs, args.episodes, k, eval_seed(args.seed))  # noqa: E731
-
-    torch.manual_seed(args.seed)
-    prior = run(torch.randn(args.codes, meta.dim_latent))
-    means = run(subgoal_codes(model, meta, data.load(args.run_dir / 'data', 'heldout'), k, 'cpu'))
-    mean = run(torch.zeros(1, meta.dim_latent))
-    print(summary('prior samples', prior, names))
-    print(summary('mean codes', means, names) + f'; hit rate {np.mean(means == np.arange(k)[:, None]):.3f}')
-    print(summary('z = 0', mean, names))
-    task = task_from_subgoals(args.task)
-    if len(task) < 4:
-        parser.error(f'--task needs at least 2 subgoals, got {args.task!r}')
+    if not isinstance(meta.code, GaussianCode):
+        parser.error(f'prior samples are drawn from N(0, I): the metacontroller must have a Gaussian code, got {type(meta.code).__name__}')
+    open_loop(model, meta, adapter, data.load(args.run_dir / 'data', 'heldout'), args)
     env = adapter.make_envs((task,))(args.rollouts)
     print(f'untrained policy on {args.task}:\n  ' + closed_loop(model, meta, env, args.rollouts, task, eval_seed(args.seed)))
 

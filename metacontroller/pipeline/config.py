@@ -95,8 +95,9 @@ class DiscoveryConfig:
     switch_gumbel_temperature: float = knob(0., 'Gumbel-sigmoid switch in training at this temperature (0: off, as in the '
                                                   "paper's main runs; its App. C.6 turns it on for the gridworld rate-distortion sweep)")
     ratio_loss_weight: float = knob(0., "weight of H-Net's ratio loss, which pulls the fraction of switch steps towards "
-                                        "1 / --discovery.target_segment_length (0: off, as in the paper; not in the paper)")
-    target_segment_length: float = knob(8., "the ratio loss's target mean segment length in steps (> 1)")
+                                        "1 / --discovery.target_segment_length (not in the paper; 0: off, the paper's objective)")
+    target_segment_length: float = knob(8., "the ratio loss's target mean segment length in steps (> 1; used only with "
+                                            '--discovery.ratio_loss_weight > 0)')
     dim_encoder_hidden: int = knob(64, 'controller encoder hidden width')
     dim_hypernetwork_hidden: int = knob(32, 'hypernetwork hidden width')
     hypernetwork_low_rank: int = knob(16, 'rank r of the controller U = A B^T')
