@@ -71,13 +71,14 @@ def config(**kwargs):
 
 
 class LatentLog:
-    """A recorder that keeps the held latent z at each raw step."""
+    """A recorder that keeps the held latent z and the raw action at each raw step (zeros in slots out of the batch)."""
 
     def __init__(self):
-        self.latents = []
+        self.latents, self.actions = [], []
 
     def record(self, step):
         self.latents.append(step.scatter(step.meta.latent))
+        self.actions.append(step.scatter(step.action))
 
 
 # ---------------------------------------------------------------- the batched abstract-timescale env
@@ -273,6 +274,26 @@ def test_evaluate_is_repeatable_and_counts_switches():
     greedy = evaluate(model, make, 6, meta_controller = meta, deterministic = True)
     assert greedy.success in (0., 1.)                     # greedy: every episode is the same
     assert evaluate(model, make, 4).switches_per_episode == 0
+
+
+def test_greedy_actions_set_the_raw_actions_alone():
+    """deterministic picks the latent (the policy's mean) and, unless greedy_actions says otherwise, the raw action."""
+    model, meta = wired(sharpness = 0.)                  # uniform raw-action logits: argmax is action 0, a sample is anything
+    with torch.no_grad():
+        meta.policy.head.weight.normal_(std = 0.5)
+
+    def rollout(**modes):
+        log = LatentLog()
+        torch.manual_seed(0)
+        run_episodes(model, FlagEnv(4, lengths = [6, 5, 4, 6], switch_at = (0, 3)), range(4), meta_controller = meta, recorder = log, **modes)
+        return torch.cat(log.latents), torch.cat(log.actions)
+
+    mean_latents, argmax = rollout(deterministic = True)
+    assert (argmax == 0).all()
+    latents, actions = rollout(deterministic = False, greedy_actions = True)      # sampled latents, argmax actions
+    assert not torch.allclose(latents, mean_latents) and (actions == 0).all()
+    latents, actions = rollout(deterministic = True, greedy_actions = False)      # the mean latent, sampled actions
+    assert torch.equal(latents, mean_latents) and (actions != 0).any()
 
 
 def test_config_rejects_bad_values():

@@ -31,6 +31,7 @@ def evaluate(
     meta_controller: MetaController | None = None,
     seed: int = 0,
     deterministic: bool = False,
+    greedy_actions: bool | None = None,
     force_beta: float | None = None,
     batch_size: int = 256,
     max_steps: int | None = None,
@@ -40,7 +41,8 @@ def evaluate(
     """Run `num_episodes` episodes with env seeds seed, seed + 1, ... and the torch RNG seeded
     with `seed`, so that the same call gives the same episodes (common random numbers).
 
-    deterministic = True is greedy: the policy's mean latent and the argmax raw action.
+    deterministic = True is greedy: the policy's mean latent and the argmax raw action; greedy_actions,
+    when given, sets the raw actions alone (see `run_episodes`).
     intervention(env, e, rows) -> ê rewrites the residual stream at the cut (see `run_episodes`);
     it receives the batch's env, so it may read the env's live state (e.g. its current subgoals).
     With a multi-process `process`, each rank runs its share of the episodes, `batch_size` / ranks
@@ -60,6 +62,6 @@ def evaluate(
         for i, size in enumerate(sizes):
             first = seed + mine.start + i * batch_size
             parts.append(run_episodes(model, envs[size], range(first, first + size), meta_controller = meta_controller,
-                                      force_beta = force_beta, deterministic = deterministic, max_steps = max_steps,
+                                      force_beta = force_beta, deterministic = deterministic, greedy_actions = greedy_actions, max_steps = max_steps,
                                       intervention = None if intervention is None else partial(intervention, envs[size])))
     return eval_stats(Episodes(*(torch.cat(field) for field in zip(*parts))).gather(process))

@@ -131,6 +131,7 @@ def run_episodes(
     meta_controller: MetaController | None = None,
     force_beta: float | None = None,
     deterministic: bool = False,
+    greedy_actions: bool | None = None,
     recorder: Recorder | None = None,
     max_steps: int | None = None,
     drop_finished: bool = True,
@@ -142,6 +143,9 @@ def run_episodes(
     proposal is taken where the switching unit fires and z, U are held otherwise.
     `intervention(e, rows) -> ê` rewrites the residual stream at the cut instead, for the
     rows `rows` (slot indices, (b,)) still in the batch; it may read the env's live state.
+    `deterministic` takes the policy's mean latent and the argmax raw action; `greedy_actions`, when
+    given, sets the raw actions alone (e.g. sampled latents with argmax actions), so that the policy's
+    own noise and the base model's can be told apart.
     """
     seeds = check_seeds(env, seeds)
     device = next(model.parameters()).device
@@ -157,7 +161,7 @@ def run_episodes(
         intervene = None if intervention is None else partial(intervention, rows = rows)
         logits, cache = model.step(state, past_action, cache, meta_controller, force_beta, deterministic, intervention = intervene,
                                    condition = condition if cache is None else None)
-        action = raw_action(model, logits, deterministic)
+        action = raw_action(model, logits, deterministic if greedy_actions is None else greedy_actions)
         meta = cache.prev_hiddens.meta_controller
         if meta is not None:
             switches[rows] += decision_mask(meta, live[rows])
