@@ -11,7 +11,6 @@ from metacontroller.pipeline.config import RLPhaseConfig
 from metacontroller.rl import RLResult, evaluate, train_internal_rl, train_raw_action_rl
 from metacontroller.rl.seeds import final_eval_seed
 
-
 # (mean latent, argmax raw action) for each entry of `success_by_policy`: the policy's own noise and the
 # base model's action noise, told apart on the same episodes (a raw-action policy has no latent)
 POLICIES = dict(sampled = (False, False), greedy = (True, True), mean_latent = (True, False), argmax_actions = (False, True))
