@@ -4,14 +4,18 @@ The tests run on a toy batched env whose observation carries a "switch here"
 flag, and on tiny models wired so that the frozen switching unit fires exactly
 on that flag: switch times are then known by construction.
 """
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
+from metacontroller.pipeline.config import RLPhaseConfig
+from metacontroller.pipeline.rl_phase import final_success
 from metacontroller.rl import RLConfig, collect_abstract, evaluate, run_episodes, train_internal_rl, train_raw_action_rl
 from metacontroller.rl.abstract_env import AbstractRecorder
 from metacontroller.rl.raw_action import RawRecorder, raw_log_probs
-from metacontroller.rl.seeds import episode_seeds
+from metacontroller.rl.seeds import episode_seeds, final_eval_seed
 from metacontroller.rl.store import load_rollouts, save_rollouts
 from metacontroller.rl.trainer import policy_update, trajectory_advantages
 
@@ -294,6 +298,28 @@ def test_greedy_actions_set_the_raw_actions_alone():
     assert not torch.allclose(latents, mean_latents) and (actions == 0).all()
     latents, actions = rollout(deterministic = True, greedy_actions = False)      # the mean latent, sampled actions
     assert torch.equal(latents, mean_latents) and (actions != 0).any()
+
+
+def test_final_success_tells_the_policys_noise_from_the_bases():
+    """The final evaluation's success_by_policy: each entry is the same episodes under its (latent, action) choice."""
+    model, meta = wired(sharpness = 1.)                  # soft raw actions, so that argmax ones matter
+    with torch.no_grad():                                # the policy's mean latent heads to TARGET's quarter
+        meta.policy.head.weight.zero_()
+        meta.policy.head.bias.view(LATENT, 2)[:, 0] = TETRAHEDRON[TARGET]
+    cfg = RLPhaseConfig(num_envs = 16, final_eval_episodes = 64)
+    out = final_success(model, latent_task, cfg, 3, meta)
+    modes = dict(sampled = (False, False), greedy = (True, True), greedy_latent = (True, False), greedy_actions = (False, True))
+    for name, (latent, actions) in modes.items():
+        direct = evaluate(model, latent_task, 64, meta_controller = meta, seed = final_eval_seed(3), deterministic = latent,
+                          greedy_actions = actions, batch_size = 16)
+        assert out['success_by_policy'][name] == direct.success, name
+    by_policy = out['success_by_policy']
+    assert by_policy['greedy'] == 1 and by_policy['sampled'] < min(by_policy['greedy_latent'], by_policy['greedy_actions'])
+    assert out['success'] == by_policy['sampled'] and out['eval_policy'] == 'sampled'
+
+    greedy = final_success(model, latent_task, replace(cfg, deterministic_eval = True), 3, meta)
+    assert greedy['success'] == 1 and greedy['eval_policy'] == 'greedy' and greedy['success_by_policy'] == by_policy
+    assert set(final_success(model, latent_task, cfg, 3)['success_by_policy']) == {'sampled', 'greedy'}   # raw actions: no latent
 
 
 def test_config_rejects_bad_values():

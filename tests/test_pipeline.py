@@ -71,8 +71,8 @@ def test_smoke_pipeline_writes_everything(smoke_run):
         assert entry['episodes'] > 0 and entry['curve'] and entry['eval_episodes'] >= 1
         assert 0 <= entry['success'] <= 1 and entry['initial_success'] == entry['curve'][0][1]
         assert entry['success_by_policy']['sampled'] == entry['success'] and entry['eval_policy'] == 'sampled'
-    # the same final episodes with the mean latent and/or argmax raw actions; a raw-action policy has no latent
-    assert set(on_disk['rl']['internal']['success_by_policy']) == {'sampled', 'greedy', 'mean_latent', 'argmax_actions'}
+    # the same final episodes with the greedy latent and/or raw actions; a raw-action policy has no latent
+    assert set(on_disk['rl']['internal']['success_by_policy']) == {'sampled', 'greedy', 'greedy_latent', 'greedy_actions'}
     assert set(on_disk['rl']['raw_action']['success_by_policy']) == {'sampled', 'greedy'}
     assert on_disk['wall_time_s'] > 0
     assert all(math.isfinite(x) for x in numbers({k: v for k, v in on_disk.items() if k != 'config'}))

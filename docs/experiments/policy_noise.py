@@ -14,12 +14,16 @@ most likely action, averaged over the steps of `--episodes` sampled episodes (th
 sampled step is not the argmax). Given `--controllers RUN_DIR` (a run whose control phase has
 run, on the same base), the ground-truth controllers' stray rate on the same task and episodes.
 
-    python docs/experiments/policy_noise.py runs/study/r03_ABC300k runs/study/r03_ABC300k_s1 --controllers runs/study/control_ABC
+The sampled column should equal the run's recorded success (shown beside it): it does when the
+run was made on a CPU. Pinpad runs only.
+
+    python docs/experiments/policy_noise.py runs/study/rot03_ABC_s0 runs/study/rot03_ABC_s1 --controllers runs/study/control_ABC
 """
 import argparse
 import json
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -47,18 +51,32 @@ def load(run_dir: Path):
     """The run's config, seed, base model and post-task env maker."""
     record = json.loads((run_dir / 'config.json').read_text())
     config = from_dict(record['config'])
-    adapter = pinpad_adapter().with_post_task(config.rl.task).with_task_condition(config.model.task_condition)
+    adapter = pinpad_adapter().for_config(config)
     model = Transformer.init_and_load(run_dir / 'pretrain' / 'model.pt').eval()
     return config, record['seed'], model, adapter.make_envs((adapter.post_task,))
 
 
-def stray_rate(model, make_envs, episodes: int, seed: int, meta = None, controller = None) -> float:
-    """Mean over the live steps of sampled episodes of 1 - max_a p(a): the base's own action noise."""
+class Stray(NamedTuple):
+    per_step: float      # mean over live steps of 1 - max_a p(a)
+    per_episode: float   # its sum over an episode's steps: the expected off-argmax steps per episode
+
+    def __str__(self):
+        return f'stray rate {self.per_step:.3f} a step, {self.per_episode:.2f} an episode'
+
+
+def stray_rate(model, make_envs, episodes: int, seed: int, meta = None, controller = None) -> Stray:
+    """The base's own action noise along sampled episodes, under a policy or the ground-truth controllers."""
     env, log = make_envs(episodes), TopProbability()
     intervention = None if controller is None else partial(subgoal_intervention(controller), env)
     with seeded(seed, torch.device('cpu')):
         run_episodes(model, env, range(seed, seed + episodes), meta_controller = meta, recorder = log, intervention = intervention)
-    return 1 - torch.cat(log.top).mean().item()
+    off = 1 - torch.cat(log.top)
+    return Stray(off.mean().item(), off.sum().item() / episodes)
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    one, other = a.state_dict(), b.state_dict()
+    return one.keys() == other.keys() and all(torch.equal(one[k], other[k]) for k in one)
 
 
 def main():
@@ -80,11 +98,15 @@ def main():
         meta = MetaController.init_and_load(run_dir / 'rl' / 'meta_controller.pt').eval()
         by_policy = final_success(model, make_envs, config.rl, seed, meta)['success_by_policy']
         stray = stray_rate(model, make_envs, args.episodes, final_eval_seed(seed), meta = meta)
-        print(run_dir.name, ', '.join(f'{name} {success:.3f}' for name, success in by_policy.items()), f'| stray rate {stray:.3f}', flush = True)
+        recorded = json.loads((run_dir / 'results.json').read_text())['rl']['internal']['success']
+        print(run_dir.name, ', '.join(f'{name} {success:.3f}' for name, success in by_policy.items()),
+              f'(recorded: {recorded:.3f}) | {stray}', flush = True)
     if args.controllers is not None:
-        _, seed, model, make_envs = load(args.controllers)
+        _, seed, controlled_model, make_envs = load(args.controllers)
+        if not same_weights(controlled_model, model):
+            raise SystemExit(f"{args.controllers}: its base model differs from {run_dir}'s; the controllers must steer the same base")
         controller = SubgoalController.init_and_load(args.controllers / 'control' / 'controller.pt').eval()
-        print(args.controllers.name, f'ground-truth controllers | stray rate {stray_rate(model, make_envs, args.episodes, final_eval_seed(seed), controller = controller):.3f}')
+        print(args.controllers.name, 'ground-truth controllers |', stray_rate(model, make_envs, args.episodes, final_eval_seed(seed), controller = controller))
 
 
 if __name__ == '__main__':

@@ -60,6 +60,10 @@ class EnvAdapter:
             raise ValueError(f'--rl.task: {error}') from None
         return replace(self, post_task = task, post_task_name = name)
 
+    def for_config(self, config: PipelineConfig) -> EnvAdapter:
+        """This adapter with the run's held-out task and task-condition settings (the CLI's, and a script's that reopens a run)."""
+        return self.with_post_task(config.rl.task).with_task_condition(config.model.task_condition)
+
     def with_task_condition(self, on: bool) -> EnvAdapter:
         """This adapter with the task given to the base model as a condition vector or not (`--model.task_condition`):
         both ways, so that an adapter built conditioned still follows the flag config.json records."""

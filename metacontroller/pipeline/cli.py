@@ -94,7 +94,7 @@ def main(adapter: EnvAdapter, argv: list[str] | None = None) -> dict:
     try:
         config = config_from_args(args, adapter)
         validate(config)   # every setting, before any phase runs or config.json is written
-        adapter = adapter.with_post_task(config.rl.task).with_task_condition(config.model.task_condition)
+        adapter = adapter.for_config(config)
         adapter.episode_rotations(config.discovery.rotation_consistency)   # an env without them fails here, before any work
         torch.device(args.device)
     except (ValueError, RuntimeError) as error:

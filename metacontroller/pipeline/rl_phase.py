@@ -11,14 +11,16 @@ from metacontroller.pipeline.config import RLPhaseConfig
 from metacontroller.rl import RLResult, evaluate, train_internal_rl, train_raw_action_rl
 from metacontroller.rl.seeds import final_eval_seed
 
-# (mean latent, argmax raw action) for each entry of `success_by_policy`: the policy's own noise and the
-# base model's action noise, told apart on the same episodes (a raw-action policy has no latent)
-POLICIES = dict(sampled = (False, False), greedy = (True, True), mean_latent = (True, False), argmax_actions = (False, True))
+# (greedy latent, greedy raw action) for each entry of `success_by_policy`: the policy's own noise and the
+# base model's action noise, told apart on the same episodes. Greedy is the mean of a Gaussian latent (the
+# most likely code otherwise) and the argmax raw action.
+POLICIES = dict(sampled = (False, False), greedy = (True, True), greedy_latent = (True, False), greedy_actions = (False, True))
 
 
 def final_success(model: Transformer, make_envs: Callable, config: RLPhaseConfig, seed: int,
                   meta_controller: MetaController | None = None, force_beta: float | None = None, process: Process = SINGLE) -> dict:
-    """The headline evaluation (`--rl.deterministic_eval`), and its success under each of `POLICIES`."""
+    """The headline evaluation (`--rl.deterministic_eval`), and its success under each of `POLICIES` that applies:
+    a raw-action policy has no latent, and continuous raw actions have no argmax."""
     def run(latent: bool, actions: bool):
         return evaluate(model, make_envs, config.final_eval_episodes, meta_controller = meta_controller,
                         seed = final_eval_seed(seed), deterministic = latent, greedy_actions = actions,
@@ -26,7 +28,8 @@ def final_success(model: Transformer, make_envs: Callable, config: RLPhaseConfig
 
     headline = (config.deterministic_eval,) * 2
     stats = run(*headline)
-    policies = POLICIES if meta_controller is not None else dict(sampled = POLICIES['sampled'], greedy = POLICIES['greedy'])
+    policies = {name: (latent, actions) for name, (latent, actions) in POLICIES.items()
+                if (meta_controller is not None or latent == actions) and (model.action_readout.has_discrete or not actions)}
     by_policy = {name: stats.success if modes == headline else run(*modes).success for name, modes in policies.items()}
     return dict(stats._asdict(), eval_episodes = config.final_eval_episodes, eval_policy = 'greedy' if config.deterministic_eval else 'sampled',
                 success_by_policy = by_policy)

@@ -82,7 +82,7 @@ def raw_action(model: Transformer, logits: Tensor, deterministic: bool) -> Tenso
     if not deterministic:
         return model.action_readout.sample(logits)[:, 0]
     if not model.action_readout.has_discrete:
-        raise ValueError('greedy raw actions are only defined for discrete action spaces; use deterministic = False')
+        raise ValueError('greedy raw actions are only defined for discrete action spaces; use deterministic = False or greedy_actions = False')
     return logits[:, 0].argmax(dim = -1)
 
 
