@@ -20,7 +20,6 @@ run was made on a CPU. Pinpad runs only.
     python docs/experiments/policy_noise.py runs/study/rot03_ABC_s0 runs/study/rot03_ABC_s1 --controllers runs/study/control_ABC
 """
 import argparse
-import json
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -31,7 +30,9 @@ from metacontroller import MetaController, Transformer
 from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 from metacontroller.pipeline.config import from_dict
 from metacontroller.pipeline.control import subgoal_intervention
+from metacontroller.pipeline.files import read_json
 from metacontroller.pipeline.rl_phase import final_success
+from metacontroller.pipeline.runner import CONFIG_FILE, RESULTS_FILE
 from metacontroller.rl.rollout import run_episodes
 from metacontroller.rl.seeds import final_eval_seed, seeded
 from metacontroller.subgoal_controller import SubgoalController
@@ -49,7 +50,7 @@ class TopProbability:
 
 def load(run_dir: Path):
     """The run's config, seed, base model and post-task env maker."""
-    record = json.loads((run_dir / 'config.json').read_text())
+    record = read_json(run_dir / CONFIG_FILE)
     config = from_dict(record['config'])
     adapter = pinpad_adapter().for_config(config)
     model = Transformer.init_and_load(run_dir / 'pretrain' / 'model.pt').eval()
@@ -98,7 +99,7 @@ def main():
         meta = MetaController.init_and_load(run_dir / 'rl' / 'meta_controller.pt').eval()
         by_policy = final_success(model, make_envs, config.rl, seed, meta)['success_by_policy']
         stray = stray_rate(model, make_envs, args.episodes, final_eval_seed(seed), meta = meta)
-        recorded = json.loads((run_dir / 'results.json').read_text())['rl']['internal']['success']
+        recorded = read_json(run_dir / RESULTS_FILE)['rl']['internal']['success']
         print(run_dir.name, ', '.join(f'{name} {success:.3f}' for name, success in by_policy.items()),
               f'(recorded: {recorded:.3f}) | {stray}', flush = True)
     if args.controllers is not None:
