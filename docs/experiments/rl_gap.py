@@ -1,6 +1,7 @@
 """What internal RL loses against the ground-truth controllers: the codes, the switch timing, or the choices? (issue 15)
 
-On the run's held-out task and its final-evaluation episode seeds, with sampled raw actions throughout:
+On the run's held-out task and its final-evaluation episode seeds, with sampled raw actions throughout
+(`--greedy-actions`: argmax ones):
 
 1. `controllers`: the `control` phase's ground-truth controllers, switched by the live subgoal (`--controllers`);
 2. `codes, live switch`: the discovered decoder with each subgoal's mean code (the steering check's: the mean
@@ -10,12 +11,13 @@ On the run's held-out task and its final-evaluation episode seeds, with sampled 
 4. `policy`: the trained internal-RL policy (the run's `rl/meta_controller.pt`): learned timing and choices;
 5. `policy's codes, live switch`: the policy's held code averaged over its steps in each live subgoal (row 4's
    episodes), switched by the live subgoal: one fixed code per subgoal, where RL put it;
-6. `fitted codes, live switch`: one code per subgoal trained on D* through the discovered decoder (held frozen)
+6. `policy's codes, β switch`: the same codes, taken where the switching unit fires, as in row 3;
+7. `fitted codes, live switch`: one code per subgoal trained on D* through the discovered decoder (held frozen)
    by action NLL, as the `control` phase trains its controllers: the best single code per subgoal by NLL.
 
-For 3 and 4, over the live steps: decisions per subgoal entered, the share of subgoal starts with a decision
-within one step, and the share of steps whose held code is nearest (of the K mean codes) to the live
-subgoal's. Pinpad runs with Gaussian codes only. About 5 minutes on one thread (1,000 episodes a row).
+For the rows switched by β, over the live steps: decisions per subgoal entered, the share of subgoal
+starts with a decision within one step, and the share of steps whose held code is nearest (of the K
+mean codes) to the live subgoal's. Pinpad runs with Gaussian codes only. About 6 minutes on one thread (1,000 episodes a row).
 
     python docs/experiments/rl_gap.py runs/study/ratio03_ABC_s0 --controllers runs/study/control_ABC
 """
@@ -110,7 +112,7 @@ class Row(NamedTuple):
     detail: str = ''
 
 
-def timed(model, meta, make_envs, codes, episodes: int, batch: int, seed: int) -> tuple[float, str, torch.Tensor]:
+def timed(model, meta, make_envs, codes, episodes: int, batch: int, seed: int, greedy_actions: bool) -> tuple[float, str, torch.Tensor]:
     """Success, decision timing and the mean held code per live subgoal (K, n_z) of `meta` on the evaluation's
     env seeds. A LiveSubgoalPolicy reads the env's slots, so then the batch keeps its finished rows."""
     parts, counts, sums, held = [], Counter(), torch.zeros_like(codes), torch.zeros(len(codes))
@@ -122,7 +124,7 @@ def timed(model, meta, make_envs, codes, episodes: int, batch: int, seed: int) -
             if keep_rows:
                 meta.policy.env = env
             log = Timing(env, codes)
-            parts.append(run_episodes(model, env, range(first, first + size), meta_controller = meta, recorder = log,
+            parts.append(run_episodes(model, env, range(first, first + size), meta_controller = meta, recorder = log, greedy_actions = greedy_actions,
                                       drop_finished = not keep_rows))
             counts, sums, held = counts + log.counts, sums + log.code_sums, held + log.code_counts
     success = Episodes(*(torch.cat(field) for field in zip(*parts))).success.float().mean().item()
@@ -136,6 +138,7 @@ def main():
     parser.add_argument('--episodes', type = int, help = "episodes per row (default: the run's --rl.final_eval_episodes)")
     parser.add_argument('--fit-steps', type = int, default = 300, help = 'AdamW steps of the fitted codes on D*')
     parser.add_argument('--fit-lr', type = float, default = 1e-2)
+    parser.add_argument('--greedy-actions', action = 'store_true', help = 'argmax raw actions in every row (default: sampled)')
     parser.add_argument('--threads', type = int, default = 1)
     args = parser.parse_args()
     if not (args.run_dir / 'rl' / 'meta_controller.pt').exists():
@@ -148,11 +151,12 @@ def main():
     if not isinstance(discovered.code, GaussianCode):
         raise SystemExit(f'{args.run_dir}: expected Gaussian codes, got {type(discovered.code).__name__}')
     demos = data.load(args.run_dir / 'data', 'discovery')
-    codes = steering.subgoal_codes(model, discovered, demos, pinpad_adapter().num_subgoals, 'cpu')
+    with seeded(seed, torch.device('cpu')):   # the mean codes are built from sampled proposals
+        codes = steering.subgoal_codes(model, discovered, demos, pinpad_adapter().num_subgoals, 'cpu')
     episodes, batch, first = args.episodes or config.rl.final_eval_episodes, config.rl.num_envs, final_eval_seed(seed)
 
     def live_switch(name, codes):
-        success = evaluate(model, make_envs, episodes, seed = first, batch_size = batch,
+        success = evaluate(model, make_envs, episodes, seed = first, batch_size = batch, greedy_actions = args.greedy_actions,
                            intervention = control.subgoal_intervention(SubgoalCodes(discovered, codes))).success
         return Row(name, success)
 
@@ -162,16 +166,19 @@ def main():
         if not same_weights(controlled_model, model):
             raise SystemExit(f"{args.controllers}: its base model differs from {args.run_dir}'s")
         controller = SubgoalController.init_and_load(args.controllers / 'control' / 'controller.pt').eval()
-        rows.append(Row('controllers', evaluate(model, make_envs, episodes, seed = first, batch_size = batch,
+        rows.append(Row('controllers', evaluate(model, make_envs, episodes, seed = first, batch_size = batch, greedy_actions = args.greedy_actions,
                                                 intervention = control.subgoal_intervention(controller)).success))
     rows.append(live_switch('codes, live switch', codes))
     oracle = copy.deepcopy(discovered)
     oracle.policy = LiveSubgoalPolicy(codes, None)
-    success, timing, _ = timed(model, oracle, make_envs, codes, episodes, batch, first)
+    success, timing, _ = timed(model, oracle, make_envs, codes, episodes, batch, first, args.greedy_actions)
     rows.append(Row('codes, β switch', success, timing))
-    success, timing, policy_codes = timed(model, trained, make_envs, codes, episodes, batch, first)
+    success, timing, policy_codes = timed(model, trained, make_envs, codes, episodes, batch, first, args.greedy_actions)
     rows.append(Row('policy', success, timing))
     rows.append(live_switch("policy's codes, live switch", policy_codes))
+    oracle.policy = LiveSubgoalPolicy(policy_codes, None)
+    success, timing, _ = timed(model, oracle, make_envs, codes, episodes, batch, first, args.greedy_actions)
+    rows.append(Row("policy's codes, β switch", success, timing))
     for row in rows:
         print(f'{row.name:30s} success {row.success:.3f}  {row.detail}', flush = True)
 
