@@ -149,6 +149,17 @@ def test_controllers_learn_to_use_the_labels(demos, one_thread):
     assert np.mean(trace[-5:]) < trace[0] - 0.05
 
 
+def test_episodes_keep_their_progress_when_the_env_runs_again(one_thread):
+    """evaluate reuses one env per batch size: an earlier batch's colours reached must not follow the env's next run."""
+    model = build_transformer(pinpad_adapter(), smoke_config().model).eval()
+    env = pinpad_adapter().make_envs(PRETRAINING_TASKS)(8)
+    first = run_episodes(model, env, range(8))
+    kept = first.progress.clone()
+    run_episodes(model, env, range(8, 16))
+    env.progress[:] = 99   # the env's array is its own to overwrite
+    assert torch.equal(first.progress, kept)
+
+
 def test_evaluate_switches_controllers_by_the_live_subgoal_in_every_batch(one_thread):
     """evaluate(..., intervention) binds each batch's own env (sizes 4 and 2 here) and counts colours reached."""
     model = build_transformer(pinpad_adapter(), smoke_config().model).eval()

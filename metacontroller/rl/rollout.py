@@ -180,5 +180,6 @@ def run_episodes(
         if drop_finished:
             cache, past_action, rows = drop_finished_rows(cache, past_action, rows, live, device)
 
-    progress = torch.as_tensor(np.asarray(getattr(env, 'progress', np.zeros(n))), dtype = torch.long)
+    # a copy: the env's own array changes when the env runs its next batch (evaluate reuses one env per batch size)
+    progress = torch.tensor(np.asarray(getattr(env, 'progress', np.zeros(n))), dtype = torch.long)
     return Episodes(returns, lengths, switches, progress)
