@@ -84,9 +84,9 @@ class Timing:
         self.counts.update(starts = started.sum(), later_starts = later.sum(), decisions = decided.sum(), steps = live.sum(),
                            on_time = (later & decided).sum() + (self.pending[rows] & decided).sum(),   # at the start or the next step
                            right_code = ((nearest == label) & live).sum())
-        live_rows = torch.as_tensor(live)
-        self.code_sums.index_add_(0, torch.as_tensor(label[live]), step.meta.latent.float()[live_rows])
-        self.code_steps += torch.bincount(torch.as_tensor(label[live]), minlength = len(self.codes))
+        live_labels = torch.as_tensor(label[live])
+        self.code_sums.index_add_(0, live_labels, step.meta.latent.float()[torch.as_tensor(live)])
+        self.code_steps += torch.bincount(live_labels, minlength = len(self.codes))
         self.pending[rows] = later & ~decided
         self.last[rows] = np.where(live, label, self.last[rows])
 
