@@ -130,12 +130,11 @@ def timed(model, meta, make_envs, codes, episodes: int, batch: int, seed: int, g
     return success, timing_summary(counts), sums / steps.clamp(min = 1)[:, None]
 
 
-def fit_codes(model, discovered: MetaController, demos, codes: torch.Tensor, config, seed: int, steps: int, lr: float):
+def fit_codes(model, discovered: MetaController, streams, codes: torch.Tensor, config, seed: int, steps: int, lr: float):
     """Row 7's codes, trained from the mean codes by `control.train` (the control phase's loss, batches and weight
     decay; its steps and lr replaced): (K, n_z) codes and the D* action NLL of the last 50 steps."""
     discovered.requires_grad_(False)   # the decoder is not in the optimiser; this only skips its gradients
     fitted = SubgoalCodes(discovered, codes)
-    streams = discover.precompute(model, demos, config.control.batch_size, seed, 'cpu')
     trace = control.train(model, fitted, streams, replace(config.control, steps = steps, lr = lr), seed)
     return fitted.codes.detach(), float(np.mean(trace[-50:]))
 
@@ -188,7 +187,8 @@ def main():
     show("policy's codes, live switch", live_switch(SubgoalCodes(discovered, policy_codes)))
     oracle.policy = LiveSubgoalPolicy(policy_codes, None)
     show("policy's codes, β switch", *at_beta(oracle)[:2])
-    fitted, nll = fit_codes(model, discovered, demos, codes, config, seed, args.fit_steps, args.fit_lr)
+    streams = discover.precompute(model, demos, config.control.batch_size, seed, 'cpu')
+    fitted, nll = fit_codes(model, discovered, streams, codes, config, seed, args.fit_steps, args.fit_lr)
     show('fitted codes, live switch', live_switch(SubgoalCodes(discovered, fitted)), f'D* action NLL {nll:.3f} after {args.fit_steps} steps')
 
 
