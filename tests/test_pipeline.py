@@ -386,3 +386,22 @@ def test_native_bf16_asks_the_device_itself(monkeypatch, device, capable):
     monkeypatch.setattr(torch.version, 'hip', None)
     assert native_bf16(device) is capable
     assert asked == ([torch.device(device)] if device.startswith('cuda') else [])   # the device given, not the current one
+
+
+def test_rl_curve_bands_take_their_median_line_colour():
+    # labels outside RL_STYLES have no fixed colour; the 25-75% band must still match its line
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    from metacontroller.pipeline.plots import draw_rl_curves
+    seeds = lambda level: [[[e, level + seed / 10] for e in (10, 20, 30, 40, 50)] for seed in range(3)]
+    fig, ax = plt.subplots()
+    draw_rl_curves(ax, {'first': seeds(0.1), 'second': seeds(0.5)}, smooth = 1)
+    lines, bands = ax.get_lines(), ax.collections
+    assert len(lines) == len(bands) == 2
+    assert to_rgba(lines[0].get_color()) != to_rgba(lines[1].get_color())
+    for line, band in zip(lines, bands):
+        assert np.allclose(band.get_facecolor()[0][:3], to_rgba(line.get_color())[:3])
+    plt.close(fig)

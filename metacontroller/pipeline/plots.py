@@ -81,9 +81,9 @@ def draw_rl_curves(ax, runs: dict[str, list[list]], smooth: int = 5):
         median, low, high = (np.convolve(v, kernel, mode = 'valid') for v in (median, low, high))
         x = x[len(x) - len(median):]
         label, colour = RL_STYLES.get(name, (name, None))
-        ax.plot(x, median, label = label, color = colour)
-        if len(curves) > 1:
-            ax.fill_between(x, low, high, color = colour, alpha = 0.25, lw = 0)
+        line, = ax.plot(x, median, label = label, color = colour)
+        if len(curves) > 1:   # the line's own colour: a second `None` would draw the next one in the cycle
+            ax.fill_between(x, low, high, color = line.get_color(), alpha = 0.25, lw = 0)
     ax.set_xscale('log')
     ax.xaxis.set_minor_formatter(NullFormatter())   # decade labels only; minor labels overlap
     ax.set_xlabel('training episodes')
