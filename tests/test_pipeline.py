@@ -390,12 +390,10 @@ def test_native_bf16_asks_the_device_itself(monkeypatch, device, capable):
 
 def test_rl_curve_bands_take_their_median_line_colour():
     # labels outside RL_STYLES have no fixed colour; the 25-75% band must still match its line
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
     from matplotlib.colors import to_rgba
 
-    from metacontroller.pipeline.plots import draw_rl_curves
+    from metacontroller.pipeline.plots import draw_rl_curves, pyplot
+    plt = pyplot()
     seeds = lambda level: [[[e, level + seed / 10] for e in (10, 20, 30, 40, 50)] for seed in range(3)]
     fig, ax = plt.subplots()
     draw_rl_curves(ax, {'first': seeds(0.1), 'second': seeds(0.5)}, smooth = 1)
