@@ -103,7 +103,7 @@ def _from_data(value, source):
     return REGISTRY[name](*_from_data(value['args'], source), **_from_data(value['kwargs'], source))
 
 
-def _checksum(state_dict: dict) -> str:
+def checksum(state_dict: dict) -> str:
     """sha256 over every tensor's name, dtype, shape and bytes."""
     digest = hashlib.sha256()
     for name in sorted(state_dict):
@@ -166,7 +166,7 @@ class Checkpointable:
             klass = type(self).__name__,
             config = dict(args = _to_data(list(args), type(self).__name__), kwargs = _to_data(kwargs, type(self).__name__)),
             state_dict = state_dict,
-            checksum = _checksum(state_dict),
+            checksum = checksum(state_dict),
             children = {name: child._package() for name, child in children.items()},
         )
 
@@ -183,7 +183,7 @@ class Checkpointable:
             raise ValueError(f'{source} holds a {pkg.get("klass")}, not a {cls.__name__}; load it with {pkg.get("klass")}.init_and_load')
 
         state_dict = pkg['state_dict']
-        if _checksum(state_dict) != pkg.get('checksum'):
+        if checksum(state_dict) != pkg.get('checksum'):
             raise ValueError(f'{source}: the weights do not match the checksum saved with them (the file was modified or corrupted)')
 
         module = cls(*_from_data(pkg['config']['args'], source), **_from_data(pkg['config']['kwargs'], source))

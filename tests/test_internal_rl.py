@@ -4,11 +4,13 @@ The tests run on a toy batched env whose observation carries a "switch here"
 flag, and on tiny models wired so that the frozen switching unit fires exactly
 on that flag: switch times are then known by construction.
 """
+import copy
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+from loguru import logger
 
 from metacontroller.pipeline.config import RLPhaseConfig
 from metacontroller.pipeline.rl_phase import final_success
@@ -394,3 +396,89 @@ def test_runs_on_the_pinpad_vector_env():
         assert result.episodes == 8 and 8 <= result.raw_steps <= 800 and len(result.evals) == 1
     stats = evaluate(model, make, 8, meta_controller = meta, deterministic = True)
     assert 1 <= stats.mean_length <= 100 and 1 <= stats.switches_per_episode <= stats.mean_length
+
+
+# ---------------------------------------------------------------- checkpoints: a run goes on where it stopped
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupted_after(batches: int):
+    """latent_task envs whose training env (the first made) raises when reset for batch `batches` + 1:
+    a run killed while collecting."""
+    made = []
+
+    def make_envs(n):
+        env = latent_task(n)
+        if not made:
+            reset, resets = env.reset, []
+
+            def counting_reset(seed = None):
+                resets.append(seed)
+                if len(resets) > batches:
+                    raise Interrupted
+                return reset(seed)
+            env.reset = counting_reset
+        made.append(env)
+        return env
+    return make_envs
+
+
+@pytest.mark.parametrize('kind', ['internal', 'raw-action'])
+def test_an_interrupted_run_goes_on_from_its_checkpoint_exactly(tmp_path, kind):
+    model, meta = wired()
+    cfg = config(num_envs = 16, total_episodes = 16 * 5, eval_every = 32, eval_episodes = 16)
+
+    def train(make_envs, **kwargs):
+        if kind == 'internal':
+            return train_internal_rl(model, meta, make_envs, cfg, seed = 3, progress = False, **kwargs)
+        return train_raw_action_rl(model, make_envs, cfg, seed = 3, progress = False, **kwargs)
+
+    straight = train(latent_task)
+    path = tmp_path / 'progress.pt'
+    with pytest.raises(Interrupted):   # killed in its 4th batch; its last save came after the 2nd (an evaluation)
+        train(interrupted_after(3), checkpoint = path)
+    messages = []
+    sink = logger.add(messages.append, level = 'INFO')
+    try:
+        resumed = train(latent_task, checkpoint = path)
+    finally:
+        logger.remove(sink)
+    assert any(f'going on from {path}, at 32 of 80 episodes' in m for m in messages)
+    assert len(straight.curve) == 5 and resumed.curve == straight.curve and resumed.raw_step_curve == straight.raw_step_curve
+    assert resumed.evals == straight.evals and resumed.episodes == straight.episodes
+    assert all(torch.equal(a, b) for a, b in zip(resumed.module.state_dict().values(), straight.module.state_dict().values()))
+
+
+def test_a_finished_run_goes_on_to_a_larger_budget(tmp_path):
+    model, meta = wired()
+    cfg = config(num_envs = 16, total_episodes = 64, eval_every = 32, eval_episodes = 16)
+    straight = train_internal_rl(model, meta, latent_task, cfg, seed = 0, progress = False)
+    path = tmp_path / 'progress.pt'
+    first = train_internal_rl(model, meta, latent_task, replace(cfg, total_episodes = 32), seed = 0, progress = False, checkpoint = path)
+    assert first.curve == straight.curve[:2]
+    more = train_internal_rl(model, meta, latent_task, cfg, seed = 0, progress = False, checkpoint = path)
+    assert more.curve == straight.curve and more.evals == straight.evals
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path):
+    model, meta = wired()
+    cfg = config(num_envs = 16, total_episodes = 32, eval_every = 16, eval_episodes = 16)
+    path = tmp_path / 'progress.pt'
+    train_internal_rl(model, meta, latent_task, cfg, progress = False, checkpoint = path)
+    with pytest.raises(ValueError, match = r'other settings \(lr: saved 0.001, now 0.002\)'):
+        train_internal_rl(model, meta, latent_task, replace(cfg, lr = 2e-3), progress = False, checkpoint = path)
+    with pytest.raises(ValueError, match = r'kind: saved .internal RL., now .internal RL \(β ≡ 1\).'):
+        train_internal_rl(model, meta, latent_task, cfg, force_beta = 1., progress = False, checkpoint = path)
+    other_codes = copy.deepcopy(meta)
+    with torch.no_grad():
+        other_codes.decoder.to_a.bias.add_(1.)
+    with pytest.raises(ValueError, match = 'starting_weights_sha256'):
+        train_internal_rl(model, other_codes, latent_task, cfg, progress = False, checkpoint = path)
+    path.write_bytes(b'not a checkpoint')
+    with pytest.raises(ValueError, match = 'could not be read as RL progress .*delete it to start afresh'):
+        train_internal_rl(model, meta, latent_task, cfg, progress = False, checkpoint = path)
+    with pytest.raises(ValueError, match = 'checkpoints are for PPO runs'):
+        train_internal_rl(model, meta, latent_task, replace(cfg, algorithm = 'es'), progress = False, checkpoint = path)

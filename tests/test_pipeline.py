@@ -23,6 +23,7 @@ from metacontroller.pipeline.pretrain import imitation_metrics
 
 PHASE_FILES = ['config.json', 'results.json', 'run.log', 'data/pretrain.npz', 'data/discovery.npz', 'pretrain/model.pt', 'control/controller.pt',
                'discover/meta_controller.pt', 'rl/meta_controller.pt', 'baselines/raw_action_model.pt',
+               'rl/progress_internal.pt', 'baselines/progress_raw_action.pt', 'baselines/progress_beta1.pt',
                'switches.png', 'probe.png', 'rl_curves.png', 'fig1.png', 'rate_distortion.png']
 
 
@@ -95,6 +96,23 @@ def test_force_redoes_selected_phase(smoke_run):
     run(smoke_tmp, '--phases', 'probe,report', '--force')
     new = log.read_text()[len(before):]
     assert 'phase probe: start' in new and 'phase report: start' in new and 'phase pretrain: start' not in new
+
+
+def test_an_unfinished_rl_phase_goes_on_from_its_progress_and_force_drops_it(smoke_run, tmp_path):
+    smoke_tmp, result = smoke_run
+    shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
+    (tmp_path / 'run' / 'phases' / 'rl.json').unlink()   # as if the phase had been killed before its end
+    log = tmp_path / 'run' / 'run.log'
+    before = log.read_text()
+    again = run(tmp_path, '--phases', 'rl')
+    new = log.read_text()[len(before):]
+    assert 'internal RL: going on from' in new and again['rl']['internal'] == result['rl']['internal']
+
+    progress = tmp_path / 'run' / 'rl' / 'progress_internal.pt'
+    progress.write_bytes(b'unreadable')   # --force starts afresh, without reading it
+    before = log.read_text()
+    run(tmp_path, '--phases', 'rl', '--force')
+    assert 'going on from' not in log.read_text()[len(before):] and progress.read_bytes() != b'unreadable'
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

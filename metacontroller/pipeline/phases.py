@@ -23,6 +23,8 @@ from metacontroller.pipeline.models import build_meta_controller, build_transfor
 from metacontroller.rl import evaluate
 from metacontroller.subgoal_controller import SubgoalController
 
+PROGRESS_PREFIX = 'progress_'   # <phase>/progress_<run>.pt: an RL run's progress, kept until --force redoes the phase
+
 
 @dataclass
 class Run:
@@ -40,6 +42,15 @@ class Run:
 
     def path(self, phase: str, name: str) -> Path:
         return self.run_dir / phase / name
+
+    def progress_path(self, phase: str, name: str) -> Path:
+        """Where a phase keeps the progress of an unfinished run, to go on from it when the phase runs again."""
+        return self.path(phase, f'{PROGRESS_PREFIX}{name}.pt')
+
+    def clear_progress(self, phase: str):
+        """Start the phase afresh (--force): drop the progress its earlier runs left."""
+        for path in (self.run_dir / phase).glob(f'{PROGRESS_PREFIX}*.pt'):
+            path.unlink()
 
     def record_path(self, phase: str) -> Path:
         return self.run_dir / 'phases' / f'{phase}.json'
@@ -204,7 +215,7 @@ def run_discover(run: Run) -> dict:
 def run_rl(run: Run) -> dict:
     model, meta = run.load_model(), run.load_meta_controller()
     summary, trained = rl_phase.internal(model, meta, run.adapter.make_envs((run.adapter.post_task,)), run.config.rl, run.seed,
-                                         run.progress, run.process)
+                                         run.progress, run.process, checkpoint = run.progress_path('rl', 'internal'))
     run.save(trained, 'rl', 'meta_controller.pt')
     return dict(internal = summary)
 
@@ -212,9 +223,11 @@ def run_rl(run: Run) -> dict:
 def run_baselines(run: Run) -> dict:
     model, meta = run.load_model(), run.load_meta_controller()
     make_envs = run.adapter.make_envs((run.adapter.post_task,))
-    raw, raw_model = rl_phase.raw_action(model, make_envs, run.config.rl, run.seed, run.progress, run.process)
+    raw, raw_model = rl_phase.raw_action(model, make_envs, run.config.rl, run.seed, run.progress, run.process,
+                                         checkpoint = run.progress_path('baselines', 'raw_action'))
     run.save(raw_model, 'baselines', 'raw_action_model.pt')
-    beta1, beta1_meta = rl_phase.internal(model, meta, make_envs, run.config.rl, run.seed, run.progress, run.process, force_beta = 1.)
+    beta1, beta1_meta = rl_phase.internal(model, meta, make_envs, run.config.rl, run.seed, run.progress, run.process, force_beta = 1.,
+                                          checkpoint = run.progress_path('baselines', 'beta1'))
     run.save(beta1_meta, 'baselines', 'beta1_meta_controller.pt')
     return dict(raw_action = raw, no_temporal_abstraction = beta1)
 

@@ -2,7 +2,8 @@
 
 A phase is finished when its record `phases/<phase>.json` exists; it is
 written last, after the phase's checkpoints, so an interrupted phase simply
-runs again. Each phase seeds torch from (seed, phase), so a resumed run
+runs again; the RL phases go on from the progress they saved (`rl.resume`),
+which --force drops. Each phase seeds torch from (seed, phase), so a resumed run
 repeats what an uninterrupted one would have done.
 
 With several processes, every rank reads the run folder and decides the same
@@ -108,6 +109,10 @@ def execute_locked(run: Run, plan: Plan) -> dict:
         process.wait()   # every rank has read the run folder before rank 0 writes to it
         if process.is_main:
             write_json(run.run_dir / CONFIG_FILE, dict(config = run.config.to_dict(), seed = run.seed))
+            if plan.force:   # without --force, an unfinished RL phase goes on from its progress
+                for phase in to_run:
+                    run.clear_progress(phase)
+        process.wait()
         for phase in to_run:
             run_phase(run, phase)
         result = gather_results(run)

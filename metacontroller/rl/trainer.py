@@ -15,6 +15,7 @@ std of the global batch, and the policy gradients are averaged over ranks.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -28,6 +29,7 @@ from metacontroller.rl.abstract_env import AbstractBatch, collect_abstract
 from metacontroller.rl.config import EvalStats, RLConfig, RLResult
 from metacontroller.rl.evaluate import evaluate
 from metacontroller.rl.evolution import train_evolution
+from metacontroller.rl.resume import LoopState, load_progress, save_progress, starting_weights
 from metacontroller.rl.rollout import Episodes
 from metacontroller.rl.seeds import episode_seeds, eval_seed, rank_seed, seeded
 from metacontroller.transformer import Transformer
@@ -72,42 +74,60 @@ def run_training(
     progress: bool,
     desc: str,
     process: Process = SINGLE,
+    optimizer: torch.optim.Optimizer | None = None,
+    checkpoint: str | Path | None = None,
 ) -> RLResult:
     """The loop: collect a batch (anything with `.episodes`), update on its advantages, evaluate every
     `eval_every` episodes (never when None).
     The budget is spent in whole batches, so the last one may pass `total_episodes`.
-    `collect` gets this rank's share of the batch's env seeds; `update`, the advantages of its episodes."""
-    curve, raw_curve, evals = [], [], []
-    episodes = raw_steps = 0
+    `collect` gets this rank's share of the batch's env seeds; `update`, the advantages of its episodes.
+    With a `checkpoint` path, the loop saves its progress there (`resume`) at each evaluation and at
+    the end, and a run that finds one there goes on from it; `optimizer` is then the one `update` steps."""
+    if checkpoint is not None and optimizer is None:
+        raise ValueError('a checkpoint needs the optimizer that update steps, to save and restore its state')
     device = next(module.parameters()).device
-    bar = tqdm(total = config.total_episodes, desc = desc, disable = not (progress and process.is_main), unit = 'ep')
-    next_eval = config.eval_every
     mine = process.shard(config.num_envs)
 
-    with seeded(rank_seed(seed, process.rank), device):
-        while episodes < config.total_episodes:
-            batch = collect(episode_seeds(seed, episodes, config.num_envs, config.group_size)[mine])
-            ep: Episodes = batch.episodes.gather(process)   # the global batch, in seed order
-            episodes += len(ep.returns)
-            raw_steps += int(ep.lengths.sum())
-            success = ep.success.float().mean().item()
-            curve.append((episodes, success))
-            raw_curve.append((raw_steps, success))
+    start = None if checkpoint is None else starting_weights(module)
 
-            postfix = dict(success = f'{success:.2f}')
+    def save(state):
+        if checkpoint is not None:
+            save_progress(checkpoint, state, module, optimizer, config, seed, desc, start, process)
+
+    with seeded(rank_seed(seed, process.rank), device):
+        # restored inside the fork, so that the RNG goes on from where the saved run left it
+        restored = None if checkpoint is None else load_progress(checkpoint, module, optimizer, config, seed, desc, start, process)
+        state = restored or LoopState(next_eval = config.eval_every)
+        bar = tqdm(total = config.total_episodes, initial = state.episodes, desc = desc, unit = 'ep',
+                   disable = not (progress and process.is_main))
+        while state.episodes < config.total_episodes:
+            batch = collect(episode_seeds(seed, state.episodes, config.num_envs, config.group_size)[mine])
+            ep: Episodes = batch.episodes.gather(process)   # the global batch, in seed order
+            state.episodes += len(ep.returns)
+            state.raw_steps += int(ep.lengths.sum())
+            state.rewarded += int(ep.success.sum())
+            success = ep.success.float().mean().item()
+            state.curve.append((state.episodes, success))
+            state.raw_curve.append((state.raw_steps, success))
+
+            # rewarded: every successful training episode so far, the signal a sparse task is short of
+            postfix = dict(success = f'{success:.2f}', rewarded = state.rewarded)
             if ep.returns.std() > 0:
                 advantages = trajectory_advantages(ep.returns, config.group_size, config.advantage_eps)[mine]
                 postfix['loss'] = f'{update(batch, advantages.to(device)):.3f}'
-            if next_eval is not None and (episodes >= next_eval or episodes >= config.total_episodes):
-                evals.append((episodes, evaluate_fn()))
-                next_eval += config.eval_every
-                postfix['eval'] = f'{evals[-1][1].success:.2f}'
+            evaluated = state.next_eval is not None and (state.episodes >= state.next_eval or state.episodes >= config.total_episodes)
+            if evaluated:
+                state.evals.append((state.episodes, evaluate_fn()))
+                state.next_eval += config.eval_every
+                postfix['eval'] = f'{state.evals[-1][1].success:.2f}'
+            if evaluated or state.episodes >= config.total_episodes:
+                save(state)
             bar.set_postfix(postfix)
             bar.update(len(ep.returns))
     bar.close()
 
-    final = evals[-1][1].success if evals else curve[-1][1]
-    return RLResult(curve, evals, final, episodes, raw_steps, module, raw_curve)
+    final = state.evals[-1][1].success if state.evals else state.curve[-1][1]
+    return RLResult(state.curve, state.evals, final, state.episodes, state.raw_steps, module, state.raw_curve)
 
 
 def train_internal_rl(
@@ -119,16 +139,20 @@ def train_internal_rl(
     force_beta: float | None = None,
     progress: bool = True,
     process: Process = SINGLE,
+    checkpoint: str | Path | None = None,
 ) -> RLResult:
     """Internal RL: train only the causal policy of a copy of `meta_controller`, acting on
     the abstract timescale; base model, switching unit, decoder and history stay frozen.
     force_beta = 1.0 gives the β ≡ 1 baseline (the policy acts at every raw step).
     The caller's metacontroller is left untouched; the trained copy is `result.module`.
+    With a `checkpoint` path the run saves its progress there and goes on from it (`run_training`).
     With a multi-process `process`, every rank calls this with the same arguments."""
     if not isinstance(config, RLConfig):
         raise TypeError(f'config must be an RLConfig, got {type(config).__name__}')
     model.check_meta_controller(meta_controller)
     if config.algorithm == 'es':
+        if checkpoint is not None:
+            raise ValueError("checkpoints are for PPO runs; algorithm = 'es' keeps none")
         return train_evolution(model, meta_controller, make_envs, config, seed, force_beta, progress, process)
 
     device = next(model.parameters()).device
@@ -149,7 +173,7 @@ def train_internal_rl(
                         batch_size = config.num_envs, max_steps = config.max_steps, process = process)
 
     desc = 'internal RL' if force_beta is None else f'internal RL (β ≡ {force_beta:g})'
-    return run_training(collect, update, evaluate_fn, meta, config, seed, progress, desc, process)
+    return run_training(collect, update, evaluate_fn, meta, config, seed, progress, desc, process, optimizer, checkpoint)
 
 
 def local_num_envs(config: RLConfig, process: Process) -> int:
