@@ -76,6 +76,11 @@ def config(**kwargs):
     return RLConfig(**{**dict(num_envs = 16, total_episodes = 32, lr = 1e-3, epochs = 2), **kwargs})
 
 
+def one_step_task(n):
+    """Reward 1 iff the single raw action is TARGET: about a quarter of raw-action episodes succeed at the start."""
+    return FlagEnv(n, lengths = 1, target = TARGET)
+
+
 class LatentLog:
     """A recorder that keeps the held latent z and the raw action at each raw step (zeros in slots out of the batch)."""
 
@@ -348,7 +353,7 @@ def test_raw_action_replay_parity_and_training_a_copy():
     assert torch.allclose(replayed[batch.valid], batch.log_probs[batch.valid], atol = 1e-5)
 
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    result = train_raw_action_rl(model, lambda n: FlagEnv(n, lengths = 1, target = TARGET), config(raw_trainable = ('upper_body.',)), progress = False)
+    result = train_raw_action_rl(model, one_step_task, config(raw_trainable = ('upper_body.',)), progress = False)
     assert all(torch.equal(v, base[k]) for k, v in model.state_dict().items())
     changed = {k for k, v in result.module.state_dict().items() if not torch.equal(v, base[k])}
     assert changed and all(k.startswith('upper_body.') for k in changed)
@@ -405,13 +410,13 @@ class Interrupted(Exception):
     pass
 
 
-def interrupted_after(batches: int):
-    """latent_task envs whose training env (the first made) raises when reset for batch `batches` + 1:
+def interrupted_after(batches: int, task):
+    """`task` envs whose training env (the first made) raises when reset for batch `batches` + 1:
     a run killed while collecting."""
     made = []
 
     def make_envs(n):
-        env = latent_task(n)
+        env = task(n)
         if not made:
             reset, resets = env.reset, []
 
@@ -431,19 +436,22 @@ def test_an_interrupted_run_goes_on_from_its_checkpoint_exactly(tmp_path, kind):
     model, meta = wired()
     cfg = config(num_envs = 16, total_episodes = 16 * 5, eval_every = 32, eval_episodes = 16)
 
+    task = latent_task if kind == 'internal' else one_step_task   # each rewarded often enough to update early
+
     def train(make_envs, **kwargs):
         if kind == 'internal':
             return train_internal_rl(model, meta, make_envs, cfg, seed = 3, progress = False, **kwargs)
         return train_raw_action_rl(model, make_envs, cfg, seed = 3, progress = False, **kwargs)
 
-    straight = train(latent_task)
+    straight = train(task)
     path = tmp_path / 'progress.pt'
     with pytest.raises(Interrupted):   # killed in its 4th batch; its last save came after the 2nd (an evaluation)
-        train(interrupted_after(3), checkpoint = path)
+        train(interrupted_after(3, task), checkpoint = path)
+    assert torch.load(path, weights_only = True)['optimizer']['state']   # updates were made: the optimiser is restored too
     messages = []
     sink = logger.add(messages.append, level = 'INFO')
     try:
-        resumed = train(latent_task, checkpoint = path)
+        resumed = train(task, checkpoint = path)
     finally:
         logger.remove(sink)
     assert any(f'going on from {path}, at 32 of 80 episodes' in m for m in messages)
@@ -454,13 +462,17 @@ def test_an_interrupted_run_goes_on_from_its_checkpoint_exactly(tmp_path, kind):
 
 def test_a_finished_run_goes_on_to_a_larger_budget(tmp_path):
     model, meta = wired()
-    cfg = config(num_envs = 16, total_episodes = 64, eval_every = 32, eval_episodes = 16)
+    cfg = config(num_envs = 16, total_episodes = 160, eval_every = 32, eval_episodes = 16)
     straight = train_internal_rl(model, meta, latent_task, cfg, seed = 0, progress = False)
     path = tmp_path / 'progress.pt'
-    first = train_internal_rl(model, meta, latent_task, replace(cfg, total_episodes = 32), seed = 0, progress = False, checkpoint = path)
-    assert first.curve == straight.curve[:2]
+    # 80 is off the evaluation schedule: that run evaluates there because its budget ends
+    first = train_internal_rl(model, meta, latent_task, replace(cfg, total_episodes = 80), seed = 0, progress = False, checkpoint = path)
+    assert first.curve == straight.curve[:5] and [e for e, _ in first.evals] == [32, 64, 80]
     more = train_internal_rl(model, meta, latent_task, cfg, seed = 0, progress = False, checkpoint = path)
+    assert [e for e, _ in more.evals] == [32, 64, 96, 128, 160]
     assert more.curve == straight.curve and more.evals == straight.evals
+    with pytest.raises(ValueError, match = 'a budget of 160 episodes; a continued run may keep or raise it, got total_episodes = 80'):
+        train_internal_rl(model, meta, latent_task, replace(cfg, total_episodes = 80), seed = 0, progress = False, checkpoint = path)
 
 
 def test_a_checkpoint_of_another_run_is_refused(tmp_path):
@@ -477,8 +489,13 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path):
         other_codes.decoder.to_a.bias.add_(1.)
     with pytest.raises(ValueError, match = 'starting_weights_sha256'):
         train_internal_rl(model, other_codes, latent_task, cfg, progress = False, checkpoint = path)
+    other_base = copy.deepcopy(model)   # the frozen base counts too
+    with torch.no_grad():
+        other_base.action_readout.embeddings.weight.mul_(2.)
+    with pytest.raises(ValueError, match = 'starting_weights_sha256'):
+        train_internal_rl(other_base, meta, latent_task, cfg, progress = False, checkpoint = path)
     path.write_bytes(b'not a checkpoint')
-    with pytest.raises(ValueError, match = 'could not be read as RL progress .*delete it to start afresh'):
+    with pytest.raises(ValueError, match = r'could not be read as RL progress .*delete it \(in the pipeline: --force\) to start afresh'):
         train_internal_rl(model, meta, latent_task, cfg, progress = False, checkpoint = path)
     with pytest.raises(ValueError, match = 'checkpoints are for PPO runs'):
         train_internal_rl(model, meta, latent_task, replace(cfg, algorithm = 'es'), progress = False, checkpoint = path)

@@ -20,6 +20,7 @@ from metacontroller.pipeline.metrics import beta_binary_fraction, match_switches
 from metacontroller.pipeline.models import build_meta_controller, build_transformer
 from metacontroller.pipeline.phases import PHASES, Run, initial_meta_controller, initial_model
 from metacontroller.pipeline.pretrain import imitation_metrics
+from metacontroller.rl import trainer
 
 PHASE_FILES = ['config.json', 'results.json', 'run.log', 'data/pretrain.npz', 'data/discovery.npz', 'pretrain/model.pt', 'control/controller.pt',
                'discover/meta_controller.pt', 'rl/meta_controller.pt', 'baselines/raw_action_model.pt',
@@ -98,15 +99,26 @@ def test_force_redoes_selected_phase(smoke_run):
     assert 'phase probe: start' in new and 'phase report: start' in new and 'phase pretrain: start' not in new
 
 
-def test_an_unfinished_rl_phase_goes_on_from_its_progress_and_force_drops_it(smoke_run, tmp_path):
+def test_an_interrupted_rl_phase_goes_on_from_its_progress_and_force_drops_it(smoke_run, tmp_path, monkeypatch):
     smoke_tmp, result = smoke_run
     shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
-    (tmp_path / 'run' / 'phases' / 'rl.json').unlink()   # as if the phase had been killed before its end
+    collect, batches = trainer.collect_abstract, []
+
+    def killed_in_second_batch(*args, **kwargs):   # the smoke preset's RL: 2 batches of 16, evaluated after each
+        batches.append(1)
+        if len(batches) == 2:
+            raise KeyboardInterrupt
+        return collect(*args, **kwargs)
+    monkeypatch.setattr(trainer, 'collect_abstract', killed_in_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, '--phases', 'rl', '--force')
+    monkeypatch.setattr(trainer, 'collect_abstract', collect)
+
     log = tmp_path / 'run' / 'run.log'
     before = log.read_text()
     again = run(tmp_path, '--phases', 'rl')
-    new = log.read_text()[len(before):]
-    assert 'internal RL: going on from' in new and again['rl']['internal'] == result['rl']['internal']
+    assert 'internal RL: going on from' in log.read_text()[len(before):] and 'at 16 of 32 episodes' in log.read_text()[len(before):]
+    assert again['rl']['internal'] == result['rl']['internal']   # as the uninterrupted smoke run ended
 
     progress = tmp_path / 'run' / 'rl' / 'progress_internal.pt'
     progress.write_bytes(b'unreadable')   # --force starts afresh, without reading it

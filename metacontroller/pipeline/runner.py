@@ -109,8 +109,9 @@ def execute_locked(run: Run, plan: Plan) -> dict:
         process.wait()   # every rank has read the run folder before rank 0 writes to it
         if process.is_main:
             write_json(run.run_dir / CONFIG_FILE, dict(config = run.config.to_dict(), seed = run.seed))
-            if plan.force:   # without --force, an unfinished RL phase goes on from its progress
-                for phase in to_run:
+            if plan.force:   # a forced phase is unfinished until it ends again, and starts afresh (without
+                for phase in to_run:   # --force, an unfinished RL phase goes on from its progress)
+                    run.record_path(phase).unlink(missing_ok = True)
                     run.clear_progress(phase)
         process.wait()
         for phase in to_run:

@@ -76,19 +76,21 @@ def run_training(
     process: Process = SINGLE,
     optimizer: torch.optim.Optimizer | None = None,
     checkpoint: str | Path | None = None,
+    fixed: tuple[nn.Module, ...] = (),
 ) -> RLResult:
     """The loop: collect a batch (anything with `.episodes`), update on its advantages, evaluate every
     `eval_every` episodes (never when None).
     The budget is spent in whole batches, so the last one may pass `total_episodes`.
     `collect` gets this rank's share of the batch's env seeds; `update`, the advantages of its episodes.
     With a `checkpoint` path, the loop saves its progress there (`resume`) at each evaluation and at
-    the end, and a run that finds one there goes on from it; `optimizer` is then the one `update` steps."""
+    the end, and a run that finds one there goes on from it; `optimizer` is then the one `update` steps,
+    and `fixed` the modules the run reads without training them (a checkpoint needs the same weights)."""
     if checkpoint is not None and optimizer is None:
         raise ValueError('a checkpoint needs the optimizer that update steps, to save and restore its state')
     device = next(module.parameters()).device
     mine = process.shard(config.num_envs)
 
-    start = None if checkpoint is None else starting_weights(module)
+    start = None if checkpoint is None else starting_weights(module, *fixed)
 
     def save(state):
         if checkpoint is not None:
@@ -115,12 +117,14 @@ def run_training(
             if ep.returns.std() > 0:
                 advantages = trajectory_advantages(ep.returns, config.group_size, config.advantage_eps)[mine]
                 postfix['loss'] = f'{update(batch, advantages.to(device)):.3f}'
-            evaluated = state.next_eval is not None and (state.episodes >= state.next_eval or state.episodes >= config.total_episodes)
-            if evaluated:
+            due, ended = state.next_eval is not None and state.episodes >= state.next_eval, state.episodes >= config.total_episodes
+            if due or (ended and state.next_eval is not None):
                 state.evals.append((state.episodes, evaluate_fn()))
-                state.next_eval += config.eval_every
+                state.end_eval = not due   # the schedule stays put: a run continued to a larger budget keeps it
+                if due:
+                    state.next_eval += config.eval_every
                 postfix['eval'] = f'{state.evals[-1][1].success:.2f}'
-            if evaluated or state.episodes >= config.total_episodes:
+            if due or ended:
                 save(state)
             bar.set_postfix(postfix)
             bar.update(len(ep.returns))
@@ -173,7 +177,7 @@ def train_internal_rl(
                         batch_size = config.num_envs, max_steps = config.max_steps, process = process)
 
     desc = 'internal RL' if force_beta is None else f'internal RL (β ≡ {force_beta:g})'
-    return run_training(collect, update, evaluate_fn, meta, config, seed, progress, desc, process, optimizer, checkpoint)
+    return run_training(collect, update, evaluate_fn, meta, config, seed, progress, desc, process, optimizer, checkpoint, (model,))
 
 
 def local_num_envs(config: RLConfig, process: Process) -> int:
