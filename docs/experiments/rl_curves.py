@@ -3,6 +3,7 @@
 Each curve is LABEL=RUN_DIR[:METHOD]: the training-batch success curve recorded by that run's `rl`
 phase (METHOD `internal`, the default) or `baselines` phase (`raw_action`, `no_temporal_abstraction`).
 Curves that share a label are seeds of one method: their median is drawn, with the 25–75% band.
+A run still training (or stopped) is drawn from the progress its phase saved.
 Dashed lines mark reference successes, e.g. the ground-truth controllers on the same task.
 
     python docs/experiments/rl_curves.py --out curves.png 'AB, colour codes=runs/a' 'AB, raw actions=runs/a:raw_action' \\
@@ -13,17 +14,25 @@ import json
 from itertools import cycle
 from pathlib import Path
 
+import torch
+
 from metacontroller.pipeline.plots import draw_rl_curves, single_panel
+
+PROGRESS = dict(internal = 'rl/progress_internal.pt', raw_action = 'baselines/progress_raw_action.pt',
+                no_temporal_abstraction = 'baselines/progress_beta1.pt')
 
 
 def curve(spec: str) -> tuple[str, list]:
+    """The curve of a finished phase, or, while it runs (or after it was stopped), of its saved progress."""
     label, _, where = spec.partition('=')
     run_dir, _, method = where.partition(':')
     method = method or 'internal'
     phase = 'rl' if method == 'internal' else 'baselines'
-    record = Path(run_dir) / 'phases' / f'{phase}.json'
+    record, progress = Path(run_dir) / 'phases' / f'{phase}.json', Path(run_dir) / PROGRESS.get(method, '')
+    if not record.exists() and progress.is_file():
+        return label, [list(point) for point in torch.load(progress, map_location = 'cpu', weights_only = True)['curve']]
     if not record.exists():
-        raise SystemExit(f'{spec!r}: expected {record} (run the {phase} phase first)')
+        raise SystemExit(f'{spec!r}: expected {record} or {progress} (run the {phase} phase first)')
     metrics = json.loads(record.read_text())['metrics']
     if method not in metrics:
         raise SystemExit(f'{spec!r}: {record} has methods {sorted(metrics)}, not {method!r}')
