@@ -495,7 +495,7 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path):
     with pytest.raises(ValueError, match = 'starting_weights_sha256'):
         train_internal_rl(other_base, meta, latent_task, cfg, progress = False, checkpoint = path)
     path.write_bytes(b'not a checkpoint')
-    with pytest.raises(ValueError, match = r'could not be read as RL progress .*delete it \(in the pipeline: --force\) to start afresh'):
+    with pytest.raises(ValueError, match = r'could not be read as progress .*delete it \(in the pipeline: --force\) to start afresh'):
         train_internal_rl(model, meta, latent_task, cfg, progress = False, checkpoint = path)
     with pytest.raises(ValueError, match = 'checkpoints are for PPO runs'):
         train_internal_rl(model, meta, latent_task, replace(cfg, algorithm = 'es'), progress = False, checkpoint = path)

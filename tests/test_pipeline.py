@@ -2,14 +2,16 @@
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from loguru import logger
 
 from metacontroller.envs.pinpad_expert import generate_pinpad_demos, pinpad_action_sets
-from metacontroller.pipeline import steering
+from metacontroller.pipeline import data, pretrain, steering
 from metacontroller.pipeline.adapters.babyai import babyai_adapter
 from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 from metacontroller.pipeline.aggregate import aggregate
@@ -24,7 +26,7 @@ from metacontroller.rl import trainer
 
 PHASE_FILES = ['config.json', 'results.json', 'run.log', 'data/pretrain.npz', 'data/discovery.npz', 'pretrain/model.pt', 'control/controller.pt',
                'discover/meta_controller.pt', 'rl/meta_controller.pt', 'baselines/raw_action_model.pt',
-               'rl/progress_internal.pt', 'baselines/progress_raw_action.pt', 'baselines/progress_beta1.pt',
+               'pretrain/progress_pretrain.pt', 'rl/progress_internal.pt', 'baselines/progress_raw_action.pt', 'baselines/progress_beta1.pt',
                'switches.png', 'probe.png', 'rl_curves.png', 'fig1.png', 'rate_distortion.png']
 
 
@@ -125,6 +127,41 @@ def test_an_interrupted_rl_phase_goes_on_from_its_progress_and_force_drops_it(sm
     before = log.read_text()
     run(tmp_path, '--phases', 'rl', '--force')
     assert 'going on from' not in log.read_text()[len(before):] and progress.read_bytes() != b'unreadable'
+
+
+def test_an_interrupted_pretraining_goes_on_from_its_progress_exactly(smoke_run, tmp_path, monkeypatch):
+    smoke_tmp, _ = smoke_run
+    config = replace(smoke_config().pretrain, steps = 6)
+    dataset = data.load(smoke_tmp / 'run' / 'data', 'pretrain')
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_transformer(pinpad_adapter(), smoke_config().model)
+
+    straight_model = fresh()
+    straight = pretrain.train(straight_model, dataset, config, 0, 'cpu', False)
+    step, steps = pretrain.train_step, []
+
+    def killed_in_fifth_step(*args, **kwargs):   # saves came after steps 2 and 4
+        steps.append(1)
+        if len(steps) == 5:
+            raise KeyboardInterrupt
+        return step(*args, **kwargs)
+    monkeypatch.setattr(pretrain, 'train_step', killed_in_fifth_step)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.train(fresh(), dataset, config, 0, 'cpu', False, checkpoint = tmp_path / 'progress.pt', save_every = 2)
+    monkeypatch.setattr(pretrain, 'train_step', step)
+
+    model, messages = fresh(), []
+    sink = logger.add(messages.append, level = 'INFO')
+    try:
+        assert pretrain.train(model, dataset, config, 0, 'cpu', False, checkpoint = tmp_path / 'progress.pt', save_every = 2) == straight
+    finally:
+        logger.remove(sink)
+    assert any('pretrain: going on from' in m and 'at 4 of 6 steps' in m for m in messages)
+    assert_same_weights(model, straight_model)
+    with pytest.raises(ValueError, match = r'other settings \(lr: saved 0.001, now 0.002\)'):
+        pretrain.train(fresh(), dataset, replace(config, lr = 2e-3), 0, 'cpu', False, checkpoint = tmp_path / 'progress.pt')
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

@@ -23,7 +23,7 @@ from metacontroller.pipeline.models import build_meta_controller, build_transfor
 from metacontroller.rl import evaluate
 from metacontroller.subgoal_controller import SubgoalController
 
-PROGRESS_PREFIX = 'progress_'   # <phase>/progress_<run>.pt: an RL run's progress, kept until --force redoes the phase
+PROGRESS_PREFIX = 'progress_'   # <phase>/progress_<run>.pt: a run's progress (pretraining, RL), kept until --force redoes the phase
 
 
 @dataclass
@@ -110,7 +110,8 @@ def run_pretrain(run: Run) -> dict:
     config = run.config.pretrain
     model = initial_model(run).to(run.device)
     logger.info(f'base model: {sum(p.numel() for p in model.parameters()):,} parameters')
-    trace = pretrain.train(model, data.load(run.data_dir, 'pretrain'), config, run.seed, run.device, run.progress, run.process)
+    trace = pretrain.train(model, data.load(run.data_dir, 'pretrain'), config, run.seed, run.device, run.progress, run.process,
+                           checkpoint = run.progress_path('pretrain', 'pretrain'))
     run.save(model, 'pretrain', 'model.pt')
 
     heldout = data.load(run.data_dir, 'heldout')

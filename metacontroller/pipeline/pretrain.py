@@ -1,6 +1,7 @@
 """Pretraining phase: behaviour cloning of the base model on D (SPEC §2)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -13,25 +14,43 @@ from metacontroller.demos import ActionSets, DemoBatch, DemoDataset
 from metacontroller.distributed import SINGLE, Process, adamw
 from metacontroller.pipeline.config import PretrainConfig
 from metacontroller.pipeline.data import bucketed_batches, length_order, ordered_batches, to_device
+from metacontroller.progress import ProgressFormat, load_progress, run_settings, save_progress, starting_weights
+
+PRETRAIN_PROGRESS = ProgressFormat('metacontroller-pretrain-progress', budget = 'steps', done = 'step', unit = 'steps')
+SAVE_EVERY = 500   # steps between progress saves: at the default size a save takes well under a second
 
 
 def train(model: Transformer, dataset: DemoDataset, config: PretrainConfig, seed: int, device: str, progress: bool = True,
-          process: Process = SINGLE) -> list[float]:
+          process: Process = SINGLE, checkpoint: Path | None = None, save_every: int = SAVE_EVERY) -> list[float]:
     """AdamW on action NLL + λ · next-observation loss; returns the action-NLL trace (one value per step).
-    Data parallel over `process`'s ranks: every rank draws the same global batches and trains on its part."""
+    Data parallel over `process`'s ranks: every rank draws the same global batches and trains on its part.
+    With a `checkpoint` path, the progress is saved there every `save_every` steps and at the end, and a
+    run that finds it there goes on from it (`metacontroller.progress`), exactly as if never stopped."""
     params = list(model.parameters())
     process.broadcast_parameters(model)
     optimizer = adamw(params, config.lr, config.weight_decay)
     batches = bucketed_batches(dataset, config.batch_size, np.random.default_rng(seed), min_size = process.world_size)
-    trace = []
+    trace, start = [], 0
+    if checkpoint is not None:
+        settings = run_settings(config, PRETRAIN_PROGRESS.budget, next(model.parameters()).device, process, seed = seed,
+                                starting_weights_sha256 = starting_weights(model))
+        records = load_progress(checkpoint, PRETRAIN_PROGRESS, settings, config.steps, model, optimizer, 'pretrain', process)
+        if records is not None:
+            trace, start = records['trace'], records['step']
+            for _ in range(start):   # draw the batches the saved run drew: the sampler goes on from the same place
+                next(batches)
     model.train()
-    with tqdm(range(config.steps), desc = 'pretrain', disable = not (progress and process.is_main)) as bar:
+    with tqdm(range(start, config.steps), initial = start, total = config.steps, desc = 'pretrain',
+              disable = not (progress and process.is_main)) as bar:
         for step in bar:
             indices = next(batches)
             batch = to_device(dataset.batch(indices[process.shard(len(indices))]), device)
             trace.append(train_step(model, batch, optimizer, params, config, process).item())
             if step % 10 == 0:
                 bar.set_postfix(action_nll = f'{np.mean(trace[-50:]):.3f}')
+            if checkpoint is not None and ((step + 1) % save_every == 0 or step + 1 == config.steps):
+                save_progress(checkpoint, PRETRAIN_PROGRESS, settings, config.steps, model, optimizer,
+                              dict(step = step + 1, trace = trace), process)
     model.eval()
     return trace
 

@@ -2,8 +2,8 @@
 
 A phase is finished when its record `phases/<phase>.json` exists; it is
 written last, after the phase's checkpoints, so an interrupted phase simply
-runs again; the RL phases go on from the progress they saved (`rl.resume`),
-which --force drops. Each phase seeds torch from (seed, phase), so a resumed run
+runs again; pretraining and the RL phases go on from the progress they saved
+(`metacontroller.progress`), which --force drops. Each phase seeds torch from (seed, phase), so a resumed run
 repeats what an uninterrupted one would have done.
 
 With several processes, every rank reads the run folder and decides the same

@@ -25,11 +25,12 @@ from tqdm.auto import tqdm
 from metacontroller.distributed import SINGLE, Process, adamw
 from metacontroller.meta_controller import MetaController
 from metacontroller.ppo import normalize_advantages
+from metacontroller.progress import starting_weights
 from metacontroller.rl.abstract_env import AbstractBatch, collect_abstract
 from metacontroller.rl.config import EvalStats, RLConfig, RLResult
 from metacontroller.rl.evaluate import evaluate
 from metacontroller.rl.evolution import train_evolution
-from metacontroller.rl.resume import LoopState, load_progress, save_progress, starting_weights
+from metacontroller.rl.resume import LoopState, load_loop, save_loop
 from metacontroller.rl.rollout import Episodes
 from metacontroller.rl.seeds import episode_seeds, eval_seed, rank_seed, seeded
 from metacontroller.transformer import Transformer
@@ -94,11 +95,11 @@ def run_training(
 
     def save(state):
         if checkpoint is not None:
-            save_progress(checkpoint, state, module, optimizer, config, seed, desc, start, process)
+            save_loop(checkpoint, state, module, optimizer, config, seed, desc, start, process)
 
     with seeded(rank_seed(seed, process.rank), device):
         # restored inside the fork, so that the RNG goes on from where the saved run left it
-        restored = None if checkpoint is None else load_progress(checkpoint, module, optimizer, config, seed, desc, start, process)
+        restored = None if checkpoint is None else load_loop(checkpoint, module, optimizer, config, seed, desc, start, process)
         state = restored or LoopState(next_eval = config.eval_every)
         bar = tqdm(total = config.total_episodes, initial = state.episodes, desc = desc, unit = 'ep',
                    disable = not (progress and process.is_main))
