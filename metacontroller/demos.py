@@ -27,6 +27,7 @@ with `dim_condition = k`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 import zlib
@@ -169,6 +170,15 @@ class DemoDataset:
         return len(self.subgoals)
 
     # ------------------------------------------------------------ files
+
+    def fingerprint(self) -> str:
+        """sha256 over every stored array and the metadata: equal for the same episodes, stored alike."""
+        digest = hashlib.sha256(json.dumps(self.metadata, sort_keys = True, default = str).encode())
+        for name in (*STEP_FIELDS, *EPISODE_FIELDS):
+            values = np.ascontiguousarray(getattr(self, name))
+            digest.update(f'{name}|{values.dtype}|{values.shape}|'.encode())
+            digest.update(values.view(np.uint8).reshape(-1))
+        return digest.hexdigest()
 
     def save(self, path: str | Path) -> None:
         """Write one compressed .npz file at exactly `path`."""

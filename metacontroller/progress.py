@@ -32,6 +32,7 @@ class ProgressFormat:
     budget: str   # the setting that may grow, e.g. 'total_episodes'
     done: str     # the record that counts the work done, e.g. 'episodes'
     unit: str     # what it counts, for messages
+    records: tuple[str, ...]   # the names of the loop's own records, all of them present in every file
 
 
 def starting_weights(*modules: nn.Module) -> str:
@@ -39,11 +40,12 @@ def starting_weights(*modules: nn.Module) -> str:
     return hashlib.sha256(''.join(checksum(module.state_dict()) for module in modules).encode()).hexdigest()
 
 
-def run_settings(config, budget: str, device: torch.device, process: Process, **identity) -> dict:
+def run_settings(config, fmt: ProgressFormat, device: torch.device, process: Process, ignore: tuple[str, ...] = (),
+                 **identity) -> dict:
     """What a progress file must share with the run that goes on from it, as plain JSON values: every
-    field of the dataclass `config` but the `budget` one, `identity` (seed, starting weights, ...), and
-    what it runs on (bit-exact only on the same)."""
-    fixed = {name: value for name, value in asdict(config).items() if name != budget}
+    field of the dataclass `config` but the budget and those in `ignore` (fields that do not change the
+    training), `identity` (seed, starting weights, data, ...), and what it runs on (bit-exact only on the same)."""
+    fixed = {name: value for name, value in asdict(config).items() if name not in (fmt.budget, *ignore)}
     where = dict(device = device.type, mixed_precision = process.mixed_precision, world_size = process.world_size)
     return json.loads(json.dumps(dict(fixed, **identity, **where), default = str))
 
@@ -67,9 +69,8 @@ def save_progress(path: str | Path, fmt: ProgressFormat, settings: dict, budget:
                   optimizer: torch.optim.Optimizer, records: dict, process: Process = SINGLE):
     """Write a loop's progress to `path`. Rank 0 writes; every rank must call (it gathers the RNG states).
     records: the loop's own plain values (numbers, strings, lists, tuples, dicts, tensors)."""
-    clash = set(records) & {*RESERVED, fmt.budget}
-    if clash:
-        raise ValueError(f'records may not be named {sorted(clash)}: the progress file keeps those names for itself')
+    if set(records) != set(fmt.records) or set(records) & {*RESERVED, fmt.budget}:
+        raise ValueError(f'records must be named {sorted(fmt.records)} and none of {sorted({*RESERVED, fmt.budget})}, got {sorted(records)}')
     device = next(module.parameters()).device
     rngs = process.gather(rng_state(device)[None])           # (world, n), in rank order
     if not process.is_main:
@@ -113,4 +114,7 @@ def load_progress(path: str | Path, fmt: ProgressFormat, settings: dict, budget:
     set_rng_state(data['rng'][process.rank], device)
     if process.is_main:
         logger.info(f'{name}: going on from {path}, at {data[fmt.done]:,} of {budget:,} {fmt.unit}')
-    return {key: value for key, value in data.items() if key not in {*RESERVED, fmt.budget}}
+    records = {key: value for key, value in data.items() if key not in {*RESERVED, fmt.budget}}
+    if set(records) != set(fmt.records):
+        raise ValueError(f'{path} holds the records {sorted(records)}, expected {sorted(fmt.records)}; {afresh}')
+    return records

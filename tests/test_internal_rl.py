@@ -403,7 +403,7 @@ def test_runs_on_the_pinpad_vector_env():
     assert 1 <= stats.mean_length <= 100 and 1 <= stats.switches_per_episode <= stats.mean_length
 
 
-# ---------------------------------------------------------------- checkpoints: a run goes on where it stopped
+# ---------------------------------------------------------------- progress files: a run goes on where it stopped
 
 
 class Interrupted(Exception):
@@ -432,7 +432,7 @@ def interrupted_after(batches: int, task):
 
 
 @pytest.mark.parametrize('kind', ['internal', 'raw-action'])
-def test_an_interrupted_run_goes_on_from_its_checkpoint_exactly(tmp_path, kind):
+def test_an_interrupted_run_goes_on_from_its_progress_exactly(tmp_path, kind):
     model, meta = wired()
     cfg = config(num_envs = 16, total_episodes = 16 * 5, eval_every = 32, eval_episodes = 16)
 
@@ -446,12 +446,12 @@ def test_an_interrupted_run_goes_on_from_its_checkpoint_exactly(tmp_path, kind):
     straight = train(task)
     path = tmp_path / 'progress.pt'
     with pytest.raises(Interrupted):   # killed in its 4th batch; its last save came after the 2nd (an evaluation)
-        train(interrupted_after(3, task), checkpoint = path)
+        train(interrupted_after(3, task), progress_file = path)
     assert torch.load(path, weights_only = True)['optimizer']['state']   # updates were made: the optimiser is restored too
     messages = []
     sink = logger.add(messages.append, level = 'INFO')
     try:
-        resumed = train(task, checkpoint = path)
+        resumed = train(task, progress_file = path)
     finally:
         logger.remove(sink)
     assert any(f'going on from {path}, at 32 of 80 episodes' in m for m in messages)
@@ -466,36 +466,36 @@ def test_a_finished_run_goes_on_to_a_larger_budget(tmp_path):
     straight = train_internal_rl(model, meta, latent_task, cfg, seed = 0, progress = False)
     path = tmp_path / 'progress.pt'
     # 80 is off the evaluation schedule: that run evaluates there because its budget ends
-    first = train_internal_rl(model, meta, latent_task, replace(cfg, total_episodes = 80), seed = 0, progress = False, checkpoint = path)
+    first = train_internal_rl(model, meta, latent_task, replace(cfg, total_episodes = 80), seed = 0, progress = False, progress_file = path)
     assert first.curve == straight.curve[:5] and [e for e, _ in first.evals] == [32, 64, 80]
-    more = train_internal_rl(model, meta, latent_task, cfg, seed = 0, progress = False, checkpoint = path)
+    more = train_internal_rl(model, meta, latent_task, cfg, seed = 0, progress = False, progress_file = path)
     assert [e for e, _ in more.evals] == [32, 64, 96, 128, 160]
     assert more.curve == straight.curve and more.evals == straight.evals
     with pytest.raises(ValueError, match = 'a budget of 160 episodes; a continued run may keep or raise it, got total_episodes = 80'):
-        train_internal_rl(model, meta, latent_task, replace(cfg, total_episodes = 80), seed = 0, progress = False, checkpoint = path)
+        train_internal_rl(model, meta, latent_task, replace(cfg, total_episodes = 80), seed = 0, progress = False, progress_file = path)
 
 
-def test_a_checkpoint_of_another_run_is_refused(tmp_path):
+def test_the_progress_of_another_run_is_refused(tmp_path):
     model, meta = wired()
     cfg = config(num_envs = 16, total_episodes = 32, eval_every = 16, eval_episodes = 16)
     path = tmp_path / 'progress.pt'
-    train_internal_rl(model, meta, latent_task, cfg, progress = False, checkpoint = path)
+    train_internal_rl(model, meta, latent_task, cfg, progress = False, progress_file = path)
     with pytest.raises(ValueError, match = r'other settings \(lr: saved 0.001, now 0.002\)'):
-        train_internal_rl(model, meta, latent_task, replace(cfg, lr = 2e-3), progress = False, checkpoint = path)
+        train_internal_rl(model, meta, latent_task, replace(cfg, lr = 2e-3), progress = False, progress_file = path)
     with pytest.raises(ValueError, match = r'kind: saved .internal RL., now .internal RL \(β ≡ 1\).'):
-        train_internal_rl(model, meta, latent_task, cfg, force_beta = 1., progress = False, checkpoint = path)
+        train_internal_rl(model, meta, latent_task, cfg, force_beta = 1., progress = False, progress_file = path)
     other_codes = copy.deepcopy(meta)
     with torch.no_grad():
         other_codes.decoder.to_a.bias.add_(1.)
     with pytest.raises(ValueError, match = 'starting_weights_sha256'):
-        train_internal_rl(model, other_codes, latent_task, cfg, progress = False, checkpoint = path)
+        train_internal_rl(model, other_codes, latent_task, cfg, progress = False, progress_file = path)
     other_base = copy.deepcopy(model)   # the frozen base counts too
     with torch.no_grad():
         other_base.action_readout.embeddings.weight.mul_(2.)
     with pytest.raises(ValueError, match = 'starting_weights_sha256'):
-        train_internal_rl(other_base, meta, latent_task, cfg, progress = False, checkpoint = path)
-    path.write_bytes(b'not a checkpoint')
+        train_internal_rl(other_base, meta, latent_task, cfg, progress = False, progress_file = path)
+    path.write_bytes(b'not a progress file')
     with pytest.raises(ValueError, match = r'could not be read as progress .*delete it \(in the pipeline: --force\) to start afresh'):
-        train_internal_rl(model, meta, latent_task, cfg, progress = False, checkpoint = path)
-    with pytest.raises(ValueError, match = 'checkpoints are for PPO runs'):
-        train_internal_rl(model, meta, latent_task, replace(cfg, algorithm = 'es'), progress = False, checkpoint = path)
+        train_internal_rl(model, meta, latent_task, cfg, progress = False, progress_file = path)
+    with pytest.raises(ValueError, match = 'progress files are for PPO runs'):
+        train_internal_rl(model, meta, latent_task, replace(cfg, algorithm = 'es'), progress = False, progress_file = path)

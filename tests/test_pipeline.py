@@ -149,19 +149,21 @@ def test_an_interrupted_pretraining_goes_on_from_its_progress_exactly(smoke_run,
         return step(*args, **kwargs)
     monkeypatch.setattr(pretrain, 'train_step', killed_in_fifth_step)
     with pytest.raises(KeyboardInterrupt):
-        pretrain.train(fresh(), dataset, config, 0, 'cpu', False, checkpoint = tmp_path / 'progress.pt', save_every = 2)
+        pretrain.train(fresh(), dataset, config, 0, 'cpu', False, progress_file = tmp_path / 'progress.pt', save_every = 2)
     monkeypatch.setattr(pretrain, 'train_step', step)
 
     model, messages = fresh(), []
     sink = logger.add(messages.append, level = 'INFO')
     try:
-        assert pretrain.train(model, dataset, config, 0, 'cpu', False, checkpoint = tmp_path / 'progress.pt', save_every = 2) == straight
+        assert pretrain.train(model, dataset, config, 0, 'cpu', False, progress_file = tmp_path / 'progress.pt', save_every = 2) == straight
     finally:
         logger.remove(sink)
     assert any('pretrain: going on from' in m and 'at 4 of 6 steps' in m for m in messages)
     assert_same_weights(model, straight_model)
     with pytest.raises(ValueError, match = r'other settings \(lr: saved 0.001, now 0.002\)'):
-        pretrain.train(fresh(), dataset, replace(config, lr = 2e-3), 0, 'cpu', False, checkpoint = tmp_path / 'progress.pt')
+        pretrain.train(fresh(), dataset, replace(config, lr = 2e-3), 0, 'cpu', False, progress_file = tmp_path / 'progress.pt')
+    with pytest.raises(ValueError, match = r'other settings \(data_sha256: '):   # other data: another run
+        pretrain.train(fresh(), dataset.head(len(dataset) - 1), config, 0, 'cpu', False, progress_file = tmp_path / 'progress.pt')
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

@@ -111,7 +111,7 @@ def run_pretrain(run: Run) -> dict:
     model = initial_model(run).to(run.device)
     logger.info(f'base model: {sum(p.numel() for p in model.parameters()):,} parameters')
     trace = pretrain.train(model, data.load(run.data_dir, 'pretrain'), config, run.seed, run.device, run.progress, run.process,
-                           checkpoint = run.progress_path('pretrain', 'pretrain'))
+                           progress_file = run.progress_path('pretrain', 'pretrain'))
     run.save(model, 'pretrain', 'model.pt')
 
     heldout = data.load(run.data_dir, 'heldout')
@@ -216,7 +216,7 @@ def run_discover(run: Run) -> dict:
 def run_rl(run: Run) -> dict:
     model, meta = run.load_model(), run.load_meta_controller()
     summary, trained = rl_phase.internal(model, meta, run.adapter.make_envs((run.adapter.post_task,)), run.config.rl, run.seed,
-                                         run.progress, run.process, checkpoint = run.progress_path('rl', 'internal'))
+                                         run.progress, run.process, progress_file = run.progress_path('rl', 'internal'))
     run.save(trained, 'rl', 'meta_controller.pt')
     return dict(internal = summary)
 
@@ -225,10 +225,10 @@ def run_baselines(run: Run) -> dict:
     model, meta = run.load_model(), run.load_meta_controller()
     make_envs = run.adapter.make_envs((run.adapter.post_task,))
     raw, raw_model = rl_phase.raw_action(model, make_envs, run.config.rl, run.seed, run.progress, run.process,
-                                         checkpoint = run.progress_path('baselines', 'raw_action'))
+                                         progress_file = run.progress_path('baselines', 'raw_action'))
     run.save(raw_model, 'baselines', 'raw_action_model.pt')
     beta1, beta1_meta = rl_phase.internal(model, meta, make_envs, run.config.rl, run.seed, run.progress, run.process, force_beta = 1.,
-                                          checkpoint = run.progress_path('baselines', 'beta1'))
+                                          progress_file = run.progress_path('baselines', 'beta1'))
     run.save(beta1_meta, 'baselines', 'beta1_meta_controller.pt')
     return dict(raw_action = raw, no_temporal_abstraction = beta1)
 

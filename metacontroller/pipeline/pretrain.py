@@ -16,25 +16,27 @@ from metacontroller.pipeline.config import PretrainConfig
 from metacontroller.pipeline.data import bucketed_batches, length_order, ordered_batches, to_device
 from metacontroller.progress import ProgressFormat, load_progress, run_settings, save_progress, starting_weights
 
-PRETRAIN_PROGRESS = ProgressFormat('metacontroller-pretrain-progress', budget = 'steps', done = 'step', unit = 'steps')
+PRETRAIN_PROGRESS = ProgressFormat('metacontroller-pretrain-progress', budget = 'steps', done = 'step', unit = 'steps',
+                                   records = ('step', 'trace'))
 SAVE_EVERY = 500   # steps between progress saves: at the default size a save takes well under a second
 
 
 def train(model: Transformer, dataset: DemoDataset, config: PretrainConfig, seed: int, device: str, progress: bool = True,
-          process: Process = SINGLE, checkpoint: Path | None = None, save_every: int = SAVE_EVERY) -> list[float]:
+          process: Process = SINGLE, progress_file: Path | None = None, save_every: int = SAVE_EVERY) -> list[float]:
     """AdamW on action NLL + λ · next-observation loss; returns the action-NLL trace (one value per step).
     Data parallel over `process`'s ranks: every rank draws the same global batches and trains on its part.
-    With a `checkpoint` path, the progress is saved there every `save_every` steps and at the end, and a
+    With a `progress_file` path, the progress is saved there every `save_every` steps and at the end, and a
     run that finds it there goes on from it (`metacontroller.progress`), exactly as if never stopped."""
     params = list(model.parameters())
     process.broadcast_parameters(model)
     optimizer = adamw(params, config.lr, config.weight_decay)
     batches = bucketed_batches(dataset, config.batch_size, np.random.default_rng(seed), min_size = process.world_size)
     trace, start = [], 0
-    if checkpoint is not None:
-        settings = run_settings(config, PRETRAIN_PROGRESS.budget, next(model.parameters()).device, process, seed = seed,
-                                starting_weights_sha256 = starting_weights(model))
-        records = load_progress(checkpoint, PRETRAIN_PROGRESS, settings, config.steps, model, optimizer, 'pretrain', process)
+    if progress_file is not None:
+        # eval_episodes is read after training; init's file is in the starting weights, wherever it lies
+        settings = run_settings(config, PRETRAIN_PROGRESS, next(model.parameters()).device, process, ignore = ('eval_episodes', 'init'),
+                                seed = seed, starting_weights_sha256 = starting_weights(model), data_sha256 = dataset.fingerprint())
+        records = load_progress(progress_file, PRETRAIN_PROGRESS, settings, config.steps, model, optimizer, 'pretrain', process)
         if records is not None:
             trace, start = records['trace'], records['step']
             for _ in range(start):   # draw the batches the saved run drew: the sampler goes on from the same place
@@ -48,8 +50,8 @@ def train(model: Transformer, dataset: DemoDataset, config: PretrainConfig, seed
             trace.append(train_step(model, batch, optimizer, params, config, process).item())
             if step % 10 == 0:
                 bar.set_postfix(action_nll = f'{np.mean(trace[-50:]):.3f}')
-            if checkpoint is not None and ((step + 1) % save_every == 0 or step + 1 == config.steps):
-                save_progress(checkpoint, PRETRAIN_PROGRESS, settings, config.steps, model, optimizer,
+            if progress_file is not None and ((step + 1) % save_every == 0 or step + 1 == config.steps):
+                save_progress(progress_file, PRETRAIN_PROGRESS, settings, config.steps, model, optimizer,
                               dict(step = step + 1, trace = trace), process)
     model.eval()
     return trace

@@ -47,17 +47,17 @@ def results_entry(result: RLResult, final: dict) -> dict:
 
 
 def internal(model, meta_controller, make_envs, config: RLPhaseConfig, seed: int, progress: bool = True,
-             process: Process = SINGLE, force_beta: float | None = None, checkpoint: Path | None = None) -> tuple[dict, MetaController]:
+             process: Process = SINGLE, force_beta: float | None = None, progress_file: Path | None = None) -> tuple[dict, MetaController]:
     """Internal RL (force_beta None) or the β ≡ 1 baseline (force_beta 1.0); returns the summary and the trained metacontroller.
-    With `checkpoint`, training saves its progress there and goes on from it."""
+    With `progress_file`, training saves its progress there and goes on from it."""
     result = train_internal_rl(model, meta_controller, make_envs, config.run_config(config.lr), seed = seed,
-                               force_beta = force_beta, progress = progress, process = process, checkpoint = checkpoint)
+                               force_beta = force_beta, progress = progress, process = process, progress_file = progress_file)
     final = final_success(model, make_envs, config, seed, result.module, force_beta, process)
     return results_entry(result, final), result.module
 
 
 def raw_action(model, make_envs, config: RLPhaseConfig, seed: int, progress: bool = True,
-               process: Process = SINGLE, checkpoint: Path | None = None) -> tuple[dict, Transformer]:
+               process: Process = SINGLE, progress_file: Path | None = None) -> tuple[dict, Transformer]:
     result = train_raw_action_rl(model, make_envs, config.run_config(config.raw_action_lr), seed = seed, progress = progress,
-                                 process = process, checkpoint = checkpoint)
+                                 process = process, progress_file = progress_file)
     return results_entry(result, final_success(result.module, make_envs, config, seed, process = process)), result.module

@@ -91,10 +91,10 @@ def train_raw_action_rl(
     seed: int = 0,
     progress: bool = True,
     process: Process = SINGLE,
-    checkpoint: str | Path | None = None,
+    progress_file: str | Path | None = None,
 ) -> RLResult:
     """PPO on raw actions of a deep copy of `model`; the trained copy is `result.module`.
-    With a `checkpoint` path the run saves its progress there and goes on from it (`trainer.run_training`).
+    With a `progress_file` path the run saves its progress there and goes on from it (`trainer.run_training`).
     With a multi-process `process`, every rank calls this with the same arguments."""
     if not isinstance(config, RLConfig):
         raise TypeError(f'config must be an RLConfig, got {type(config).__name__}')
@@ -118,4 +118,4 @@ def train_raw_action_rl(
         return evaluate(policy, make_envs, config.eval_episodes, seed = eval_seed(seed), deterministic = config.eval_deterministic,
                         batch_size = config.num_envs, max_steps = config.max_steps, process = process)
 
-    return run_training(collect, update, evaluate_fn, policy, config, seed, progress, 'raw-action RL', process, optimizer, checkpoint)
+    return run_training(collect, update, evaluate_fn, policy, config, seed, progress, 'raw-action RL', process, optimizer, progress_file)

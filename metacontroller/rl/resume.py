@@ -6,7 +6,7 @@ from the episode count (`seeds`), so a continued run repeats an uninterrupted on
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -15,8 +15,6 @@ from torch import nn
 from metacontroller.distributed import SINGLE, Process
 from metacontroller.progress import ProgressFormat, load_progress, run_settings, save_progress
 from metacontroller.rl.config import EvalStats, RLConfig
-
-RL_PROGRESS = ProgressFormat('metacontroller-rl-progress', budget = 'total_episodes', done = 'episodes', unit = 'episodes')
 
 
 @dataclass
@@ -32,11 +30,15 @@ class LoopState:
     end_eval: bool = False                                   # the last evaluation was due only to the budget's end
 
 
+RL_PROGRESS = ProgressFormat('metacontroller-rl-progress', budget = 'total_episodes', done = 'episodes', unit = 'episodes',
+                             records = tuple(f.name for f in fields(LoopState)))
+
+
 def settings(config: RLConfig, seed: int, kind: str, start: str, module: nn.Module, process: Process) -> dict:
     """What the progress must share with the run that continues it. `start`: `progress.starting_weights`
     of the modules the run trains and reads (other codes or another base: another run)."""
     device = next(module.parameters()).device
-    return run_settings(config, RL_PROGRESS.budget, device, process, seed = seed, kind = kind, starting_weights_sha256 = start)
+    return run_settings(config, RL_PROGRESS, device, process, seed = seed, kind = kind, starting_weights_sha256 = start)
 
 
 def save_loop(path: str | Path, state: LoopState, module: nn.Module, optimizer: torch.optim.Optimizer,

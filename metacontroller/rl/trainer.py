@@ -76,30 +76,30 @@ def run_training(
     desc: str,
     process: Process = SINGLE,
     optimizer: torch.optim.Optimizer | None = None,
-    checkpoint: str | Path | None = None,
+    progress_file: str | Path | None = None,
     fixed: tuple[nn.Module, ...] = (),
 ) -> RLResult:
     """The loop: collect a batch (anything with `.episodes`), update on its advantages, evaluate every
     `eval_every` episodes (never when None).
     The budget is spent in whole batches, so the last one may pass `total_episodes`.
     `collect` gets this rank's share of the batch's env seeds; `update`, the advantages of its episodes.
-    With a `checkpoint` path, the loop saves its progress there (`resume`) at each evaluation and at
+    With a `progress_file` path, the loop saves its progress there (`resume`) at each evaluation and at
     the end, and a run that finds one there goes on from it; `optimizer` is then the one `update` steps,
-    and `fixed` the modules the run reads without training them (a checkpoint needs the same weights)."""
-    if checkpoint is not None and optimizer is None:
-        raise ValueError('a checkpoint needs the optimizer that update steps, to save and restore its state')
+    and `fixed` the modules the run reads without training them (its progress needs the same weights)."""
+    if progress_file is not None and optimizer is None:
+        raise ValueError('a progress file needs the optimizer that update steps, to save and restore its state')
     device = next(module.parameters()).device
     mine = process.shard(config.num_envs)
 
-    start = None if checkpoint is None else starting_weights(module, *fixed)
+    start = None if progress_file is None else starting_weights(module, *fixed)
 
     def save(state):
-        if checkpoint is not None:
-            save_loop(checkpoint, state, module, optimizer, config, seed, desc, start, process)
+        if progress_file is not None:
+            save_loop(progress_file, state, module, optimizer, config, seed, desc, start, process)
 
     with seeded(rank_seed(seed, process.rank), device):
         # restored inside the fork, so that the RNG goes on from where the saved run left it
-        restored = None if checkpoint is None else load_loop(checkpoint, module, optimizer, config, seed, desc, start, process)
+        restored = None if progress_file is None else load_loop(progress_file, module, optimizer, config, seed, desc, start, process)
         state = restored or LoopState(next_eval = config.eval_every)
         bar = tqdm(total = config.total_episodes, initial = state.episodes, desc = desc, unit = 'ep',
                    disable = not (progress and process.is_main))
@@ -144,20 +144,20 @@ def train_internal_rl(
     force_beta: float | None = None,
     progress: bool = True,
     process: Process = SINGLE,
-    checkpoint: str | Path | None = None,
+    progress_file: str | Path | None = None,
 ) -> RLResult:
     """Internal RL: train only the causal policy of a copy of `meta_controller`, acting on
     the abstract timescale; base model, switching unit, decoder and history stay frozen.
     force_beta = 1.0 gives the β ≡ 1 baseline (the policy acts at every raw step).
     The caller's metacontroller is left untouched; the trained copy is `result.module`.
-    With a `checkpoint` path the run saves its progress there and goes on from it (`run_training`).
+    With a `progress_file` path the run saves its progress there and goes on from it (`run_training`).
     With a multi-process `process`, every rank calls this with the same arguments."""
     if not isinstance(config, RLConfig):
         raise TypeError(f'config must be an RLConfig, got {type(config).__name__}')
     model.check_meta_controller(meta_controller)
     if config.algorithm == 'es':
-        if checkpoint is not None:
-            raise ValueError("checkpoints are for PPO runs; algorithm = 'es' keeps none")
+        if progress_file is not None:
+            raise ValueError("progress files are for PPO runs; algorithm = 'es' keeps none")
         return train_evolution(model, meta_controller, make_envs, config, seed, force_beta, progress, process)
 
     device = next(model.parameters()).device
@@ -178,7 +178,7 @@ def train_internal_rl(
                         batch_size = config.num_envs, max_steps = config.max_steps, process = process)
 
     desc = 'internal RL' if force_beta is None else f'internal RL (β ≡ {force_beta:g})'
-    return run_training(collect, update, evaluate_fn, meta, config, seed, progress, desc, process, optimizer, checkpoint, (model,))
+    return run_training(collect, update, evaluate_fn, meta, config, seed, progress, desc, process, optimizer, progress_file, (model,))
 
 
 def local_num_envs(config: RLConfig, process: Process) -> int:
