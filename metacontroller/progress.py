@@ -108,13 +108,14 @@ def load_progress(path: str | Path, fmt: ProgressFormat, settings: dict, budget:
         raise ValueError(f'{path} holds a run with a budget of {data[fmt.budget]:,} {fmt.unit}; a continued run may '
                          f'keep or raise it, got {fmt.budget} = {budget:,}')
 
+    records = {key: value for key, value in data.items() if key not in {*RESERVED, fmt.budget}}
+    if set(records) != set(fmt.records):
+        raise ValueError(f'{path} holds the records {sorted(records)}, expected {sorted(fmt.records)}; {afresh}')
+
     device = next(module.parameters()).device
     module.load_state_dict(data['module'])
     optimizer.load_state_dict(data['optimizer'])
     set_rng_state(data['rng'][process.rank], device)
     if process.is_main:
-        logger.info(f'{name}: going on from {path}, at {data[fmt.done]:,} of {budget:,} {fmt.unit}')
-    records = {key: value for key, value in data.items() if key not in {*RESERVED, fmt.budget}}
-    if set(records) != set(fmt.records):
-        raise ValueError(f'{path} holds the records {sorted(records)}, expected {sorted(fmt.records)}; {afresh}')
+        logger.info(f'{name}: going on from {path}, at {records[fmt.done]:,} of {budget:,} {fmt.unit}')
     return records

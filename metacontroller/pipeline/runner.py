@@ -3,8 +3,8 @@
 A phase is finished when its record `phases/<phase>.json` exists; it is
 written last, after the phase's checkpoints, so an interrupted phase simply
 runs again; pretraining and the RL phases go on from the progress they saved
-(`metacontroller.progress`), which --force drops. Each phase seeds torch from (seed, phase), so a resumed run
-repeats what an uninterrupted one would have done.
+(`metacontroller.progress`), which --force drops. Each phase seeds torch from
+(seed, phase), so a resumed run repeats what an uninterrupted one would have done.
 
 With several processes, every rank reads the run folder and decides the same
 plan; rank 0 alone writes config.json, the records, results.json and run.log,
@@ -109,8 +109,8 @@ def execute_locked(run: Run, plan: Plan) -> dict:
         process.wait()   # every rank has read the run folder before rank 0 writes to it
         if process.is_main:
             write_json(run.run_dir / CONFIG_FILE, dict(config = run.config.to_dict(), seed = run.seed))
-            if plan.force:   # a forced phase is unfinished until it ends again, and starts afresh (without
-                for phase in to_run:   # --force, an unfinished RL phase goes on from its progress)
+            if plan.force:   # a forced phase is unfinished until it ends again, and starts afresh (without --force,
+                for phase in to_run:   # an unfinished pretraining or RL phase goes on from its progress)
                     run.record_path(phase).unlink(missing_ok = True)
                     run.clear_progress(phase)
         process.wait()
