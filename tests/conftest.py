@@ -1,5 +1,8 @@
+from contextlib import contextmanager
+
 import pytest
 import torch
+from loguru import logger
 
 from metacontroller import MetaController, Transformer
 
@@ -18,6 +21,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def killed_on_call(function, call: int):
+    """`function`, except that its `call`-th call raises KeyboardInterrupt: a run killed at that point."""
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return function(*args, **kwargs)
+    return wrapped
+
+
+@contextmanager
+def logged_messages(level: str = 'INFO'):
+    """Inside, the list collects the messages logged through loguru at `level` and above."""
+    messages = []
+    sink = logger.add(messages.append, level = level)
+    try:
+        yield messages
+    finally:
+        logger.remove(sink)
 
 
 def stepped_logits(model: Transformer, state: torch.Tensor) -> torch.Tensor:

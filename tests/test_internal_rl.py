@@ -10,7 +10,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from loguru import logger
 
 from metacontroller.pipeline.config import RLPhaseConfig
 from metacontroller.pipeline.rl_phase import final_success
@@ -21,7 +20,7 @@ from metacontroller.rl.seeds import episode_seeds, final_eval_seed
 from metacontroller.rl.store import load_rollouts, save_rollouts
 from metacontroller.rl.trainer import policy_update, trajectory_advantages
 
-from conftest import ACTIONS, LATENT, tiny_meta_controller, tiny_transformer
+from conftest import ACTIONS, LATENT, killed_on_call, logged_messages, tiny_meta_controller, tiny_transformer
 from toy_envs import BIAS, FLAG, TARGET, FlagEnv, latent_task
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -406,26 +405,15 @@ def test_runs_on_the_pinpad_vector_env():
 # ---------------------------------------------------------------- progress files: a run goes on where it stopped
 
 
-class Interrupted(Exception):
-    pass
-
-
 def interrupted_after(batches: int, task):
-    """`task` envs whose training env (the first made) raises when reset for batch `batches` + 1:
-    a run killed while collecting."""
+    """`task` envs whose training env (the first made) raises KeyboardInterrupt when reset for batch
+    `batches` + 1: a run killed while collecting."""
     made = []
 
     def make_envs(n):
         env = task(n)
         if not made:
-            reset, resets = env.reset, []
-
-            def counting_reset(seed = None):
-                resets.append(seed)
-                if len(resets) > batches:
-                    raise Interrupted
-                return reset(seed)
-            env.reset = counting_reset
+            env.reset = killed_on_call(env.reset, batches + 1)
         made.append(env)
         return env
     return make_envs
@@ -445,15 +433,11 @@ def test_an_interrupted_run_goes_on_from_its_progress_exactly(tmp_path, kind):
 
     straight = train(task)
     path = tmp_path / 'progress.pt'
-    with pytest.raises(Interrupted):   # killed in its 4th batch; its last save came after the 2nd (an evaluation)
+    with pytest.raises(KeyboardInterrupt):   # killed in its 4th batch; its last save came after the 2nd (an evaluation)
         train(interrupted_after(3, task), progress_file = path)
     assert torch.load(path, weights_only = True)['optimizer']['state']   # updates were made: the optimiser is restored too
-    messages = []
-    sink = logger.add(messages.append, level = 'INFO')
-    try:
+    with logged_messages() as messages:
         resumed = train(task, progress_file = path)
-    finally:
-        logger.remove(sink)
     assert any(f'going on from {path}, at 32 of 80 episodes' in m for m in messages)
     assert len(straight.curve) == 5 and resumed.curve == straight.curve and resumed.raw_step_curve == straight.raw_step_curve
     assert resumed.evals == straight.evals and resumed.episodes == straight.episodes

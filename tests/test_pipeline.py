@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from loguru import logger
 
 from metacontroller.envs.pinpad_expert import generate_pinpad_demos, pinpad_action_sets
 from metacontroller.pipeline import data, pretrain, steering
@@ -23,6 +22,8 @@ from metacontroller.pipeline.models import build_meta_controller, build_transfor
 from metacontroller.pipeline.phases import PHASES, Run, initial_meta_controller, initial_model
 from metacontroller.pipeline.pretrain import imitation_metrics
 from metacontroller.rl import trainer
+
+from conftest import killed_on_call, logged_messages
 
 PHASE_FILES = ['config.json', 'results.json', 'run.log', 'data/pretrain.npz', 'data/discovery.npz', 'pretrain/model.pt', 'control/controller.pt',
                'discover/meta_controller.pt', 'rl/meta_controller.pt', 'baselines/raw_action_model.pt',
@@ -104,14 +105,9 @@ def test_force_redoes_selected_phase(smoke_run):
 def test_an_interrupted_rl_phase_goes_on_from_its_progress_and_force_drops_it(smoke_run, tmp_path, monkeypatch):
     smoke_tmp, result = smoke_run
     shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
-    collect, batches = trainer.collect_abstract, []
-
-    def killed_in_second_batch(*args, **kwargs):   # the smoke preset's RL: 2 batches of 16, evaluated after each
-        batches.append(1)
-        if len(batches) == 2:
-            raise KeyboardInterrupt
-        return collect(*args, **kwargs)
-    monkeypatch.setattr(trainer, 'collect_abstract', killed_in_second_batch)
+    collect = trainer.collect_abstract
+    # the smoke preset's RL: 2 batches of 16, evaluated (and saved) after each; killed in the second
+    monkeypatch.setattr(trainer, 'collect_abstract', killed_on_call(collect, 2))
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, '--phases', 'rl', '--force')
     monkeypatch.setattr(trainer, 'collect_abstract', collect)
@@ -140,24 +136,15 @@ def test_an_interrupted_pretraining_goes_on_from_its_progress_exactly(smoke_run,
 
     straight_model = fresh()
     straight = pretrain.train(straight_model, dataset, config, 0, 'cpu', False)
-    step, steps = pretrain.train_step, []
-
-    def killed_in_fifth_step(*args, **kwargs):   # saves came after steps 2 and 4
-        steps.append(1)
-        if len(steps) == 5:
-            raise KeyboardInterrupt
-        return step(*args, **kwargs)
-    monkeypatch.setattr(pretrain, 'train_step', killed_in_fifth_step)
+    step = pretrain.train_step
+    monkeypatch.setattr(pretrain, 'train_step', killed_on_call(step, 5))   # killed in step 5; saves came after steps 2 and 4
     with pytest.raises(KeyboardInterrupt):
         pretrain.train(fresh(), dataset, config, 0, 'cpu', False, progress_file = tmp_path / 'progress.pt', save_every = 2)
     monkeypatch.setattr(pretrain, 'train_step', step)
 
-    model, messages = fresh(), []
-    sink = logger.add(messages.append, level = 'INFO')
-    try:
+    model = fresh()
+    with logged_messages() as messages:
         assert pretrain.train(model, dataset, config, 0, 'cpu', False, progress_file = tmp_path / 'progress.pt', save_every = 2) == straight
-    finally:
-        logger.remove(sink)
     assert any('pretrain: going on from' in m and 'at 4 of 6 steps' in m for m in messages)
     assert_same_weights(model, straight_model)
     with pytest.raises(ValueError, match = r'other settings \(lr: saved 0.001, now 0.002\)'):
@@ -409,38 +396,26 @@ def test_imitation_metrics_score_against_the_experts_action_sets():
 
 
 def test_a_busy_machine_is_named_at_start_up(monkeypatch):
-    from loguru import logger
-
     from metacontroller.pipeline import cli
 
-    lines = []
-    handler = logger.add(lines.append, level = 'WARNING')
-    try:
+    with logged_messages('WARNING') as lines:
         monkeypatch.setattr(cli.os, 'getloadavg', lambda: (0., 0., 0.), raising = False)
         cli.warn_if_busy()
         assert not lines
         monkeypatch.setattr(cli.os, 'getloadavg', lambda: (64., 0., 0.), raising = False)
         cli.warn_if_busy()
-    finally:
-        logger.remove(handler)
     assert len(lines) == 1 and '--threads' in lines[0]
 
 
 @pytest.mark.parametrize('native', [True, False])
 def test_emulated_bf16_is_named_at_start_up(monkeypatch, native):
-    from loguru import logger
-
     from metacontroller import distributed
     from metacontroller.pipeline import cli
 
-    lines = []
-    handler = logger.add(lines.append, level = 'WARNING')
-    try:
+    with logged_messages('WARNING') as lines:
         monkeypatch.setattr(distributed, 'native_bf16', lambda device: native)
         cli.warn_if_bf16_emulated(distributed.Process(mixed_precision = 'no'))
         cli.warn_if_bf16_emulated(distributed.Process(mixed_precision = 'bf16'))
-    finally:
-        logger.remove(handler)
     assert len(lines) == (0 if native else 1)
     assert native or '--mixed-precision no' in lines[0]
 
