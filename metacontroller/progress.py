@@ -5,7 +5,8 @@ the optimiser's state, every rank's torch RNG state, and the loop's own records 
 curves). It also holds the settings of the run that wrote it, and a run goes on from it only
 with the same settings, device, precision and process count, except the budget, which may
 grow: a finished run can go on to a larger one. It is read with `weights_only = True`, so
-nothing in it is code. RL (`rl.resume`) and pretraining keep their progress this way.
+nothing in it is code. Pretraining, discovery and control (`pipeline.discover.fit`) and RL (`rl.resume`)
+keep their progress this way.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from metacontroller.envs.pinpad_expert import generate_pinpad_demos, pinpad_action_sets
-from metacontroller.pipeline import data, pretrain, steering
+from metacontroller.pipeline import control, data, discover, pretrain, steering
 from metacontroller.pipeline.adapters.babyai import babyai_adapter
 from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 from metacontroller.pipeline.aggregate import aggregate
@@ -27,7 +27,8 @@ from conftest import killed_on_call, logged_messages
 
 PHASE_FILES = ['config.json', 'results.json', 'run.log', 'data/pretrain.npz', 'data/discovery.npz', 'pretrain/model.pt', 'control/controller.pt',
                'discover/meta_controller.pt', 'rl/meta_controller.pt', 'baselines/raw_action_model.pt',
-               'pretrain/progress_pretrain.pt', 'rl/progress_internal.pt', 'baselines/progress_raw_action.pt', 'baselines/progress_beta1.pt',
+               'pretrain/progress_pretrain.pt', 'control/progress_controllers.pt', 'discover/progress_alpha_0.05.pt', 'discover/progress_alpha_0.5.pt',
+               'rl/progress_internal.pt', 'baselines/progress_raw_action.pt', 'baselines/progress_beta1.pt',
                'switches.png', 'probe.png', 'rl_curves.png', 'fig1.png', 'rate_distortion.png']
 
 
@@ -151,6 +152,56 @@ def test_an_interrupted_pretraining_goes_on_from_its_progress_exactly(smoke_run,
         pretrain.train(fresh(), dataset, replace(config, lr = 2e-3), 0, 'cpu', False, progress_file = tmp_path / 'progress.pt')
     with pytest.raises(ValueError, match = r'other settings \(data_sha256: '):   # other data: another run
         pretrain.train(fresh(), dataset.head(len(dataset) - 1), config, 0, 'cpu', False, progress_file = tmp_path / 'progress.pt')
+
+
+def test_an_interrupted_discovery_goes_on_from_its_progress_exactly(smoke_run, tmp_path, monkeypatch):
+    smoke_tmp, _ = smoke_run
+    model = Run(smoke_tmp / 'run', smoke_config(), pinpad_adapter()).load_model()
+    demos = data.load(smoke_tmp / 'run' / 'data', 'discovery')
+    # rotation-consistent, so that the loss's own numpy stream (the quarter turns) is saved and restored too
+    config = replace(smoke_config().discovery, steps = 6, rotation_consistency = True)
+    streams = discover.precompute(model, demos, config.batch_size, 0, 'cpu')
+    rotations = pinpad_adapter().episode_rotations(True)
+
+    def train(alpha = 0.1, **kwargs):
+        torch.manual_seed(0)
+        meta = build_meta_controller(model.dim, config)
+        return meta, discover.train(model, meta, streams, alpha, config, 0, False, rotate_episodes = rotations, **kwargs)
+
+    straight_meta, straight = train()
+    monkeypatch.setattr(discover, 'SAVE_EVERY', 2)
+    turned = discover.turned_action_nll
+    monkeypatch.setattr(discover, 'turned_action_nll', killed_on_call(turned, 5))   # killed in step 5; saves came after steps 2 and 4
+    progress = dict(progress_file = tmp_path / 'progress.pt', data_sha256 = demos.fingerprint())
+    with pytest.raises(KeyboardInterrupt):
+        train(**progress)
+    monkeypatch.setattr(discover, 'turned_action_nll', turned)
+
+    with logged_messages() as messages:
+        meta, again = train(**progress)
+    assert again == straight and any('discovery α=0.1: going on from' in m and 'at 4 of 6 steps' in m for m in messages)
+    assert_same_weights(meta, straight_meta)
+    with pytest.raises(ValueError, match = r'other settings \(alpha: saved 0.1, now 0.2\)'):
+        train(0.2, **progress)
+    with pytest.raises(ValueError, match = r'other settings \(data_sha256: '):
+        train(progress_file = tmp_path / 'progress.pt', data_sha256 = demos.head(len(demos) - 1).fingerprint())
+
+
+def test_an_interrupted_control_phase_goes_on_in_the_pipeline(smoke_run, tmp_path, monkeypatch):
+    smoke_tmp, result = smoke_run
+    shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
+    monkeypatch.setattr(discover, 'SAVE_EVERY', 4)
+    nll = control.controlled_nll
+    monkeypatch.setattr(control, 'controlled_nll', killed_on_call(nll, 7))   # 10 steps: killed in step 7, saved after 4
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, '--phases', 'control', '--force')
+    monkeypatch.setattr(control, 'controlled_nll', nll)
+
+    log = tmp_path / 'run' / 'run.log'
+    before = log.read_text()
+    again = run(tmp_path, '--phases', 'control')
+    assert 'control: going on from' in log.read_text()[len(before):] and 'at 4 of 10 steps' in log.read_text()[len(before):]
+    assert again['control'] == result['control']   # as the uninterrupted smoke run ended
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):

@@ -10,6 +10,7 @@ episodes where the live environment's subgoal picks the controller at every step
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from metacontroller import Transformer
 from metacontroller.demos import NO_SUBGOAL, DemoBatch
 from metacontroller.distributed import SINGLE, Process
 from metacontroller.pipeline.config import ControlConfig
-from metacontroller.pipeline.discover import StreamBatch, fit
+from metacontroller.pipeline.discover import Resume, StreamBatch, fit, fit_settings
 from metacontroller.subgoal_controller import SubgoalController
 from metacontroller.transformer import frozen
 
@@ -53,13 +54,18 @@ def controlled_nll(model: Transformer, controller: SubgoalController, batch: Dem
 
 
 def train(model: Transformer, controller: SubgoalController, batches: list[StreamBatch], config: ControlConfig, seed: int,
-          progress: bool = True, process: Process = SINGLE) -> list[float]:
-    """AdamW on the controlled action NLL, base frozen; returns the NLL per step (data parallel as in discovery)."""
+          progress: bool = True, process: Process = SINGLE, progress_file: Path | None = None, data_sha256: str = '') -> list[float]:
+    """AdamW on the controlled action NLL, base frozen; returns the NLL per step (data parallel as in discovery).
+    With a `progress_file` path the run saves its progress there and goes on from it, as discovery does."""
     def loss_fn(step, batch, stream):
         loss = controlled_nll(model, controller, batch, stream)
         return loss, loss[None]
+    resume = None
+    if progress_file is not None:   # the evaluation's episode count does not change the training
+        settings = fit_settings(config, 'control', seed, data_sha256, next(model.parameters()).device, process, ignore = ('eval_episodes',))
+        resume = Resume(progress_file, settings, 'control', reads = (model,))
     trace = fit(controller, batches, loss_fn, config.steps, config.lr, config.weight_decay, seed, 'control',
-                dict(action_nll = '.3f'), progress, process)
+                dict(action_nll = '.3f'), progress, process, resume)
     return [nll for nll, in trace]
 
 

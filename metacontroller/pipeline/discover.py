@@ -9,7 +9,9 @@ turned batch (a fresh turn each step) and the upper body on it.
 """
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
@@ -24,6 +26,7 @@ from metacontroller.distributed import SINGLE, Process, adamw
 from metacontroller.pipeline.config import DiscoveryConfig
 from metacontroller.pipeline.data import epoch_batches, ordered_batches, to_device
 from metacontroller.pipeline.metrics import SwitchCounts, beta_binary_fraction, switch_counts
+from metacontroller.progress import ProgressFormat, load_progress, run_settings, save_progress, starting_weights
 from metacontroller.switching import decisions
 from metacontroller.transformer import frozen
 
@@ -52,20 +55,53 @@ def kl_weight(alpha: float, step: int, warmup_steps: int = 0) -> float:
     return alpha if warmup_steps == 0 else alpha * min(step / warmup_steps, 1.)
 
 
+FIT_PROGRESS = ProgressFormat('metacontroller-fit-progress', budget = 'steps', done = 'step', unit = 'steps',
+                              records = ('step', 'trace', 'numpy_streams'))
+SAVE_EVERY = 200   # steps between progress saves: a few minutes of discovery at the default size, a save well under a second
+
+
+class Resume(NamedTuple):
+    """Where `fit` keeps its progress, and what a run must share to go on from it: `settings` (`fit_settings`),
+    and the weights it starts from, those of the module it trains and of the modules in `reads`."""
+    path: Path
+    settings: dict
+    name: str                              # names the run in the log line
+    reads: tuple[torch.nn.Module, ...] = ()
+
+
+def fit_settings(config, kind: str, seed: int, data_sha256: str, device: torch.device, process: Process,
+                 ignore: tuple[str, ...] = (), **identity) -> dict:
+    """The settings a `fit` run's progress must share with the run that goes on from it: `config` but its step
+    budget and the fields in `ignore` (those that do not change the training), the seed and the data."""
+    return run_settings(config, FIT_PROGRESS, device, process, ignore, kind = kind, seed = seed, data_sha256 = data_sha256, **identity)
+
+
 def fit(module: torch.nn.Module, batches: list[StreamBatch], loss_fn: Callable, steps: int, lr: float, weight_decay: float,
-        seed: int, desc: str, formats: dict[str, str], progress: bool = True, process: Process = SINGLE) -> list[tuple[float, ...]]:
+        seed: int, desc: str, formats: dict[str, str], progress: bool = True, process: Process = SINGLE,
+        resume: Resume | None = None, streams: tuple[np.random.Generator, ...] = ()) -> list[tuple[float, ...]]:
     """The loop of every phase that trains a module on precomputed streams, base frozen (discovery, control):
     AdamW, one batch drawn per step, the same on every rank, each rank training on its part (from `precompute`).
 
     loss_fn(step, batch, stream) -> (loss, logged): logged is a 1-d tensor of means over valid steps, one per
-    name in `formats` (name -> format spec of the progress bar); returns the logged values per step."""
+    name in `formats` (name -> format spec of the progress bar); returns the logged values per step.
+    With `resume`, the progress is saved every `SAVE_EVERY` steps and at the end, and a run that finds it
+    goes on from it exactly; `streams` are the loss's own numpy generators, saved and restored with it."""
     params = list(module.parameters())
     process.broadcast_parameters(module)
     optimizer = adamw(params, lr, weight_decay)
     rng = np.random.default_rng(seed)
-    trace = []
+    generators = (rng, *streams)
+    trace, start = [], 0
+    if resume is not None:
+        # after the broadcast, so that every rank names the same starting weights
+        settings = dict(resume.settings, starting_weights_sha256 = starting_weights(module, *resume.reads))
+        records = load_progress(resume.path, FIT_PROGRESS, settings, steps, module, optimizer, resume.name, process)
+        if records is not None:
+            trace, start = [tuple(values) for values in records['trace']], records['step']
+            for generator, state in zip(generators, records['numpy_streams'], strict = True):
+                generator.bit_generator.state = json.loads(state)
     module.train()
-    bar = tqdm(range(steps), desc = desc, disable = not (progress and process.is_main))
+    bar = tqdm(range(start, steps), initial = start, total = steps, desc = desc, disable = not (progress and process.is_main))
     with bar, process.autocast():   # bf16 or a no-op; `process.backward` runs the backward outside it
         for step in bar:
             batch, stream = batches[rng.integers(len(batches))]
@@ -76,20 +112,28 @@ def fit(module: torch.nn.Module, batches: list[StreamBatch], loss_fn: Callable, 
             if step % 10 == 0:
                 means = np.mean(trace[-50:], axis = 0)
                 bar.set_postfix({name: format(value, spec) for (name, spec), value in zip(formats.items(), means)})
+            if resume is not None and ((step + 1) % SAVE_EVERY == 0 or step + 1 == steps):
+                # numpy states as JSON: their 128-bit integers are plain values to weights_only loading that way
+                numpy_streams = [json.dumps(generator.bit_generator.state) for generator in generators]
+                save_progress(resume.path, FIT_PROGRESS, settings, steps, module, optimizer,
+                              dict(step = step + 1, trace = trace, numpy_streams = numpy_streams), process)
     module.eval()
     return trace
 
 
 def train(model: Transformer, meta_controller: MetaController, batches: list[StreamBatch], alpha: float,
           config: DiscoveryConfig, seed: int, progress: bool = True, process: Process = SINGLE,
-          rotate_episodes: Callable | None = None) -> list[tuple[float, ...]]:
+          rotate_episodes: Callable | None = None, progress_file: Path | None = None, data_sha256: str = '') -> list[tuple[float, ...]]:
     """AdamW on action NLL + α·KL (α applied here and only here, warmed up over `config.kl_warmup_steps`
     counted by this loop's step); returns (nll, kl) per step. Data parallel, as `fit`.
 
     With `rotate_episodes` (the adapter's, for --discovery.rotation_consistency; not the paper's objective) the
     codes read from each episode must also steer that episode under a symmetry of the env that moves its
     subgoals (pinpad: quarter turns), so that a code naming a place rather than a subgoal pays for it: the action
-    NLL is the mean of the episode's and the turned episode's. Returns (nll, turned nll, kl) per step then."""
+    NLL is the mean of the episode's and the turned episode's. Returns (nll, turned nll, kl) per step then.
+
+    With a `progress_file` path the run saves its progress there and goes on from it (`fit`); `data_sha256`, the
+    fingerprint of the episodes `batches` hold, tells a run on other data from this one."""
     turns = np.random.default_rng([seed, 1])   # the symmetry of each step, apart from the batch draws
 
     def loss_fn(step, batch, stream):
@@ -104,8 +148,16 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
         return loss, torch.stack((*logged, losses.kl))
 
     formats = dict(action_nll = '.3f', **(dict(turned_nll = '.3f') if rotate_episodes else {}), kl = '.2f')
+    resume = None
+    if progress_file is not None:
+        # the sweep, the pick, the steering check and the RL policy's width do not change this training;
+        # init's file is in the starting weights, wherever it lies
+        ignore = ('alpha', 'sweep_alphas', 'select_alpha', 'steering_episodes', 'dim_policy', 'init')
+        settings = fit_settings(config, 'discovery', seed, data_sha256, next(model.parameters()).device, process, ignore, alpha = alpha)
+        resume = Resume(progress_file, settings, f'discovery α={alpha:g}', reads = (model,))
     return fit(meta_controller, batches, loss_fn, config.steps, config.lr, config.weight_decay, seed,
-               f'discover α={alpha:g}' + (', rotation-consistent' if rotate_episodes else ''), formats, progress, process)
+               f'discover α={alpha:g}' + (', rotation-consistent' if rotate_episodes else ''), formats, progress, process,
+               resume, streams = (turns,))
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from metacontroller.pipeline.models import build_meta_controller, build_transfor
 from metacontroller.rl import evaluate
 from metacontroller.subgoal_controller import SubgoalController
 
-PROGRESS_PREFIX = 'progress_'   # <phase>/progress_<run>.pt: a run's progress (pretraining, RL), kept until --force redoes the phase
+PROGRESS_PREFIX = 'progress_'   # <phase>/progress_<run>.pt: a run's progress (every training loop), kept until --force redoes the phase
 
 
 @dataclass
@@ -139,9 +139,11 @@ def run_control(run: Run) -> dict:
     success when the live environment's subgoal switches them, beside the base on the same episodes."""
     config = run.config.control
     model = run.load_model()
-    streams = discover.precompute(model, data.load(run.data_dir, 'discovery'), config.batch_size, run.seed, run.device, run.process)
+    demos = data.load(run.data_dir, 'discovery')
+    streams = discover.precompute(model, demos, config.batch_size, run.seed, run.device, run.process)
     controller = SubgoalController(model.dim, run.adapter.num_subgoals, config.dim_hypernetwork_hidden, config.low_rank).to(run.device)
-    trace = control.train(model, controller, streams, config, run.seed, run.progress, run.process)
+    trace = control.train(model, controller, streams, config, run.seed, run.progress, run.process,
+                          progress_file = run.progress_path('control', 'controllers'), data_sha256 = demos.fingerprint())
     run.save(controller, 'control', 'controller.pt')
 
     heldout = data.load(run.data_dir, 'heldout')
@@ -175,10 +177,12 @@ def run_discover(run: Run) -> dict:
     heldout, post = data.load(run.data_dir, 'heldout'), data.load(run.data_dir, 'post_task')
 
     rotations = run.adapter.episode_rotations(config.rotation_consistency)
+    fingerprint = demos.fingerprint()
     sweep, trained = [], []
     for alpha in dict.fromkeys((config.alpha, *config.sweep_alphas)):   # --discovery.alpha first, no repeats
         meta = initial_meta_controller(run, model.dim).to(run.device)
-        trace = discover.train(model, meta, streams, alpha, config, run.seed, run.progress, run.process, rotations)
+        trace = discover.train(model, meta, streams, alpha, config, run.seed, run.progress, run.process, rotations,
+                               progress_file = run.progress_path('discover', f'alpha_{alpha:g}'), data_sha256 = fingerprint)
         summary = discover.analyse(model, meta, heldout, run.device).summary()
         # training action NLL (and on the turned episodes, with rotations), last 50 steps: the trace's columns but the KL
         summary.update(zip(('final_train_action_nll', 'final_train_turned_action_nll'), np.mean(trace[-50:], axis = 0)[:-1].tolist()))

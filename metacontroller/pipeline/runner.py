@@ -2,7 +2,7 @@
 
 A phase is finished when its record `phases/<phase>.json` exists; it is
 written last, after the phase's checkpoints, so an interrupted phase simply
-runs again; pretraining and the RL phases go on from the progress they saved
+runs again; its training loops go on from the progress they saved
 (`metacontroller.progress`), which --force drops. Each phase seeds torch from
 (seed, phase), so a resumed run repeats what an uninterrupted one would have done.
 
