@@ -21,8 +21,10 @@ Then the untrained policy itself, in closed loop on a held-out task (`--task`, d
 episode succeeds only if every colour of the task is visited in order, so success is the product of
 the colour-to-colour links. For each link it counts how often it holds, and whether the policy took
 a decision (a new prior sample) just after the previous colour: a switch in the middle of a pair
-hands the agent a fresh random code where the base alone would finish the pair. Gaussian codes only
-(the paper's; `--discovery.latent_code gaussian`).
+hands the agent a fresh random code where the base alone would finish the pair. The same episodes run
+once more with each decision drawn uniformly from the subgoals' mean codes instead of the prior: the
+success a prior whose samples each named a subgoal would give internal RL at its start, through the
+same decoder and switch. Gaussian codes only (the paper's; `--discovery.latent_code gaussian`).
 
     python docs/experiments/prior_steering.py --run-dir runs/study/rot01
 """
@@ -160,6 +162,10 @@ def main():
     open_loop(model, meta, adapter, data.load(args.run_dir / 'data', 'heldout'), args)
     env = adapter.make_envs((task,))(args.rollouts)
     print(f'untrained policy on {args.task}:\n  ' + closed_loop(model, meta, env, args.rollouts, task, eval_seed(args.seed)))
+    codes = subgoal_codes(model, meta, data.load(args.run_dir / 'data', 'heldout'), adapter.num_subgoals, 'cpu')
+    meta.code.sample = lambda dist, deterministic = False: codes[torch.randint(len(codes), dist.shape[:1])]
+    print(f'a uniform choice among the mean codes at each decision, on {args.task}:\n  '
+          + closed_loop(model, meta, env, args.rollouts, task, eval_seed(args.seed)))
 
 
 if __name__ == '__main__':
