@@ -185,6 +185,8 @@ def test_an_interrupted_discovery_goes_on_from_its_progress_exactly(smoke_run, t
         train(0.2, **progress)
     with pytest.raises(ValueError, match = r'other settings \(data_sha256: '):
         train(progress_file = tmp_path / 'progress.pt', data_sha256 = demos.head(len(demos) - 1).fingerprint())
+    with pytest.raises(ValueError, match = r'needs the fingerprint of the episodes'):
+        train(progress_file = tmp_path / 'progress.pt')
 
 
 def test_an_interrupted_control_phase_goes_on_in_the_pipeline(smoke_run, tmp_path, monkeypatch):

@@ -73,6 +73,9 @@ def fit_settings(config, kind: str, seed: int, data_sha256: str, device: torch.d
                  ignore: tuple[str, ...] = (), **identity) -> dict:
     """The settings a `fit` run's progress must share with the run that goes on from it: `config` but its step
     budget and the fields in `ignore` (those that do not change the training), the seed and the data."""
+    if not data_sha256:
+        raise ValueError('a progress file needs the fingerprint of the episodes it trains on (data_sha256 = '
+                         'DemoDataset.fingerprint()), to tell a run on other data from this one')
     return run_settings(config, FIT_PROGRESS, device, process, ignore, kind = kind, seed = seed, data_sha256 = data_sha256, **identity)
 
 
