@@ -103,24 +103,31 @@ def test_force_redoes_selected_phase(smoke_run):
     assert 'phase probe: start' in new and 'phase report: start' in new and 'phase pretrain: start' not in new
 
 
-def test_an_interrupted_rl_phase_goes_on_from_its_progress_and_force_drops_it(smoke_run, tmp_path, monkeypatch):
-    smoke_tmp, result = smoke_run
+def killed_and_run_again(smoke_tmp: Path, tmp_path: Path, monkeypatch, phase: str, module, name: str, call: int) -> tuple[str, dict]:
+    """A copy of the smoke run whose `phase`, forced, is killed in the `call`-th call of `module.name`, then run
+    again without --force: (what the second run logged, its results)."""
     shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
-    collect = trainer.collect_abstract
-    # the smoke preset's RL: 2 batches of 16, evaluated (and saved) after each; killed in the second
-    monkeypatch.setattr(trainer, 'collect_abstract', killed_on_call(collect, 2))
+    original = getattr(module, name)
+    monkeypatch.setattr(module, name, killed_on_call(original, call))
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, '--phases', 'rl', '--force')
-    monkeypatch.setattr(trainer, 'collect_abstract', collect)
-
+        run(tmp_path, '--phases', phase, '--force')
+    monkeypatch.setattr(module, name, original)
     log = tmp_path / 'run' / 'run.log'
     before = log.read_text()
-    again = run(tmp_path, '--phases', 'rl')
-    assert 'internal RL: going on from' in log.read_text()[len(before):] and 'at 16 of 32 episodes' in log.read_text()[len(before):]
+    again = run(tmp_path, '--phases', phase)
+    return log.read_text()[len(before):], again
+
+
+def test_an_interrupted_rl_phase_goes_on_from_its_progress_and_force_drops_it(smoke_run, tmp_path, monkeypatch):
+    smoke_tmp, result = smoke_run
+    # the smoke preset's RL: 2 batches of 16, evaluated (and saved) after each; killed in the second
+    logged, again = killed_and_run_again(smoke_tmp, tmp_path, monkeypatch, 'rl', trainer, 'collect_abstract', 2)
+    assert 'internal RL: going on from' in logged and 'at 16 of 32 episodes' in logged
     assert again['rl']['internal'] == result['rl']['internal']   # as the uninterrupted smoke run ended
 
     progress = tmp_path / 'run' / 'rl' / 'progress_internal.pt'
     progress.write_bytes(b'unreadable')   # --force starts afresh, without reading it
+    log = tmp_path / 'run' / 'run.log'
     before = log.read_text()
     run(tmp_path, '--phases', 'rl', '--force')
     assert 'going on from' not in log.read_text()[len(before):] and progress.read_bytes() != b'unreadable'
@@ -191,18 +198,10 @@ def test_an_interrupted_discovery_goes_on_from_its_progress_exactly(smoke_run, t
 
 def test_an_interrupted_control_phase_goes_on_in_the_pipeline(smoke_run, tmp_path, monkeypatch):
     smoke_tmp, result = smoke_run
-    shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
     monkeypatch.setattr(discover, 'SAVE_EVERY', 4)
-    nll = control.controlled_nll
-    monkeypatch.setattr(control, 'controlled_nll', killed_on_call(nll, 7))   # 10 steps: killed in step 7, saved after 4
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, '--phases', 'control', '--force')
-    monkeypatch.setattr(control, 'controlled_nll', nll)
-
-    log = tmp_path / 'run' / 'run.log'
-    before = log.read_text()
-    again = run(tmp_path, '--phases', 'control')
-    assert 'control: going on from' in log.read_text()[len(before):] and 'at 4 of 10 steps' in log.read_text()[len(before):]
+    # 10 steps: killed in step 7, saved after 4
+    logged, again = killed_and_run_again(smoke_tmp, tmp_path, monkeypatch, 'control', control, 'controlled_nll', 7)
+    assert 'control: going on from' in logged and 'at 4 of 10 steps' in logged
     assert again['control'] == result['control']   # as the uninterrupted smoke run ended
 
 
