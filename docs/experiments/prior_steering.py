@@ -96,13 +96,14 @@ class Trace:
         return (np.stack(x, axis = 1) for x in (self.progress, self.decided))   # (N, T) each
 
 
-def closed_loop(model, meta, env, episodes: int, task: tuple[int, ...], seed: int) -> str:
+def closed_loop(model, meta, env, episodes: int, task: tuple[int, ...], seed: int, greedy_actions: bool = False) -> str:
     """The task's colour-by-colour links under the untrained policy (prior samples at every decision):
     for each colour k, how often it is visited once colour k - 1 was, split by whether the policy decided
     within 2 steps of that visit (decisions come before env steps t + 1 and t + 2 of a visit at step t)."""
     trace = Trace(env)
     with seeded(seed, torch.device('cpu')):
-        out = run_episodes(model, trace, range(seed, seed + episodes), meta_controller = meta, recorder = trace)
+        out = run_episodes(model, trace, range(seed, seed + episodes), meta_controller = meta, recorder = trace,
+                           greedy_actions = greedy_actions)
     progress, decided = trace.arrays()
     reached = progress.max(axis = 1)                                            # (N,) colours visited in order
     lines = [f'success {out.success.float().mean():.3f}, switches per episode {out.switches.float().mean():.2f}',
@@ -144,6 +145,8 @@ def main():
     parser.add_argument('--episodes', type = int, default = 32, help = 'fresh episodes per code')
     parser.add_argument('--task', default = 'AB', help = 'held-out task for the closed-loop part (subgoal names, at least 2)')
     parser.add_argument('--rollouts', type = int, default = 1024, help = 'closed-loop episodes')
+    parser.add_argument('--greedy-actions', action = 'store_true',
+                        help = 'closed loop with the argmax raw action instead of a sample from the base (not the paper\'s Algorithm 1)')
     parser.add_argument('--seed', type = int, default = 0)
     parser.add_argument('--threads', type = int, default = 1)
     args = parser.parse_args()
@@ -161,11 +164,11 @@ def main():
         parser.error(f'prior samples are drawn from N(0, I): the metacontroller must have a Gaussian code, got {type(meta.code).__name__}')
     open_loop(model, meta, adapter, data.load(args.run_dir / 'data', 'heldout'), args)
     env = adapter.make_envs((task,))(args.rollouts)
-    print(f'untrained policy on {args.task}:\n  ' + closed_loop(model, meta, env, args.rollouts, task, eval_seed(args.seed)))
+    print(f'untrained policy on {args.task}:\n  ' + closed_loop(model, meta, env, args.rollouts, task, eval_seed(args.seed), args.greedy_actions))
     codes = subgoal_codes(model, meta, data.load(args.run_dir / 'data', 'heldout'), adapter.num_subgoals, 'cpu')
     meta.code.sample = lambda dist, deterministic = False: codes[torch.randint(len(codes), dist.shape[:1])]
     print(f'a uniform choice among the mean codes at each decision, on {args.task}:\n  '
-          + closed_loop(model, meta, env, args.rollouts, task, eval_seed(args.seed)))
+          + closed_loop(model, meta, env, args.rollouts, task, eval_seed(args.seed), args.greedy_actions))
 
 
 if __name__ == '__main__':
