@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from metacontroller.envs.pinpad_expert import generate_pinpad_demos, pinpad_action_sets
-from metacontroller.pipeline import control, data, discover, pretrain, steering
+from metacontroller.pipeline import control, data, discover, pretrain, runner, steering
 from metacontroller.pipeline.adapters.babyai import babyai_adapter
 from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 from metacontroller.pipeline.aggregate import aggregate
@@ -277,6 +277,36 @@ def test_pretrain_init_with_no_steps_keeps_the_model_as_is(tmp_path):
     result = run(tmp_path, '--phases', 'data,pretrain', '--pretrain.init', str(tmp_path / 'init.pt'), '--pretrain.steps', '0')
     assert_same_weights(smoke_settings(tmp_path, {}).load_model(), saved)   # the pretrain phase's model.pt
     assert result['pretrain']['init'] == str(tmp_path / 'init.pt') and result['pretrain']['final_train_action_nll'] is None
+
+
+def test_a_larger_budget_goes_on_from_the_progress_without_force(smoke_run, tmp_path):
+    smoke_tmp, result = smoke_run
+    shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
+    with pytest.raises(ValueError, match = 'add baselines to --phases'):   # same budget for internal RL and the baselines
+        run(tmp_path, '--phases', 'rl', '--rl.total_episodes', '64')
+    with pytest.raises(ValueError, match = r'other settings \(rl.lr, rl.total_episodes\)'):   # a budget and something else
+        run(tmp_path, '--rl.total_episodes', '64', '--rl.lr', '1e-3')
+    log = tmp_path / 'run' / 'run.log'
+    before = log.read_text()
+    again = run(tmp_path, '--rl.total_episodes', '64')
+    new = log.read_text()[len(before):]
+    assert 'rl.total_episodes rose from 32 to 64: phase(s) rl, baselines go on from their progress' in new
+    assert 'internal RL: going on from' in new and 'at 32 of 64 episodes' in new
+    assert 'phase pretrain: start' not in new and 'phase discover: start' not in new
+    assert 'phase report: reads what rl, baselines write, redone' in new and 'phase report: start' in new
+    for name in ('internal', 'raw_action', 'no_temporal_abstraction'):
+        old, longer = result['rl'][name], again['rl'][name]
+        assert (old['episodes'], longer['episodes']) == (32, 64)
+        assert longer['curve'][:len(old['curve'])] == old['curve']   # the evaluations so far are kept, then go on
+    with pytest.raises(ValueError, match = r'other settings \(rl.total_episodes\)'):   # a smaller budget cannot be untrained
+        run(tmp_path, '--rl.total_episodes', '32')
+
+
+def test_the_readers_of_a_longer_phase_are_redone():
+    assert runner.readers(('rl', 'baselines')) == ('report',)
+    assert runner.readers(('discover',)) == ('rl', 'baselines', 'report')
+    assert runner.readers(('pretrain',)) == ('probe', 'control', 'discover', 'rl', 'baselines', 'report')
+    assert runner.readers(()) == ()
 
 
 def test_changed_settings_need_force_or_a_new_folder(smoke_run):

@@ -146,7 +146,7 @@ def main():
     parser.add_argument('--task', default = 'AB', help = 'held-out task for the closed-loop part (subgoal names, at least 2)')
     parser.add_argument('--rollouts', type = int, default = 1024, help = 'closed-loop episodes')
     parser.add_argument('--greedy-actions', action = 'store_true',
-                        help = 'closed loop with the argmax raw action instead of a sample from the base (not the paper\'s Algorithm 1)')
+                        help = "closed loop with the argmax raw action instead of a sample from the base (not the paper's Algorithm 1)")
     parser.add_argument('--seed', type = int, default = 0)
     parser.add_argument('--threads', type = int, default = 1)
     args = parser.parse_args()

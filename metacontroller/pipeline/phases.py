@@ -256,6 +256,11 @@ PHASES = dict(data = run_data, pretrain = run_pretrain, probe = run_probe, contr
               rl = run_rl, baselines = run_baselines, report = run_report)
 SHARDED = ('pretrain', 'control', 'discover', 'rl', 'baselines')   # run by every rank; the other phases by rank 0 alone
 
+# setting -> the phases whose training loop it is the budget of: raised on a finished run, those phases
+# go on from their progress (every training loop saves one, and may continue to a larger budget)
+BUDGETS = {'pretrain.steps': ('pretrain',), 'control.steps': ('control',), 'discovery.steps': ('discover',),
+           'rl.total_episodes': ('rl', 'baselines')}
+
 # phase -> files it reads (relative to the run folder), each written by the named phase
 NEEDS = dict(
     pretrain = {'data/pretrain.npz': 'data', 'data/heldout.npz': 'data'},

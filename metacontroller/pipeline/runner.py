@@ -3,8 +3,10 @@
 A phase is finished when its record `phases/<phase>.json` exists; it is
 written last, after the phase's checkpoints, so an interrupted phase simply
 runs again; its training loops go on from the progress they saved
-(`metacontroller.progress`), which --force drops. Each phase seeds torch from
-(seed, phase), so a resumed run repeats what an uninterrupted one would have done.
+(`metacontroller.progress`), which --force drops. A larger budget (`BUDGETS`)
+on a finished run needs no --force: the phases it drives run again from their
+progress. Each phase seeds torch from (seed, phase), so a resumed run repeats
+what an uninterrupted one would have done.
 
 With several processes, every rank reads the run folder and decides the same
 plan; rank 0 alone writes config.json, the records, results.json and run.log,
@@ -24,7 +26,7 @@ from loguru import logger
 
 from metacontroller.pipeline.config import from_dict
 from metacontroller.pipeline.files import read_json, run_lock, write_json
-from metacontroller.pipeline.phases import NEEDS, PHASES, SHARDED, Run, gather_results
+from metacontroller.pipeline.phases import BUDGETS, NEEDS, PHASES, SHARDED, Run, gather_results
 from metacontroller.rl.seeds import rank_seed
 
 CONFIG_FILE, RESULTS_FILE, LOG_FILE = 'config.json', 'results.json', 'run.log'
@@ -45,23 +47,49 @@ def parse_phases(text: str) -> tuple[str, ...]:
     return tuple(p for p in PHASES if p in names)
 
 
-def check_config(run: Run, force: bool):
-    """A run folder holds one configuration: refuse to mix phases trained under another."""
+def check_config(run: Run, plan: Plan) -> tuple[str, ...]:
+    """A run folder holds one configuration: refuse to mix phases trained under another. The one change
+    allowed without --force is a larger budget (`BUDGETS`): the finished phases it drives must then be in
+    the plan, and they go on from their progress. Returns those phases."""
     path = run.run_dir / CONFIG_FILE
+    if not path.is_file():
+        return ()
     current = run.config.to_dict()
-    if path.is_file():
-        recorded = read_json(path)['config']
-        saved = from_dict(recorded).to_dict()
-        # a setting the folder's config.json does not record (made by an older version) counts as changed:
-        # its phases ran under whatever that version did, not necessarily today's default
-        changed = sorted(f'{s}.{k}' + ('' if k in recorded.get(s, {}) else ' (not recorded)')
-                         for s, kw in current.items() if isinstance(kw, dict) for k in kw
-                         if saved.get(s, {}).get(k) != kw[k] or k not in recorded.get(s, {}))
-        if changed and not force:
-            raise ValueError(f'{run.run_dir} was made with other settings ({", ".join(changed)}); '
-                             f'use another --run-dir, or --force to redo the selected phases with the new ones')
-        if changed:
-            logger.warning(f'settings changed ({", ".join(changed)}); phases not redone keep their old results')
+    recorded = read_json(path)['config']
+    saved = from_dict(recorded).to_dict()
+    # a setting the folder's config.json does not record (made by an older version) counts as changed:
+    # its phases ran under whatever that version did, not necessarily today's default
+    changed = {f'{s}.{k}': (saved.get(s, {}).get(k), kw[k], k in recorded.get(s, {}))
+               for s, kw in current.items() if isinstance(kw, dict) for k in kw
+               if saved.get(s, {}).get(k) != kw[k] or k not in recorded.get(s, {})}
+    names = ', '.join(sorted(name + ('' if known else ' (not recorded)') for name, (_, _, known) in changed.items()))
+    if changed and plan.force:
+        logger.warning(f'settings changed ({names}); phases not redone keep their old results')
+    if not changed or plan.force:
+        return ()
+    if not all(name in BUDGETS and known and now > was for name, (was, now, known) in changed.items()):
+        raise ValueError(f'{run.run_dir} was made with other settings ({names}); use another --run-dir, or --force '
+                         f'to redo the selected phases with the new ones (only a larger {", ".join(BUDGETS)} may change '
+                         'without it: the phases it drives go on from their progress)')
+    extended = tuple(p for p in PHASES if any(p in BUDGETS[name] for name in changed) and run.record_path(p).is_file())
+    missing = [p for p in extended if p not in plan.phases]
+    if missing:
+        raise ValueError(f'the budget rose ({names}) for phases that finished under the old one: add '
+                         f'{",".join(missing)} to --phases to go on from their progress, or use --force')
+    for name, (was, now, _) in changed.items():
+        going_on = [p for p in BUDGETS[name] if p in extended]
+        logger.info(f'{name} rose from {was:,} to {now:,}: ' + (f'phase(s) {", ".join(going_on)} go on from their progress'
+                                                                  if going_on else 'no finished phase to go on'))
+    return extended
+
+
+def readers(phases: tuple[str, ...]) -> tuple[str, ...]:
+    """The phases that read what `phases` write, directly or through another (the report reads every record)."""
+    found = set(phases)
+    for phase in PHASES:   # pipeline order: a phase comes after every phase it reads
+        if set(NEEDS.get(phase, {}).values()) & found or (phase == 'report' and found):
+            found.add(phase)
+    return tuple(p for p in PHASES if p in found and p not in phases)
 
 
 def check_inputs(run: Run, to_run: list[str]):
@@ -101,17 +129,25 @@ def execute_locked(run: Run, plan: Plan) -> dict:
     process = run.process
     sink = logger.add(run.run_dir / LOG_FILE, level = 'INFO') if process.is_main else None
     try:
-        check_config(run, plan.force)
-        to_run = [p for p in plan.phases if plan.force or not run.record_path(p).is_file()]
+        extended = check_config(run, plan)
+        finished = {p for p in PHASES if run.record_path(p).is_file()}
+        stale = [p for p in readers(extended) if p in finished]   # made from what the longer phases replace: redone afresh
+        for phase in stale:
+            logger.log('INFO' if phase in plan.phases else 'WARNING', f'phase {phase}: reads what {", ".join(extended)} '
+                       + ('write, redone' if phase in plan.phases else 'write, and keeps its old results (not in --phases)'))
+        redo = {*extended, *(p for p in stale if p in plan.phases)}
+        to_run = [p for p in plan.phases if plan.force or p in redo or p not in finished]
         for phase in (p for p in plan.phases if p not in to_run):
             logger.info(f'phase {phase}: already finished, skipped (--force redoes it)')
         check_inputs(run, to_run)
         process.wait()   # every rank has read the run folder before rank 0 writes to it
         if process.is_main:
             write_json(run.run_dir / CONFIG_FILE, dict(config = run.config.to_dict(), seed = run.seed))
-            if plan.force:   # a forced phase is unfinished until it ends again, and starts afresh (without --force,
-                for phase in to_run:   # an unfinished pretraining or RL phase goes on from its progress)
-                    run.record_path(phase).unlink(missing_ok = True)
+            # a forced (or stale) phase is unfinished until it ends again, and starts afresh; without --force, an
+            # unfinished training phase goes on from its progress, and so does one whose budget rose
+            for phase in to_run if plan.force else [p for p in to_run if p in redo]:
+                run.record_path(phase).unlink(missing_ok = True)
+                if phase not in extended:
                     run.clear_progress(phase)
         process.wait()
         for phase in to_run:
