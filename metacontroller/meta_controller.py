@@ -64,12 +64,14 @@ class MetaControllerStep(NamedTuple):
     """One internal-RL step; also the recurrent state carried to the next step."""
     input_residual_stream: Tensor   # e the metacontroller read (b, 1, d)
     controlled: Tensor              # ê (b, 1, d)
-    action_dist: Tensor             # policy's distribution over z̃ (b, 1, n_z, k): Gaussian (k = 2) or logits (k = 1)
-    actions: Tensor                 # sampled z̃ (b, 1, n_z)
+    action_dist: Tensor             # policy's distribution over z̃ (b, 1, n_z, k): Gaussian (k = 2) or logits (k = 1);
+                                    # on a row that does not decide, the one its held code was drawn from
+    actions: Tensor                 # sampled z̃ (b, 1, n_z); on a row that does not decide, the held code
     switch_beta: Tensor             # β (b, 1); 1 at the first step
     latent: Tensor                  # the held code z (b, n_z)
     history: Tensor                 # h_t (b, n_h)
     policy_hidden: Tensor           # policy state (b, n_policy)
+    factors: Tensor | None = None   # the held code's A and B (b, 2, d, r), made once per decision; None at full rank
 
 
 def shift_right(values: Tensor) -> Tensor:
@@ -233,17 +235,29 @@ class MetaController(Checkpointable, nn.Module):
             beta = forced if prev is not None else beta
 
         switch = decisions(beta)
-        dist, new_policy_hidden = self.policy.step(stream, policy_hidden)
-        proposal = self.code.sample(dist, deterministic)
-
-        latent = torch.where(switch[:, None], proposal, latent)
-        policy_hidden = torch.where(switch[:, None], new_policy_hidden, policy_hidden)  # the policy lives on the abstract timescale
+        if prev is None or bool(switch.all()):
+            dist, policy_hidden = self.policy.step(stream, policy_hidden)
+            latent = proposal = self.code.sample(dist, deterministic)
+            factors = self.decoder.factors(latent)
+        else:
+            # the policy lives on the abstract timescale: it runs only on the rows that decide, and the decoder
+            # makes their A and B once (over every row, at every step, the two would cost about a third of
+            # a rollout step); the other rows report the code in force and the distribution it was drawn from
+            rows = switch.nonzero()[:, 0]
+            dist, proposal, factors = prev.action_dist[:, 0], latent, prev.factors
+            if len(rows):
+                new_dist, new_hidden = self.policy.step(stream[rows], policy_hidden[rows])
+                dist, policy_hidden = dist.index_copy(0, rows, new_dist), policy_hidden.index_copy(0, rows, new_hidden)
+                latent = proposal = latent.index_copy(0, rows, self.code.sample(new_dist, deterministic))
+                if factors is not None:
+                    factors = factors.index_copy(0, rows, self.decoder.factors(latent[rows]))
         history = gru_step(self.history, stream, history)
-        controlled = self.decoder.control(latent, stream, self.control_scale)
+        controlled = (self.decoder.control(latent, stream, self.control_scale) if factors is None
+                      else self.decoder.control_with(factors, stream, self.control_scale))
 
         return MetaControllerStep(
             stream[:, None], controlled[:, None], dist[:, None], proposal[:, None], beta[:, None],
-            latent, history, policy_hidden,
+            latent, history, policy_hidden, factors,
         )
 
     def log_prob(self, action_dist: Tensor, actions: Tensor) -> Tensor:

@@ -243,3 +243,36 @@ def test_ratio_loss_is_its_weight_on_target_and_pulls_the_switch_rate_towards_it
 def test_bad_ratio_loss_settings_are_refused(kwargs):
     with pytest.raises(ValueError, match = 'ratio_loss_weight >= 0 and target_segment_length > 1'):
         tiny_meta_controller(**kwargs)
+
+
+@pytest.mark.parametrize('code, rank', [('gaussian', 4), ('categorical', 4), ('gaussian', None)])
+def test_the_policy_runs_only_on_the_rows_that_decide(code, rank, monkeypatch):
+    """A step where some rows decide equals the policy run on every row, at those rows; the other rows keep
+    their code, policy state and the distribution their code was drawn from, and a step where no row
+    decides does not run the policy at all. Control from the held A and B equals the decoder's own."""
+    torch.manual_seed(0)
+    meta = randomize_controller_(tiny_meta_controller(latent_code = code, hypernetwork_low_rank = rank)).eval()
+    with torch.no_grad():
+        meta.policy.head.weight.normal_()   # a policy whose output depends on its input and state
+        first = meta.step(torch.randn(5, DIM))
+        second = meta.step(torch.randn(5, DIM), first)   # every row's policy state and code now differ
+        stream, decide = torch.randn(5, DIM), torch.tensor([1., 0., 1., 0., 0.])
+        step = meta.step(stream, second, force_beta = decide, deterministic = True)
+        dist, hidden = meta.policy.step(stream, second.policy_hidden)
+        latent = meta.code.sample(dist, deterministic = True)
+
+        rows, held = decide.bool(), ~decide.bool()
+        assert torch.allclose(step.action_dist[rows, 0], dist[rows], atol = 1e-6)
+        assert torch.allclose(step.policy_hidden[rows], hidden[rows], atol = 1e-6)
+        assert torch.allclose(step.latent[rows], latent[rows], atol = 1e-6) and torch.equal(step.actions[:, 0], step.latent)
+        assert torch.equal(step.latent[held], second.latent[held]) and torch.equal(step.actions[held, 0], second.latent[held])
+        assert torch.equal(step.policy_hidden[held], second.policy_hidden[held])
+        assert torch.equal(step.action_dist[held], second.action_dist[held])
+        assert not torch.equal(second.latent[held], latent[held])   # so the held rows are told apart from fresh ones
+        assert (step.factors is None) == (rank is None)
+        assert torch.allclose(step.controlled[:, 0], meta.decoder.control(step.latent, stream, meta.control_scale), atol = 1e-5)
+        assert not torch.allclose(step.controlled[:, 0], stream, atol = 1e-3)   # control is not a no-op here
+
+        monkeypatch.setattr(meta.policy, 'step', lambda *args: pytest.fail('the policy ran on a step where no row decides'))
+        idle = meta.step(stream, step, force_beta = 0.)
+        assert torch.equal(idle.latent, step.latent) and torch.equal(idle.action_dist, step.action_dist)
