@@ -10,9 +10,7 @@ so `control` contracts the weights with e and g directly:
     Bᵀe = (e W_b) · g + b_0ᵀ e        A c = W_a (c ⊗ g) + a_0 c
 
 two plain matmuls over all steps and O(d·r·n_hidden) per step, without ever
-materialising a d×d matrix (nor the per-step d×r factors). A rollout, which holds each
-code for many steps, materialises A and B once per decision instead (`factors`,
-`control_with`). An optional multiplier c
+materialising a d×d matrix (nor the per-step d×r factors). An optional multiplier c
 (ê = e + c·U e, default 1) scales the control for ablations. `forward` returns
 the factors themselves, for analysis and for the dense reference in tests.
 
@@ -24,7 +22,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
 from einops import einsum, rearrange
 from torch import Tensor, nn
 
@@ -62,21 +59,6 @@ class ControllerDecoder(nn.Module):
         a = rearrange(self.to_a(hidden), '... (d r) -> ... d r', d = self.dim_model)
         b = rearrange(self.to_b(hidden), '... (d r) -> ... d r', d = self.dim_model) if self.to_b is not None else None
         return Controller(a, b)
-
-    def factors(self, latent: Tensor) -> Tensor | None:
-        """A and B stacked, (..., 2, d, r), for a code held over many steps (internal RL): `control_with`
-        then costs O(d·r) a step instead of `control`'s O(d·r·n_hidden). None at full rank, where U itself
-        (d×d per row) would cost more memory than it saves."""
-        return None if self.to_b is None else torch.stack(tuple(self(latent)), dim = -3)
-
-    @staticmethod
-    def control_with(factors: Tensor, stream: Tensor, scale: float = 1.) -> Tensor:
-        """ê = e + c·A (Bᵀ e) from held `factors` (..., 2, d, r) and e (..., d): `control` for the same code."""
-        a, b = factors.unbind(dim = -3)
-        # a batched vector-matrix product, then a multiply-and-sum: each several times faster on CPU than
-        # einsum's bmm over a factor that is a strided view (measured at 1,024 rows, d 128, r 16)
-        coeffs = (stream[..., None, :] @ b)[..., 0, :]                # Bᵀe (..., r)
-        return stream + scale * (a * coeffs[..., None, :]).sum(-1)
 
     def _bilinear(self, linear: nn.Linear, x: Tensor, g: Tensor) -> Tensor:
         """M x for M = reshape(W g + m_0) of shape (d, k): (..., k), (..., h) -> (..., d)."""

@@ -71,7 +71,6 @@ class MetaControllerStep(NamedTuple):
     latent: Tensor                  # the held code z (b, n_z)
     history: Tensor                 # h_t (b, n_h)
     policy_hidden: Tensor           # policy state (b, n_policy)
-    factors: Tensor | None = None   # the held code's A and B (b, 2, d, r), made once per decision; None at full rank
 
 
 def shift_right(values: Tensor) -> Tensor:
@@ -238,26 +237,22 @@ class MetaController(Checkpointable, nn.Module):
         if prev is None or bool(switch.all()):
             dist, policy_hidden = self.policy.step(stream, policy_hidden)
             latent = proposal = self.code.sample(dist, deterministic)
-            factors = self.decoder.factors(latent)
         else:
-            # the policy lives on the abstract timescale: it runs only on the rows that decide, and the decoder
-            # makes their A and B once (over every row, at every step, the two would cost about a third of
-            # a rollout step); the other rows report the code in force and the distribution it was drawn from
+            # the policy lives on the abstract timescale: it runs only on the rows that decide (over every row,
+            # its GRU was half of this step at 1,024 rows, 12% deciding); the other rows report the code in
+            # force and the distribution it was drawn from
             rows = switch.nonzero()[:, 0]
-            dist, proposal, factors = prev.action_dist[:, 0], latent, prev.factors
+            dist, proposal = prev.action_dist[:, 0], latent
             if len(rows):
                 new_dist, new_hidden = self.policy.step(stream[rows], policy_hidden[rows])
                 dist, policy_hidden = dist.index_copy(0, rows, new_dist), policy_hidden.index_copy(0, rows, new_hidden)
                 latent = proposal = latent.index_copy(0, rows, self.code.sample(new_dist, deterministic))
-                if factors is not None:
-                    factors = factors.index_copy(0, rows, self.decoder.factors(latent[rows]))
         history = gru_step(self.history, stream, history)
-        controlled = (self.decoder.control(latent, stream, self.control_scale) if factors is None
-                      else self.decoder.control_with(factors, stream, self.control_scale))
+        controlled = self.decoder.control(latent, stream, self.control_scale)
 
         return MetaControllerStep(
             stream[:, None], controlled[:, None], dist[:, None], proposal[:, None], beta[:, None],
-            latent, history, policy_hidden, factors,
+            latent, history, policy_hidden,
         )
 
     def log_prob(self, action_dist: Tensor, actions: Tensor) -> Tensor:

@@ -65,7 +65,7 @@ class TransformerCache:
     def select(self, rows: Tensor) -> TransformerCache:
         """The cache of a subset of the batch (e.g. the episodes still running); consumes this cache."""
         meta = self.prev_hiddens.meta_controller
-        meta = None if meta is None else MetaControllerStep(*(None if x is None else x[rows] for x in meta))
+        meta = None if meta is None else MetaControllerStep(*(x[rows] for x in meta))
         condition = None if self.condition is None else self.condition[rows]
         return TransformerCache(self.lower.select(rows), self.upper.select(rows), PrevHiddens(meta), len(rows), self.length, condition)
 

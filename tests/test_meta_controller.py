@@ -249,7 +249,7 @@ def test_bad_ratio_loss_settings_are_refused(kwargs):
 def test_the_policy_runs_only_on_the_rows_that_decide(code, rank, monkeypatch):
     """A step where some rows decide equals the policy run on every row, at those rows; the other rows keep
     their code, policy state and the distribution their code was drawn from, and a step where no row
-    decides does not run the policy at all. Control from the held A and B equals the decoder's own."""
+    decides does not run the policy at all. Control is the decoder's for the code in force."""
     torch.manual_seed(0)
     meta = randomize_controller_(tiny_meta_controller(latent_code = code, hypernetwork_low_rank = rank)).eval()
     with torch.no_grad():
@@ -269,7 +269,6 @@ def test_the_policy_runs_only_on_the_rows_that_decide(code, rank, monkeypatch):
         assert torch.equal(step.policy_hidden[held], second.policy_hidden[held])
         assert torch.equal(step.action_dist[held], second.action_dist[held])
         assert not torch.equal(second.latent[held], latent[held])   # so the held rows are told apart from fresh ones
-        assert (step.factors is None) == (rank is None)
         assert torch.allclose(step.controlled[:, 0], meta.decoder.control(step.latent, stream, meta.control_scale), atol = 1e-5)
         assert not torch.allclose(step.controlled[:, 0], stream, atol = 1e-3)   # control is not a no-op here
 
