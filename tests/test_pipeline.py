@@ -307,6 +307,8 @@ def test_the_readers_of_a_longer_phase_are_redone():
     assert runner.readers(('discover',)) == ('rl', 'baselines', 'report')
     assert runner.readers(('pretrain',)) == ('probe', 'control', 'discover', 'rl', 'baselines', 'report')
     assert runner.readers(()) == ()
+    # two longer phases, one reading the other: its progress was made from what the first replaces
+    assert runner.readers(('pretrain', 'discover')) == ('probe', 'control', 'discover', 'rl', 'baselines', 'report')
 
 
 def test_changed_settings_need_force_or_a_new_folder(smoke_run):

@@ -84,12 +84,13 @@ def check_config(run: Run, plan: Plan) -> tuple[str, ...]:
 
 
 def readers(phases: tuple[str, ...]) -> tuple[str, ...]:
-    """The phases that read what `phases` write, directly or through another (the report reads every record)."""
-    found = set(phases)
+    """The phases that read what `phases` write, directly or through another (the report reads every
+    record); one of `phases` itself when it reads another of them."""
+    found = set()
     for phase in PHASES:   # pipeline order: a phase comes after every phase it reads
-        if set(NEEDS.get(phase, {}).values()) & found or (phase == 'report' and found):
+        if set(NEEDS.get(phase, {}).values()) & (found | set(phases)) or (phase == 'report' and phases):
             found.add(phase)
-    return tuple(p for p in PHASES if p in found and p not in phases)
+    return tuple(p for p in PHASES if p in found)
 
 
 def check_inputs(run: Run, to_run: list[str]):
@@ -147,7 +148,7 @@ def execute_locked(run: Run, plan: Plan) -> dict:
             # unfinished training phase goes on from its progress, and so does one whose budget rose
             for phase in to_run if plan.force else [p for p in to_run if p in redo]:
                 run.record_path(phase).unlink(missing_ok = True)
-                if phase not in extended:
+                if plan.force or phase in stale:
                     run.clear_progress(phase)
         process.wait()
         for phase in to_run:
