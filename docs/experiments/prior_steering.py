@@ -162,10 +162,11 @@ def main():
     meta = MetaController.init_and_load(args.run_dir / 'discover' / 'meta_controller.pt').eval()
     if not isinstance(meta.code, GaussianCode):
         parser.error(f'prior samples are drawn from N(0, I): the metacontroller must have a Gaussian code, got {type(meta.code).__name__}')
-    open_loop(model, meta, adapter, data.load(args.run_dir / 'data', 'heldout'), args)
+    heldout = data.load(args.run_dir / 'data', 'heldout')
+    open_loop(model, meta, adapter, heldout, args)
     env = adapter.make_envs((task,))(args.rollouts)
     print(f'untrained policy on {args.task}:\n  ' + closed_loop(model, meta, env, args.rollouts, task, eval_seed(args.seed), args.greedy_actions))
-    codes = subgoal_codes(model, meta, data.load(args.run_dir / 'data', 'heldout'), adapter.num_subgoals, 'cpu')
+    codes = subgoal_codes(model, meta, heldout, adapter.num_subgoals, 'cpu')
     meta.code.sample = lambda dist, deterministic = False: codes[torch.randint(len(codes), dist.shape[:1])]
     print(f'a uniform choice among the mean codes at each decision, on {args.task}:\n  '
           + closed_loop(model, meta, env, args.rollouts, task, eval_seed(args.seed), args.greedy_actions))

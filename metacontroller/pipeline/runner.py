@@ -77,7 +77,7 @@ def check_config(run: Run, plan: Plan) -> tuple[str, ...]:
         raise ValueError(f'the budget rose ({names}) for phases that finished under the old one: add '
                          f'{",".join(missing)} to --phases to go on from their progress, or use --force')
     for name, (was, now, _) in changed.items():
-        going_on = [p for p in BUDGETS[name] if p in extended]
+        going_on = [p for p in BUDGETS[name] if p in extended and p not in readers(extended)]   # a reader is redone afresh
         logger.info(f'{name} rose from {was:,} to {now:,}: ' + (f'phase(s) {", ".join(going_on)} go on from their progress'
                                                                   if going_on else 'no finished phase to go on'))
     return extended
@@ -134,7 +134,7 @@ def execute_locked(run: Run, plan: Plan) -> dict:
         finished = {p for p in PHASES if run.record_path(p).is_file()}
         stale = [p for p in readers(extended) if p in finished]   # made from what the longer phases replace: redone afresh
         for phase in stale:
-            logger.log('INFO' if phase in plan.phases else 'WARNING', f'phase {phase}: reads what {", ".join(extended)} '
+            logger.log('INFO' if phase in plan.phases else 'WARNING', f'phase {phase}: reads what {", ".join(p for p in extended if p != phase)} '
                        + ('write, redone' if phase in plan.phases else 'write, and keeps its old results (not in --phases)'))
         redo = {*extended, *(p for p in stale if p in plan.phases)}
         to_run = [p for p in plan.phases if plan.force or p in redo or p not in finished]
