@@ -13,6 +13,10 @@ which family made it.
 | binary      | 1 | {0, 1}^{n_z}; dist = logits    | Bernoulli(1/2) | Gumbel-sigmoid; straight-through: hard bits |
 | categorical | 1 | one-hot over n_z; dist = logits| uniform        | Gumbel-softmax; straight-through: one-hot   |
 
+Internal RL can also choose among a fixed codebook of K codes instead of the whole code space
+(`CodebookCode`, not in the paper): the policy's `dist` is then K logits (..., K, 1) and z is a
+codebook row. `kmeans` finds such a codebook among the codes discovery uses, without labels.
+
 Straight-through samples are hard in the forward pass and carry the relaxed
 sample's gradient; without it, discovery feeds the relaxed (soft) sample to the
 decoder, while internal RL always samples hard codes.
@@ -119,6 +123,51 @@ class CategoricalCode:
         """KL(Categorical(softmax(l)) ‖ uniform over the n_z codes)."""
         log_q = dist[..., 0].log_softmax(dim = -1)
         return (log_q.exp() * (log_q + math.log(log_q.shape[-1]))).sum(dim = -1)
+
+
+class CodebookCode:
+    """z is one of the K rows of `codebook` (K, n_z), chosen by K logits (..., K, 1); internal RL only."""
+    params = 1
+
+    def __init__(self, codebook: Tensor):
+        self.codebook = codebook
+
+    def index(self, value: Tensor) -> Tensor:
+        """The index of the codebook row nearest to each z (..., n_z) -> (...)."""
+        return (value[..., None, :] - self.codebook.to(value)).pow(2).sum(dim = -1).argmin(dim = -1)
+
+    def sample(self, dist: Tensor, deterministic: bool = False) -> Tensor:
+        logits = dist[..., 0]
+        index = logits.argmax(dim = -1) if deterministic else torch.distributions.Categorical(logits = logits).sample()
+        return self.codebook.to(logits)[index]
+
+    def log_prob(self, dist: Tensor, value: Tensor) -> Tensor:
+        """value: codebook rows (..., n_z)."""
+        return dist[..., 0].log_softmax(dim = -1).gather(-1, self.index(value)[..., None])[..., 0]
+
+    def nearest(self, value: Tensor) -> Tensor:
+        return self.codebook.to(value)[self.index(value)]
+
+
+def kmeans(points: Tensor, k: int, iters: int = 100, seed: int = 0) -> Tensor:
+    """(k, n) centroids of points (N, n) by Lloyd's algorithm from a k-means++ start (seeded); a centroid
+    that loses all its points stays where it was."""
+    if not 1 <= k <= len(points):
+        raise ValueError(f'k-means needs 1 <= k <= the number of points ({len(points)}), got k = {k}')
+    generator = torch.Generator(device = points.device).manual_seed(seed)
+    centroids = points[torch.randint(len(points), (1,), generator = generator, device = points.device)]
+    for _ in range(k - 1):   # k-means++: the next centroid with probability ∝ squared distance to the nearest so far
+        weight = torch.cdist(points, centroids).min(dim = -1).values.pow(2)
+        centroids = torch.cat((centroids, points[torch.multinomial(weight, 1, generator = generator)]))
+    for _ in range(iters):
+        assigned = torch.cdist(points, centroids).argmin(dim = -1)
+        sums = torch.zeros_like(centroids).index_add_(0, assigned, points)
+        counts = torch.bincount(assigned, minlength = k)[:, None]
+        updated = torch.where(counts > 0, sums / counts.clamp(min = 1), centroids)
+        if torch.equal(updated, centroids):
+            break
+        centroids = updated
+    return centroids
 
 
 def make_latent_code(kind: str, temperature: float = 1., hard: bool = True) -> GaussianCode | BinaryCode | CategoricalCode:

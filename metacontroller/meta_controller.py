@@ -20,7 +20,8 @@ Choices where the paper is silent or differs (documented in the README):
 - Not in the paper, default off: Gumbel-sigmoid β (`switch_gumbel_temperature`),
   the H-Net ratio loss (`ratio_loss_weight`), a control multiplier c in
   ê = e + c·U e (`control_scale`, default 1) and discrete codes z (binary or
-  categorical, KL against a uniform prior; `latent_code`, see `metacontroller.codes`).
+  categorical, KL against a uniform prior; `latent_code`, see `metacontroller.codes`), and an
+  internal-RL policy that chooses among a fixed codebook of K codes (`with_action_codebook`).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from torch import Tensor, nn
 from torch_einops_utils import lens_to_mask
 
 from metacontroller.checkpoint import Checkpointable
-from metacontroller.codes import make_latent_code
+from metacontroller.codes import CodebookCode, make_latent_code
 from metacontroller.embedder import SequenceEmbedder
 from metacontroller.hypernetwork import Controller, ControllerDecoder
 from metacontroller.policy import CausalPolicy
@@ -64,7 +65,8 @@ class MetaControllerStep(NamedTuple):
     """One internal-RL step; also the recurrent state carried to the next step."""
     input_residual_stream: Tensor   # e the metacontroller read (b, 1, d)
     controlled: Tensor              # ê (b, 1, d)
-    action_dist: Tensor             # policy's distribution over z̃ (b, 1, n_z, k): Gaussian (k = 2) or logits (k = 1);
+    action_dist: Tensor             # policy's distribution over z̃ (b, 1, n_z, k): Gaussian (k = 2) or logits (k = 1),
+                                    # or K codebook logits (b, 1, K, 1) with an action codebook;
                                     # on a row that does not decide, the one its held code was drawn from
     actions: Tensor                 # sampled z̃ (b, 1, n_z); on a row that does not decide, the held code
     switch_beta: Tensor             # β (b, 1); 1 at the first step
@@ -124,17 +126,23 @@ class MetaController(Checkpointable, nn.Module):
         latent_code: str = 'gaussian',
         code_temperature: float = 1.,
         code_straight_through: bool = True,
+        action_codebook_size: int | None = None,
     ):
         """control_scale c: ê = e + c·U e (1: the paper; 0: the base model untouched, an ablation).
         latent_code: 'gaussian' (the paper), 'binary' (n_z bits) or 'categorical' (one of n_z codes);
         the discrete codes sample with Gumbel noise at `code_temperature` in discovery, hard and
-        straight-through unless `code_straight_through` is False."""
+        straight-through unless `code_straight_through` is False.
+        action_codebook_size K: internal RL's policy chooses among K fixed codes (`with_action_codebook`)
+        instead of drawing z from the code family (None: the paper)."""
         super().__init__()
         if hypernetwork_low_rank is not None and not 0 < hypernetwork_low_rank <= dim_model:
             raise ValueError(f'hypernetwork_low_rank must be in [1, dim_model={dim_model}] or None (full rank), got {hypernetwork_low_rank}')
         if ratio_loss_weight < 0 or target_segment_length <= 1:
             raise ValueError(f'need ratio_loss_weight >= 0 and target_segment_length > 1 (steps per segment), '
                              f'got {ratio_loss_weight} and {target_segment_length}')
+
+        if action_codebook_size is not None and not (isinstance(action_codebook_size, int) and action_codebook_size >= 2):
+            raise ValueError(f'action_codebook_size must be None (the paper) or an int >= 2 (codes to choose among), got {action_codebook_size!r}')
 
         self.dim_model, self.dim_latent = dim_model, dim_latent
         self.code = make_latent_code(latent_code, code_temperature, code_straight_through)
@@ -149,7 +157,12 @@ class MetaController(Checkpointable, nn.Module):
         )
         self.switching = SwitchingUnit(dim_model, dim_history, dim_latent, dim_meta_controller, switch_gumbel_temperature)
         self.decoder = ControllerDecoder(dim_latent, dim_model, dim_hypernetwork_hidden, hypernetwork_low_rank)
-        self.policy = CausalPolicy(dim_model, dim_latent, dim_policy, self.code.params)
+        self.action_codebook_size = action_codebook_size
+        if action_codebook_size is None:
+            self.policy = CausalPolicy(dim_model, dim_latent, dim_policy, self.code.params)
+        else:
+            self.policy = CausalPolicy(dim_model, action_codebook_size, dim_policy, 1)   # K logits
+            self.register_buffer('action_codebook', torch.zeros(action_codebook_size, dim_latent))
 
         self.ratio_loss_weight = ratio_loss_weight
         self.target_segment_length = target_segment_length
@@ -207,6 +220,25 @@ class MetaController(Checkpointable, nn.Module):
 
     # internal RL
 
+    @property
+    def action_code(self):
+        """What internal RL's policy draws z from: the code family of discovery (the paper), or the codebook's rows."""
+        return self.code if self.action_codebook_size is None else CodebookCode(self.action_codebook)
+
+    def with_action_codebook(self, codebook: Tensor) -> MetaController:
+        """A copy whose internal-RL policy chooses z among the rows of `codebook` (K, n_z) (not in the paper),
+        e.g. `codes.kmeans` centroids of the codes discovery uses: a fresh policy with K logits, started
+        near uniform; the switching unit, decoder and encoder are this one's."""
+        if not torch.is_tensor(codebook) or codebook.ndim != 2 or codebook.shape[1] != self.dim_latent or len(codebook) < 2:
+            given = tuple(codebook.shape) if torch.is_tensor(codebook) else type(codebook).__name__
+            raise ValueError(f'codebook must be (K >= 2, n_z = {self.dim_latent}) codes, got {given}')
+        args, kwargs = self._config
+        copy = type(self)(*args, **{**kwargs, 'action_codebook_size': len(codebook)})
+        kept = {k: v for k, v in self.state_dict().items() if not k.startswith('policy.') and k != 'action_codebook'}
+        copy.load_state_dict(kept, strict = False)
+        copy.action_codebook.copy_(codebook)
+        return copy.to(next(self.parameters()).device).train(self.training)
+
     def step(
         self,
         stream: Tensor,
@@ -236,7 +268,7 @@ class MetaController(Checkpointable, nn.Module):
         switch = decisions(beta)
         if prev is None or bool(switch.all()):
             dist, policy_hidden = self.policy.step(stream, policy_hidden)
-            latent = proposal = self.code.sample(dist, deterministic)
+            latent = proposal = self.action_code.sample(dist, deterministic)
         else:
             # the policy lives on the abstract timescale: it runs only on the rows that decide (over every row,
             # its GRU was half of this step at 1,024 rows, 12% deciding); the other rows report the code in
@@ -246,7 +278,7 @@ class MetaController(Checkpointable, nn.Module):
             if len(rows):
                 new_dist, new_hidden = self.policy.step(stream[rows], policy_hidden[rows])
                 dist, policy_hidden = dist.index_copy(0, rows, new_dist), policy_hidden.index_copy(0, rows, new_hidden)
-                latent = proposal = latent.index_copy(0, rows, self.code.sample(new_dist, deterministic))
+                latent = proposal = latent.index_copy(0, rows, self.action_code.sample(new_dist, deterministic))
         history = gru_step(self.history, stream, history)
         controlled = self.decoder.control(latent, stream, self.control_scale)
 
@@ -256,8 +288,9 @@ class MetaController(Checkpointable, nn.Module):
         )
 
     def log_prob(self, action_dist: Tensor, actions: Tensor) -> Tensor:
-        """Joint log-prob of sampled latents (..., n_z) under (..., n_z, k), summed over n_z."""
-        return self.code.log_prob(action_dist, actions)
+        """Joint log-prob of sampled latents (..., n_z) under the policy's (..., n_z, k), summed over n_z
+        (with an action codebook: of the chosen row under (..., K, 1))."""
+        return self.action_code.log_prob(action_dist, actions)
 
     def policy_loss(
         self,

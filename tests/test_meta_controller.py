@@ -1,9 +1,14 @@
 """SPEC §8 traps for the metacontroller: control index, β direction, the fast
 recurrence, KL, padding, log-probs."""
+import math
+import re
+
 import pytest
 import torch
 from torch.distributions import Normal
 
+from metacontroller import MetaController
+from metacontroller.codes import kmeans
 from metacontroller.hypernetwork import ControllerDecoder
 from metacontroller.policy import gaussian_log_prob, gaussian_sample
 from metacontroller.switching import Switching, SwitchingUnit
@@ -245,13 +250,14 @@ def test_bad_ratio_loss_settings_are_refused(kwargs):
         tiny_meta_controller(**kwargs)
 
 
-@pytest.mark.parametrize('code, rank', [('gaussian', 4), ('categorical', 4), ('gaussian', None)])
+@pytest.mark.parametrize('code, rank', [('gaussian', 4), ('categorical', 4), ('gaussian', None), ('codebook', 4)])
 def test_the_policy_runs_only_on_the_rows_that_decide(code, rank, monkeypatch):
     """A step where some rows decide equals the policy run on every row, at those rows; the other rows keep
     their code, policy state and the distribution their code was drawn from, and a step where no row
     decides does not run the policy at all. Control is the decoder's for the code in force."""
     torch.manual_seed(0)
-    meta = randomize_controller_(tiny_meta_controller(latent_code = code, hypernetwork_low_rank = rank)).eval()
+    meta = randomize_controller_(tiny_meta_controller(latent_code = 'gaussian' if code == 'codebook' else code, hypernetwork_low_rank = rank))
+    meta = (meta.with_action_codebook(3 * torch.randn(6, LATENT)) if code == 'codebook' else meta).eval()
     with torch.no_grad():
         meta.policy.head.weight.normal_()   # a policy whose output depends on its input and state
         first = meta.step(torch.randn(5, DIM))
@@ -259,7 +265,7 @@ def test_the_policy_runs_only_on_the_rows_that_decide(code, rank, monkeypatch):
         stream, decide = torch.randn(5, DIM), torch.tensor([1., 0., 1., 0., 0.])
         step = meta.step(stream, second, force_beta = decide, deterministic = True)
         dist, hidden = meta.policy.step(stream, second.policy_hidden)
-        latent = meta.code.sample(dist, deterministic = True)
+        latent = meta.action_code.sample(dist, deterministic = True)
 
         rows, held = decide.bool(), ~decide.bool()
         assert torch.allclose(step.action_dist[rows, 0], dist[rows], atol = 1e-6)
@@ -275,3 +281,54 @@ def test_the_policy_runs_only_on_the_rows_that_decide(code, rank, monkeypatch):
         monkeypatch.setattr(meta.policy, 'step', lambda *args: pytest.fail('the policy ran on a step where no row decides'))
         idle = meta.step(stream, step, force_beta = 0.)
         assert torch.equal(idle.latent, step.latent) and torch.equal(idle.action_dist, step.action_dist)
+
+
+def test_an_action_codebook_policy_chooses_among_its_rows(tmp_path):
+    """with_action_codebook: a copy whose fresh policy draws z among K given codes, starting near uniform;
+    every other weight is the original's, which is left as it was. log_prob is the chosen row's under the
+    K logits, PPO's gradient reaches only the policy, and a checkpoint keeps the codebook."""
+    meta = randomize_controller_(tiny_meta_controller())
+    before = {k: v.clone() for k, v in meta.state_dict().items()}
+    codebook = 3 * torch.randn(5, LATENT)
+    chooser = meta.with_action_codebook(codebook)
+    assert chooser.action_codebook_size == 5 and torch.equal(chooser.action_codebook, codebook)
+    assert all(torch.equal(before[k], v) for k, v in meta.state_dict().items()) and meta.action_codebook_size is None
+    assert all(torch.equal(before[k], v) for k, v in chooser.state_dict().items() if not k.startswith('policy.') and k != 'action_codebook')
+
+    stream = torch.randn(64, DIM)
+    step = chooser.step(stream)
+    index = torch.cdist(step.actions[:, 0], codebook).argmin(dim = -1)
+    assert torch.equal(step.actions[:, 0], codebook[index]) and step.action_dist.shape == (64, 1, 5, 1)
+    log_probs = chooser.log_prob(step.action_dist[:, 0], step.actions[:, 0])
+    expected = torch.distributions.Categorical(logits = step.action_dist[:, 0, :, 0]).log_prob(index)
+    assert torch.allclose(log_probs, expected) and torch.allclose(log_probs, torch.full_like(log_probs, -math.log(5)), atol = 1e-2)
+    assert len(index.unique()) > 1   # it samples, not always the same row
+
+    t = 4
+    states = torch.randn(3, t, DIM)
+    loss = chooser.policy_loss(states, torch.full((3, t), -math.log(5)), codebook[torch.randint(5, (3, t))], torch.randn(3),
+                               torch.ones(3, t))
+    loss.backward()
+    trained = {name for name, p in chooser.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert trained and all(name.startswith('policy.') for name in trained)
+
+    chooser.save(tmp_path / 'chooser.pt')
+    loaded = MetaController.init_and_load(tmp_path / 'chooser.pt')
+    assert torch.equal(loaded.action_codebook, codebook)
+    assert torch.equal(loaded.step(stream, deterministic = True).actions, chooser.step(stream, deterministic = True).actions)
+
+    for bad in (torch.randn(5, LATENT + 1), torch.randn(1, LATENT), torch.randn(LATENT)):
+        with pytest.raises(ValueError, match = f'codebook must be \\(K >= 2, n_z = {LATENT}\\) codes, got {re.escape(str(tuple(bad.shape)))}'):
+            meta.with_action_codebook(bad)
+    with pytest.raises(ValueError, match = 'action_codebook_size must be None'):
+        tiny_meta_controller(action_codebook_size = 1)
+
+
+def test_kmeans_finds_separated_clusters_and_is_seeded():
+    centres = torch.tensor([[0., 0.], [6., 6.], [-6., 6.], [6., -6.]])
+    points = (centres[:, None] + 0.3 * torch.randn(4, 200, 2)).flatten(0, 1)
+    found = kmeans(points, 4, seed = 3)
+    assert torch.cdist(found, centres).min(dim = 0).values.max() < 0.1   # each centre has a centroid beside it
+    assert torch.equal(found, kmeans(points, 4, seed = 3))
+    with pytest.raises(ValueError, match = r'k-means needs 1 <= k <= the number of points \(800\), got k = 801'):
+        kmeans(points, 801)

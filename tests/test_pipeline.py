@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from metacontroller import MetaController
 from metacontroller.envs.pinpad_expert import generate_pinpad_demos, pinpad_action_sets
 from metacontroller.pipeline import control, data, discover, pretrain, runner, steering
 from metacontroller.pipeline.adapters.babyai import babyai_adapter
@@ -338,6 +339,8 @@ def test_changed_settings_need_force_or_a_new_folder(smoke_run):
     (['--rl.task', 'ABX'], "--rl.task: subgoal names must be a non-empty string over 'ABCD', got 'ABX'"),
     (['--discovery.select_alpha', 'best'], "--discovery.select_alpha must be one of fixed, switch_f1, got 'best'"),
     (['--discovery.target_segment_length', '0.5'], '--discovery.target_segment_length must be > 1 (steps per segment), got 0.5'),
+    (['--rl.codebook', '1'], '--rl.codebook must be 0 (off: a Gaussian over z, the paper) or >= 2 codes to choose among, got 1'),
+    (['--rl.codebook', '-2'], '--rl.codebook must be >= 0, got -2'),
 ])
 def test_bad_flags_are_rejected_before_any_work(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit):
@@ -356,6 +359,21 @@ def test_another_held_out_task_runs_end_to_end(tmp_path):
     sweep = result['discovery']['alpha_sweep']
     assert result['discovery']['alpha'] == max(sweep, key = lambda p: p['switch_f1'])['alpha']
     assert result['discovery']['selected_by'] == 'switch_f1' and 0 <= result['rl']['internal']['success'] <= 1
+
+
+def test_an_action_codebook_reaches_internal_rl_and_beta1(smoke_run, tmp_path):
+    """--rl.codebook K: internal RL and β ≡ 1 choose among K k-means centroids of the held codes on the
+    discovery data (the same for both), and the record says how the codes split among them."""
+    smoke_tmp, _ = smoke_run
+    shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
+    result = run(tmp_path, '--phases', 'rl,baselines', '--force', '--rl.codebook', '3')
+    codebook = result['rl']['internal']['codebook']
+    assert codebook['size'] == 3 and math.isclose(sum(codebook['share']), 1, abs_tol = 1e-5) and 0 < codebook['purity'] <= 1
+    assert len(codebook['majority_subgoal']) == 3 and codebook['codes'] > 3
+    internal = MetaController.init_and_load(tmp_path / 'run' / 'rl' / 'meta_controller.pt')
+    beta1 = MetaController.init_and_load(tmp_path / 'run' / 'baselines' / 'beta1_meta_controller.pt')
+    assert internal.action_codebook_size == 3 and torch.equal(internal.action_codebook, beta1.action_codebook)
+    assert 0 <= result['rl']['internal']['success'] <= 1
 
 
 def test_steering_rows_share_their_episodes():

@@ -18,23 +18,10 @@ import argparse
 from pathlib import Path
 
 import torch
-from torch_einops_utils import lens_to_mask
 
 from metacontroller import MetaController, Transformer
 from metacontroller.pipeline import data
-from metacontroller.pipeline.data import ordered_batches
-
-
-@torch.no_grad()
-def held_codes(model, meta, dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """The held code z at every labelled valid step (N, n_z), and the step's subgoal (N,)."""
-    codes, subgoals = [], []
-    for batch in ordered_batches(dataset, 256, 'cpu'):
-        latent = meta(model.residual_stream(batch.observations, condition = batch.condition), batch.episode_lens).latent
-        mask = lens_to_mask(batch.episode_lens, latent.shape[1]) & (batch.subgoals >= 0)
-        codes.append(latent[mask])
-        subgoals.append(batch.subgoals.long()[mask])
-    return torch.cat(codes), torch.cat(subgoals)
+from metacontroller.pipeline.codebook import held_codes
 
 
 def nearest(codes: torch.Tensor, means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -59,7 +46,8 @@ def main():
     for run_dir in args.run_dirs:
         model = Transformer.init_and_load(run_dir / 'pretrain' / 'model.pt').eval()
         meta = MetaController.init_and_load(run_dir / 'discover' / 'meta_controller.pt').eval()
-        codes, subgoals = held_codes(model, meta, data.load(run_dir / 'data', 'heldout'))
+        codes, subgoals = held_codes(model, meta, data.load(run_dir / 'data', 'heldout'), 'cpu')
+        codes, subgoals = codes[subgoals >= 0], subgoals[subgoals >= 0]   # the labelled steps
         k = int(subgoals.max()) + 1
         means = torch.stack([codes[subgoals == s].mean(dim = 0) for s in range(k)])
         spread = [(codes[subgoals == s] - means[s]).norm(dim = -1).mean().item() for s in range(k)]

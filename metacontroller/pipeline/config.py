@@ -126,6 +126,8 @@ class RLPhaseConfig:
     eval_episodes: int = knob(256, 'episodes per learning-curve evaluation')
     final_eval_episodes: int = knob(1_000, 'fresh post-task episodes for the final success rate')
     deterministic_eval: bool = knob(False, 'final evaluation with greedy (True) or sampled (False) latents and actions')
+    codebook: int = knob(0, 'internal RL and beta = 1 choose among this many k-means centroids of the codes discovery '
+                            'holds on its data (no labels; not the paper); 0: a Gaussian over z, the paper')
 
     def run_config(self, lr: float) -> RLConfig:
         """The settings of one RL run at learning rate `lr`."""
@@ -244,7 +246,8 @@ def _check_setting(key: str, value) -> list[str]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return []
     if isinstance(value, int):
-        low = 0 if name.endswith('_steps') or key == 'pretrain.steps' else 1   # pretrain: 0 uses --pretrain.init as is
+        # pretrain: 0 uses --pretrain.init as is; codebook: 0 is off
+        low = 0 if name.endswith('_steps') or key in ('pretrain.steps', 'rl.codebook') else 1
         return [] if value >= low else [f'--{key} must be >= {low}, got {value}']
     positive = name in POSITIVE_RATES or name.endswith('_lr')
     if math.isfinite(value) and (value > 0 if positive else value >= 0):
@@ -262,6 +265,8 @@ def _check_together(config: PipelineConfig, flat: dict[str, Any]) -> list[str]:
         problems.append(f'--discovery.latent_code must be one of {", ".join(CODES)}, got {config.discovery.latent_code!r}')
     if config.discovery.target_segment_length <= 1:
         problems.append(f'--discovery.target_segment_length must be > 1 (steps per segment), got {config.discovery.target_segment_length}')
+    if config.rl.codebook == 1:
+        problems.append('--rl.codebook must be 0 (off: a Gaussian over z, the paper) or >= 2 codes to choose among, got 1')
     if config.discovery.select_alpha not in SELECT_ALPHA:
         problems.append(f'--discovery.select_alpha must be one of {", ".join(SELECT_ALPHA)}, got {config.discovery.select_alpha!r}')
     for flag, path in (('--pretrain.init', config.pretrain.init), ('--discovery.init', config.discovery.init)):

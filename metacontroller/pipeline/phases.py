@@ -15,7 +15,7 @@ from loguru import logger
 from metacontroller import MetaController, Transformer
 from metacontroller.checkpoint import Checkpointable
 from metacontroller.distributed import SINGLE, Process
-from metacontroller.pipeline import control, data, discover, pretrain, probe, report, rl_phase, steering
+from metacontroller.pipeline import codebook, control, data, discover, pretrain, probe, report, rl_phase, steering
 from metacontroller.pipeline.adapter import EnvAdapter
 from metacontroller.pipeline.config import PipelineConfig
 from metacontroller.pipeline.files import read_json, write_json
@@ -23,6 +23,7 @@ from metacontroller.pipeline.models import build_meta_controller, build_transfor
 from metacontroller.rl import evaluate
 from metacontroller.subgoal_controller import SubgoalController
 
+CODEBOOK_EPISODES = 2_000      # discovery episodes whose held codes k-means reads for --rl.codebook
 PROGRESS_PREFIX = 'progress_'   # <phase>/progress_<run>.pt: a run's progress (every training loop), kept until --force redoes the phase
 
 
@@ -217,16 +218,30 @@ def run_discover(run: Run) -> dict:
     return metrics
 
 
+def rl_meta_controller(run: Run, model: Transformer) -> tuple[MetaController, dict]:
+    """The discovered metacontroller, or with --rl.codebook K its copy that chooses among K k-means centroids
+    of the codes it holds on the discovery data (and the codebook's summary; empty without one)."""
+    meta, k = run.load_meta_controller(), run.config.rl.codebook
+    if not k:
+        return meta, {}
+    meta, summary = codebook.fit(model, meta, data.load(run.data_dir, 'discovery').head(CODEBOOK_EPISODES), k, run.seed, run.device)
+    logger.info(f'action codebook: {k} k-means centroids of {summary["codes"]} held codes; shares '
+                f'{[round(v, 3) for v in summary["share"]]}, purity against the subgoal labels {summary["purity"]:.3f}')
+    return meta, dict(codebook = summary)
+
+
 def run_rl(run: Run) -> dict:
-    model, meta = run.load_model(), run.load_meta_controller()
+    model = run.load_model()
+    meta, codes = rl_meta_controller(run, model)
     summary, trained = rl_phase.internal(model, meta, run.adapter.make_envs((run.adapter.post_task,)), run.config.rl, run.seed,
                                          run.progress, run.process, progress_file = run.progress_path('rl', 'internal'))
     run.save(trained, 'rl', 'meta_controller.pt')
-    return dict(internal = summary)
+    return dict(internal = dict(summary, **codes))
 
 
 def run_baselines(run: Run) -> dict:
-    model, meta = run.load_model(), run.load_meta_controller()
+    model = run.load_model()
+    meta, _ = rl_meta_controller(run, model)
     make_envs = run.adapter.make_envs((run.adapter.post_task,))
     raw, raw_model = rl_phase.raw_action(model, make_envs, run.config.rl, run.seed, run.progress, run.process,
                                          progress_file = run.progress_path('baselines', 'raw_action'))

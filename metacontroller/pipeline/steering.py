@@ -14,11 +14,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch_einops_utils import lens_to_mask
 
 from metacontroller import MetaController, Transformer
 from metacontroller.demos import DemoDataset
-from metacontroller.pipeline.data import ordered_batches
+from metacontroller.pipeline.codebook import held_codes
 from metacontroller.rl.rollout import run_episodes
 from metacontroller.rl.seeds import eval_seed, seeded
 
@@ -28,17 +27,13 @@ def subgoal_codes(model: Transformer, meta_controller: MetaController, dataset: 
                   device: str, batch_size: int = 256) -> torch.Tensor:
     """(K, n_z): the mean held code z over the valid labelled steps of each subgoal (z is built from sampled
     proposals, as in training), snapped to the nearest code: a discrete code's mean is not itself a code."""
-    sums, counts = torch.zeros(num_subgoals, meta_controller.dim_latent, device = device), torch.zeros(num_subgoals, device = device)
-    for batch in ordered_batches(dataset, batch_size, device):
-        stream = model.residual_stream(batch.observations, condition = batch.condition)
-        latent = meta_controller(stream, batch.episode_lens).latent
-        mask = lens_to_mask(batch.episode_lens, latent.shape[1]) & (batch.subgoals >= 0)   # -1: an unlabelled step
-        labels = batch.subgoals.long()[mask]
-        sums.index_add_(0, labels, latent[mask].float())
-        counts += torch.bincount(labels, minlength = num_subgoals)
+    codes, subgoals = held_codes(model, meta_controller, dataset, device, batch_size)
+    labelled = subgoals >= 0   # -1: an unlabelled step
+    counts = torch.bincount(subgoals[labelled], minlength = num_subgoals)
     if (counts == 0).any():
         missing = (counts == 0).nonzero().flatten().tolist()
         raise ValueError(f'the steering check needs steps of every subgoal in 0..{num_subgoals - 1}, but subgoals {missing} never occur in the data')
+    sums = codes.new_zeros(num_subgoals, meta_controller.dim_latent).index_add_(0, subgoals[labelled], codes[labelled])
     return meta_controller.code.nearest(sums / counts[:, None])
 
 

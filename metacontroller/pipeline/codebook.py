@@ -1,0 +1,57 @@
+"""The codes discovery uses, and internal RL's optional action codebook (`--rl.codebook K`; not in the paper).
+
+The paper's internal RL draws z from a Gaussian policy that starts at the N(0, I) prior. On pinpad the
+discovered codes of each subgoal form a cloud offset from 0, and prior samples fall between the clouds
+more often than the held codes do (docs/reproduction.md, "the prior sits between the subgoals' codes").
+With a codebook, the policy instead chooses among K centroids that k-means finds among the held codes
+z of the discovery data; no label enters. The labels are read afterwards, only to report how pure
+each centroid's cluster is.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch_einops_utils import lens_to_mask
+
+from metacontroller import MetaController, Transformer
+from metacontroller.codes import kmeans
+from metacontroller.demos import DemoDataset
+from metacontroller.pipeline.data import ordered_batches
+
+
+class HeldCodes(NamedTuple):
+    codes: torch.Tensor      # the held code z at every valid step (N, n_z), built from sampled proposals as in training
+    subgoals: torch.Tensor   # the step's subgoal label (N,), -1 where unlabelled
+
+
+@torch.no_grad()
+def held_codes(model: Transformer, meta_controller: MetaController, dataset: DemoDataset, device: str,
+               batch_size: int = 256) -> HeldCodes:
+    codes, subgoals = [], []
+    for batch in ordered_batches(dataset, batch_size, device):
+        stream = model.residual_stream(batch.observations, condition = batch.condition)
+        latent = meta_controller(stream, batch.episode_lens).latent
+        mask = lens_to_mask(batch.episode_lens, latent.shape[1])
+        codes.append(latent[mask].float())
+        subgoals.append(batch.subgoals.long()[mask])
+    return HeldCodes(torch.cat(codes), torch.cat(subgoals))
+
+
+def fit(model: Transformer, meta_controller: MetaController, dataset: DemoDataset, k: int, seed: int,
+        device: str) -> tuple[MetaController, dict]:
+    """A copy of the metacontroller whose policy chooses among the k-means centroids (k, n_z) of the codes
+    it holds on `dataset`, and a summary: each centroid's share of the codes, the subgoal most of its
+    codes carry, and the purity (the share of codes whose cluster's majority is their own subgoal,
+    over the labelled steps)."""
+    with torch.random.fork_rng(devices = [torch.device(device)] if torch.device(device).type == 'cuda' else []):
+        torch.manual_seed(seed)   # the held codes are built from sampled proposals: every rank must fit the same codebook
+        held = held_codes(model, meta_controller, dataset, device)
+    centroids = kmeans(held.codes, k, seed = seed)
+    cluster = torch.cdist(held.codes, centroids).argmin(dim = -1)
+    labelled = held.subgoals >= 0
+    counts = torch.zeros(k, int(held.subgoals.max()) + 1, device = cluster.device)
+    counts.index_put_((cluster[labelled], held.subgoals[labelled]), torch.ones(()), accumulate = True)
+    summary = dict(size = k, codes = len(held.codes), share = (torch.bincount(cluster, minlength = k) / len(cluster)).tolist(),
+                   majority_subgoal = counts.argmax(dim = -1).tolist(), purity = (counts.max(dim = -1).values.sum() / counts.sum()).item())
+    return meta_controller.with_action_codebook(centroids), summary
