@@ -1,0 +1,72 @@
+"""The comparisons of internal RL over an action codebook (`--rl.codebook K`), run on a finished run folder
+with the RL settings of its config.json (issue 15; docs/reproduction.md, "Internal RL over a codebook"):
+
+- `beta1`: the β ≡ 1 baseline over the same k-means codebook (a fresh choice at every raw step);
+- `random`: internal RL over K random N(0, I) draws instead of the centroids (seeded by the run's seed);
+- `raw`: the raw-action baseline alone (the `baselines` phase runs it together with β ≡ 1);
+- `final`: the phase's final evaluation of an internal-RL run stopped before its budget, on the policy
+  its progress file holds.
+
+Each trains with `--budget` episodes (default: the folder's) and saves its progress beside the phase's
+own files, so a stopped run goes on; the summary goes to a JSON file in the same place.
+
+    python docs/experiments/codebook_rl.py beta1 runs/cb4 --budget 400000
+"""
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from metacontroller.pipeline import rl_phase
+from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
+from metacontroller.pipeline.config import from_dict, override
+from metacontroller.pipeline.files import write_json
+from metacontroller.pipeline.phases import Run, rl_meta_controller
+
+SUMMARY = ('success', 'success_by_policy', 'episodes', 'initial_success')
+
+
+def main():
+    parser = argparse.ArgumentParser(description = __doc__.split('\n\n')[0])
+    parser.add_argument('mode', choices = ('beta1', 'random', 'raw', 'final'))
+    parser.add_argument('run_dir', type = Path, help = 'a pinpad run folder whose discover phase has run')
+    parser.add_argument('--budget', type = int, help = 'training episodes (default: --rl.total_episodes of the folder)')
+    parser.add_argument('--threads', type = int, default = 1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    saved = json.loads((args.run_dir / 'config.json').read_text())
+    config = from_dict(saved['config'])
+    if args.budget:
+        config = override(config, {'rl.total_episodes': args.budget})
+    run = Run(args.run_dir, config, pinpad_adapter().for_config(config), seed = saved['seed'], progress = False)
+    model = run.load_model()
+    make_envs = run.adapter.make_envs((run.adapter.post_task,))
+    phase = 'rl' if args.mode in ('random', 'final') else 'baselines'
+    (args.run_dir / phase).mkdir(exist_ok = True)
+
+    if args.mode == 'raw':
+        summary, _ = rl_phase.raw_action(model, make_envs, config.rl, run.seed, False, progress_file = run.progress_path(phase, 'raw_action'))
+    elif args.mode == 'random':
+        meta = run.load_meta_controller()
+        codebook = torch.randn(config.rl.codebook, meta.dim_latent, generator = torch.Generator().manual_seed(run.seed))
+        summary, _ = rl_phase.internal(model, meta.with_action_codebook(codebook), make_envs, config.rl, run.seed, False,
+                                       progress_file = run.progress_path(phase, 'random_codebook'))
+        summary['codebook'] = codebook.tolist()
+    else:
+        meta, codes = rl_meta_controller(run, model)
+        if args.mode == 'beta1':
+            summary, _ = rl_phase.internal(model, meta, make_envs, config.rl, run.seed, False, force_beta = 1.,
+                                           progress_file = run.progress_path(phase, 'beta1'))
+        else:
+            progress = torch.load(run.progress_path(phase, 'internal'), map_location = 'cpu', weights_only = True)
+            meta.load_state_dict(progress['module'])
+            summary = dict(rl_phase.final_success(model, make_envs, config.rl, run.seed, meta.eval()), episodes = progress['episodes'],
+                           initial_success = progress['curve'][0][1])
+        summary.update(codes)
+    write_json(args.run_dir / phase / f'codebook_rl_{args.mode}.json', summary)
+    print({k: summary[k] for k in SUMMARY if k in summary})
+
+
+if __name__ == '__main__':
+    main()
