@@ -28,6 +28,7 @@ class HeldCodes(NamedTuple):
 @torch.no_grad()
 def held_codes(model: Transformer, meta_controller: MetaController, dataset: DemoDataset, device: str,
                batch_size: int = 256) -> HeldCodes:
+    """The code z the metacontroller holds at every valid step of `dataset`'s episodes, and the step's label."""
     codes, subgoals = [], []
     for batch in ordered_batches(dataset, batch_size, device):
         stream = model.residual_stream(batch.observations, condition = batch.condition)
@@ -49,9 +50,10 @@ def fit(model: Transformer, meta_controller: MetaController, dataset: DemoDatase
         held = held_codes(model, meta_controller, dataset, device)
     centroids = kmeans(held.codes, k, seed = seed)
     cluster = torch.cdist(held.codes, centroids).argmin(dim = -1)
+    summary = dict(size = k, codes = len(held.codes), share = (torch.bincount(cluster, minlength = k) / len(cluster)).tolist())
     labelled = held.subgoals >= 0
-    counts = torch.zeros(k, int(held.subgoals.max()) + 1, device = cluster.device)
-    counts.index_put_((cluster[labelled], held.subgoals[labelled]), torch.ones(()), accumulate = True)
-    summary = dict(size = k, codes = len(held.codes), share = (torch.bincount(cluster, minlength = k) / len(cluster)).tolist(),
-                   majority_subgoal = counts.argmax(dim = -1).tolist(), purity = (counts.max(dim = -1).values.sum() / counts.sum()).item())
+    if labelled.any():   # data without subgoal labels has no purity to report
+        counts = torch.zeros(k, int(held.subgoals.max()) + 1, device = cluster.device)
+        counts.index_put_((cluster[labelled], held.subgoals[labelled]), torch.ones(()), accumulate = True)
+        summary.update(majority_subgoal = counts.argmax(dim = -1).tolist(), purity = (counts.max(dim = -1).values.sum() / counts.sum()).item())
     return meta_controller.with_action_codebook(centroids), summary

@@ -225,8 +225,9 @@ def rl_meta_controller(run: Run, model: Transformer) -> tuple[MetaController, di
     if not k:
         return meta, {}
     meta, summary = codebook.fit(model, meta, data.load(run.data_dir, 'discovery').head(CODEBOOK_EPISODES), k, run.seed, run.device)
+    purity = f', purity against the subgoal labels {summary["purity"]:.3f}' if 'purity' in summary else ''
     logger.info(f'action codebook: {k} k-means centroids of {summary["codes"]} held codes; shares '
-                f'{[round(v, 3) for v in summary["share"]]}, purity against the subgoal labels {summary["purity"]:.3f}')
+                f'{[round(v, 3) for v in summary["share"]]}{purity}')
     return meta, dict(codebook = summary)
 
 
