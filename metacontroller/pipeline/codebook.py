@@ -9,7 +9,7 @@ each centroid's cluster is.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
 from torch_einops_utils import lens_to_mask
@@ -26,16 +26,21 @@ class HeldCodes(NamedTuple):
 
 
 @torch.no_grad()
-def held_codes(model: Transformer, meta_controller: MetaController, dataset: DemoDataset, device: str,
-               batch_size: int = 256) -> HeldCodes:
-    """The code z the metacontroller holds at every valid step of `dataset`'s episodes, and the step's label."""
-    codes, subgoals = [], []
+def held_code_batches(model: Transformer, meta_controller: MetaController, dataset: DemoDataset, device: str,
+                      batch_size: int = 256) -> Iterator[HeldCodes]:
+    """The code z the metacontroller holds at every valid step of `dataset`'s episodes, and the step's label,
+    one batch of episodes at a time (a reader that only sums them need not hold them all)."""
     for batch in ordered_batches(dataset, batch_size, device):
         stream = model.residual_stream(batch.observations, condition = batch.condition)
         latent = meta_controller(stream, batch.episode_lens).latent
         mask = lens_to_mask(batch.episode_lens, latent.shape[1])
-        codes.append(latent[mask].float())
-        subgoals.append(batch.subgoals.long()[mask])
+        yield HeldCodes(latent[mask].float(), batch.subgoals.long()[mask])
+
+
+def held_codes(model: Transformer, meta_controller: MetaController, dataset: DemoDataset, device: str,
+               batch_size: int = 256) -> HeldCodes:
+    """`held_code_batches`, all of them together."""
+    codes, subgoals = zip(*held_code_batches(model, meta_controller, dataset, device, batch_size))
     return HeldCodes(torch.cat(codes), torch.cat(subgoals))
 
 

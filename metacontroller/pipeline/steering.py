@@ -17,7 +17,7 @@ import torch
 
 from metacontroller import MetaController, Transformer
 from metacontroller.demos import DemoDataset
-from metacontroller.pipeline.codebook import held_codes
+from metacontroller.pipeline.codebook import held_code_batches
 from metacontroller.rl.rollout import run_episodes
 from metacontroller.rl.seeds import eval_seed, seeded
 
@@ -27,13 +27,14 @@ def subgoal_codes(model: Transformer, meta_controller: MetaController, dataset: 
                   device: str, batch_size: int = 256) -> torch.Tensor:
     """(K, n_z): the mean held code z over the valid labelled steps of each subgoal (z is built from sampled
     proposals, as in training), snapped to the nearest code: a discrete code's mean is not itself a code."""
-    codes, subgoals = held_codes(model, meta_controller, dataset, device, batch_size)
-    labelled = subgoals >= 0   # -1: an unlabelled step
-    counts = torch.bincount(subgoals[labelled], minlength = num_subgoals)
+    sums, counts = torch.zeros(num_subgoals, meta_controller.dim_latent, device = device), torch.zeros(num_subgoals, device = device)
+    for codes, subgoals in held_code_batches(model, meta_controller, dataset, device, batch_size):
+        labelled = subgoals >= 0   # -1: an unlabelled step
+        sums.index_add_(0, subgoals[labelled], codes[labelled])
+        counts += torch.bincount(subgoals[labelled], minlength = num_subgoals)
     if (counts == 0).any():
         missing = (counts == 0).nonzero().flatten().tolist()
         raise ValueError(f'the steering check needs steps of every subgoal in 0..{num_subgoals - 1}, but subgoals {missing} never occur in the data')
-    sums = codes.new_zeros(num_subgoals, meta_controller.dim_latent).index_add_(0, subgoals[labelled], codes[labelled])
     return meta_controller.code.nearest(sums / counts[:, None])
 
 
