@@ -5,7 +5,9 @@ with the RL settings of its config.json (issue 15; docs/reproduction.md, "Intern
 - `random`: internal RL over K random N(0, I) draws instead of the centroids (seeded by the run's seed);
 - `raw`: the raw-action baseline alone (the `baselines` phase runs it together with β ≡ 1);
 - `final`: the phase's final evaluation of an internal-RL run stopped before its budget, on the policy
-  its progress file holds.
+  its progress file holds, and the folder's ground-truth controllers on the same episodes (sampled and
+  greedy), for the ratio the issue sets its bar on. `--episodes N` evaluates on N episodes instead of
+  `--rl.final_eval_episodes` (5,000 puts a standard error of about 0.006 on a success near 0.2).
 
 Each trains with `--budget` episodes (default: the folder's) and saves its progress beside the phase's
 own files, so a stopped run goes on; the summary goes to a JSON file in the same place.
@@ -21,10 +23,22 @@ import torch
 from metacontroller.pipeline import rl_phase
 from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 from metacontroller.pipeline.config import from_dict, override
+from metacontroller.pipeline.control import subgoal_intervention
 from metacontroller.pipeline.files import write_json
 from metacontroller.pipeline.phases import Run, rl_meta_controller
+from metacontroller.rl import evaluate
+from metacontroller.rl.seeds import final_eval_seed
+from metacontroller.subgoal_controller import SubgoalController
 
-SUMMARY = ('success', 'success_by_policy', 'episodes', 'initial_success')
+SUMMARY = ('success', 'success_by_policy', 'controllers', 'episodes', 'initial_success')
+
+
+def controllers_success(run: Run, model, make_envs, config) -> dict:
+    """The folder's ground-truth controllers on the final evaluation's episodes (the same seeds), sampled and greedy."""
+    intervene = subgoal_intervention(SubgoalController.init_and_load(run.path('control', 'controller.pt')).eval())
+    return {name: evaluate(model, make_envs, config.final_eval_episodes, seed = final_eval_seed(run.seed), deterministic = greedy,
+                           batch_size = config.num_envs, intervention = intervene).success
+            for name, greedy in (('sampled', False), ('greedy', True))}
 
 
 def main():
@@ -32,13 +46,18 @@ def main():
     parser.add_argument('mode', choices = ('beta1', 'random', 'raw', 'final'))
     parser.add_argument('run_dir', type = Path, help = 'a pinpad run folder whose discover phase has run')
     parser.add_argument('--budget', type = int, help = 'training episodes (default: --rl.total_episodes of the folder)')
+    parser.add_argument('--episodes', type = int, help = '`final`: evaluation episodes (default: --rl.final_eval_episodes of the folder)')
     parser.add_argument('--threads', type = int, default = 1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     saved = json.loads((args.run_dir / 'config.json').read_text())
     config = from_dict(saved['config'])
+    if args.episodes is not None and (args.mode != 'final' or args.episodes < 1):
+        parser.error(f'--episodes is the number of evaluation episodes of `final` (>= 1); got {args.episodes} with {args.mode}')
     if args.budget:
         config = override(config, {'rl.total_episodes': args.budget})
+    if args.episodes:
+        config = override(config, {'rl.final_eval_episodes': args.episodes})
     run = Run(args.run_dir, config, pinpad_adapter().for_config(config), seed = saved['seed'], progress = False)
     model = run.load_model()
     make_envs = run.adapter.make_envs((run.adapter.post_task,))
@@ -62,9 +81,10 @@ def main():
             progress = torch.load(run.progress_path(phase, 'internal'), map_location = 'cpu', weights_only = True)
             meta.load_state_dict(progress['module'])
             summary = dict(rl_phase.final_success(model, make_envs, config.rl, run.seed, meta.eval()), episodes = progress['episodes'],
-                           initial_success = progress['curve'][0][1])
+                           initial_success = progress['curve'][0][1], controllers = controllers_success(run, model, make_envs, config.rl))
         summary.update(codes)
-    write_json(args.run_dir / phase / f'codebook_rl_{args.mode}.json', summary)
+    suffix = f'_{args.episodes}' if args.episodes else ''   # a larger evaluation keeps the default one's file
+    write_json(args.run_dir / phase / f'codebook_rl_{args.mode}{suffix}.json', summary)
     print({k: summary[k] for k in SUMMARY if k in summary})
 
 

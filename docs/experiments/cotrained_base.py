@@ -11,6 +11,12 @@ controllers' success, the phase can see controllability when a base has it.
 (the first command copies the data folder into --out, so that the second finds D* and the held-out set).
 `--label-dropout 0.5` turns the controller off on half of the episodes, so that the base must also infer
 the subgoal itself (docs/reproduction.md, "A base that infers the subgoal itself").
+
+`--codes ALPHA` uses no labels (docs/reproduction.md, "A base co-trained with its own discovered codes"):
+the base is pretrained together with a metacontroller, on the discovery objective with rotation
+consistency and the ratio loss (action NLL of the episode and of its turned copy under the same codes,
++ ALPHA·KL, both ours but the KL). The metacontroller is saved beside the base
+(`cotrained_meta_controller.pt`, for `--discovery.init`).
 """
 import argparse
 import json
@@ -24,13 +30,47 @@ from torch_einops_utils import lens_to_mask
 from tqdm.auto import tqdm
 
 from metacontroller.demos import DemoDataset
-from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
-from metacontroller.pipeline.config import default_config
+from metacontroller.pipeline.adapters.pinpad import pinpad_adapter, turn_episodes
+from metacontroller.pipeline.config import default_config, override
 from metacontroller.pipeline.control import step_labels, subgoal_intervention
 from metacontroller.pipeline.data import bucketed_batches
-from metacontroller.pipeline.models import build_transformer
+from metacontroller.pipeline.models import build_meta_controller, build_transformer
 from metacontroller.rl import evaluate
 from metacontroller.subgoal_controller import SubgoalController
+
+# the discovery settings of the study's best label-free codes (rotation consistency, ratio loss)
+CODES_DISCOVERY = {'discovery.rotation_consistency': True, 'discovery.ratio_loss_weight': 1.0, 'discovery.target_segment_length': 10.5}
+
+
+def label_loss(model, controller, label_dropout):
+    def loss_fn(batch, mask, rng):
+        stream = model.residual_stream(batch.observations)  # (b, t, d)
+        controlled = controller(stream, step_labels(batch))
+        if label_dropout > 0:
+            # a row without its label must be acted from the stream alone, as after pretraining without labels
+            labelled = torch.rand(stream.shape[0], 1, 1) >= label_dropout
+            controlled = torch.where(labelled, controlled, stream)
+        hidden = model.upper_body(controlled)
+        loss = model.action_readout(hidden, targets = batch.actions.masked_fill(~mask, 0), loss_mask = mask)
+        return loss, (loss,)
+    return loss_fn
+
+
+def code_loss(model, meta, alpha):
+    """Discovery's loss with the base trained too: the codes read from an episode steer it and its turned copy."""
+    def action_nll(observations, controlled, actions, mask):
+        hidden = model.upper_body(controlled)
+        return model.action_readout(hidden, targets = actions.masked_fill(~mask, 0), loss_mask = mask)
+
+    def loss_fn(batch, mask, rng):
+        out = meta(model.residual_stream(batch.observations), batch.episode_lens)
+        nll = action_nll(batch.observations, out.controlled, batch.actions, mask)
+        observations, actions = turn_episodes(batch.observations, batch.actions, rng)
+        turned = meta.decoder.control(out.latent, model.residual_stream(observations), meta.control_scale)
+        turned_nll = action_nll(observations, turned, actions, mask)
+        kl = out.kl[mask].mean()
+        return (nll + turned_nll) / 2 + alpha * kl + meta.ratio_loss(out.beta, mask), (nll, turned_nll, kl)
+    return loss_fn
 
 
 def main():
@@ -40,51 +80,64 @@ def main():
     parser.add_argument('--steps', type = int, default = 6_000, help = "pretraining steps (the default preset's)")
     parser.add_argument('--label-dropout', type = float, default = 0.0,
                         help = 'fraction of episodes trained without their labels (controller off), so that the base also learns to infer the subgoal')
+    parser.add_argument('--codes', type = float, metavar = 'ALPHA',
+                        help = 'no labels: co-train a metacontroller on the rotation-consistent discovery objective with this KL weight')
     parser.add_argument('--seed', type = int, default = 0)
     parser.add_argument('--threads', type = int, default = 1)
     args = parser.parse_args()
     if not 0 <= args.label_dropout <= 1:
         parser.error(f'--label-dropout is a fraction of episodes, in [0, 1]; got {args.label_dropout}')
+    if args.codes is not None and (args.codes < 0 or args.label_dropout > 0):
+        parser.error(f'--codes takes a KL weight >= 0 and uses no labels (so no --label-dropout); got {args.codes}, {args.label_dropout}')
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
     adapter, config = pinpad_adapter(), default_config()
     model = build_transformer(adapter, config.model)
-    controller = SubgoalController(config.model.dim, adapter.num_subgoals, config.control.dim_hypernetwork_hidden, config.control.low_rank)
+    if args.codes is None:
+        module = SubgoalController(config.model.dim, adapter.num_subgoals, config.control.dim_hypernetwork_hidden, config.control.low_rank)
+        loss_fn, names = label_loss(model, module, args.label_dropout), ('action_nll',)
+    else:
+        module = build_meta_controller(config.model.dim, override(config, CODES_DISCOVERY).discovery)
+        loss_fn, names = code_loss(model, module, args.codes), ('action_nll', 'turned_action_nll', 'kl')
     data = DemoDataset.load(args.data / 'pretrain.npz')
-    batches = bucketed_batches(data, config.pretrain.batch_size, np.random.default_rng(args.seed))
-    params = [*model.parameters(), *controller.parameters()]
+    rng = np.random.default_rng(args.seed)
+    batches = bucketed_batches(data, config.pretrain.batch_size, rng)
+    turns = np.random.default_rng([args.seed, 1])
+    params = [*model.parameters(), *module.parameters()]
     optimizer = torch.optim.AdamW(params, lr = config.pretrain.lr, weight_decay = config.pretrain.weight_decay)
 
     start, trace = time.time(), []
-    for _ in tqdm(range(args.steps), desc = 'co-train'):
+    bar = tqdm(range(args.steps), desc = 'co-train')
+    for step in bar:
         batch = data.batch(next(batches))
         mask = lens_to_mask(batch.episode_lens, batch.actions.shape[1])
-        stream = model.residual_stream(batch.observations)  # (b, t, d)
-        controlled = controller(stream, step_labels(batch))
-        if args.label_dropout > 0:
-            # a row without its label must be acted from the stream alone, as after pretraining without labels
-            labelled = torch.rand(stream.shape[0], 1, 1) >= args.label_dropout
-            controlled = torch.where(labelled, controlled, stream)
-        hidden = model.upper_body(controlled)
-        loss = model.action_readout(hidden, targets = batch.actions.masked_fill(~mask, 0), loss_mask = mask)
+        loss, logged = loss_fn(batch, mask, turns)
         optimizer.zero_grad(set_to_none = True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.pretrain.max_grad_norm)
         optimizer.step()
-        trace.append(loss.item())
+        trace.append([value.item() for value in logged])
+        if step % 20 == 0:
+            bar.set_postfix(dict(zip(names, np.mean(trace[-50:], axis = 0).round(3))))
     model.eval()
-    controller.eval()
+    module.eval()
 
     shutil.copytree(args.data, args.out / 'data', dirs_exist_ok = True)
     model.save(args.out / 'pretrain' / 'model.pt')
-    controller.save(args.out / 'cotrained_controller.pt')
-    success = {name: evaluate(model, adapter.make_envs(tasks), config.control.eval_episodes, seed = args.seed,
-                              intervention = subgoal_intervention(controller))._asdict()
-               for name, tasks in (('post_task', (adapter.post_task,)), ('pretraining_tasks', adapter.pretraining_tasks))}
-    record = dict(success, steps = args.steps, label_dropout = args.label_dropout, final_train_action_nll = float(np.mean(trace[-50:])), wall_time_s = time.time() - start)
+    record = dict(steps = args.steps, label_dropout = args.label_dropout, codes_alpha = args.codes,
+                  **{f'final_train_{name}': float(value) for name, value in zip(names, np.mean(trace[-50:], axis = 0))})
+    if args.codes is None:
+        module.save(args.out / 'cotrained_controller.pt')
+        record.update({name: evaluate(model, adapter.make_envs(tasks), config.control.eval_episodes, seed = args.seed,
+                                      intervention = subgoal_intervention(module))._asdict()
+                       for name, tasks in (('post_task', (adapter.post_task,)), ('pretraining_tasks', adapter.pretraining_tasks))})
+        print({name: round(record[name]['success'], 3) for name in ('post_task', 'pretraining_tasks')})
+    else:
+        module.save(args.out / 'cotrained_meta_controller.pt')
+    record['wall_time_s'] = time.time() - start
     (args.out / 'cotrained.json').write_text(json.dumps(record, indent = 2))
-    print({name: round(stats['success'], 3) for name, stats in success.items()})
+    print({k: v for k, v in record.items() if k.startswith('final_train')})
 
 
 if __name__ == '__main__':
