@@ -16,7 +16,9 @@ the subgoal itself (docs/reproduction.md, "A base that infers the subgoal itself
 the base is pretrained together with a metacontroller, on the discovery objective with rotation
 consistency and the ratio loss (action NLL of the episode and of its turned copy under the same codes,
 + ALPHA·KL, both ours but the KL). The metacontroller is saved beside the base
-(`cotrained_meta_controller.pt`, for `--discovery.init`).
+(`cotrained_meta_controller.pt`, for `--discovery.init`). `--kl-warmup N` raises the KL weight from 0 to
+ALPHA over the first N steps: at a constant ALPHA 0.05 the codes were unused within 900 steps (KL 0.000),
+the posterior collapse of a VAE whose decoder is strong enough without them.
 """
 import argparse
 import json
@@ -34,6 +36,7 @@ from metacontroller.pipeline.adapters.pinpad import pinpad_adapter, turn_episode
 from metacontroller.pipeline.config import default_config, override
 from metacontroller.pipeline.control import step_labels, subgoal_intervention
 from metacontroller.pipeline.data import bucketed_batches
+from metacontroller.pipeline.discover import kl_weight
 from metacontroller.pipeline.models import build_meta_controller, build_transformer
 from metacontroller.rl import evaluate
 from metacontroller.subgoal_controller import SubgoalController
@@ -43,7 +46,7 @@ CODES_DISCOVERY = {'discovery.rotation_consistency': True, 'discovery.ratio_loss
 
 
 def label_loss(model, controller, label_dropout):
-    def loss_fn(batch, mask, rng):
+    def loss_fn(step, batch, mask, rng):
         stream = model.residual_stream(batch.observations)  # (b, t, d)
         controlled = controller(stream, step_labels(batch))
         if label_dropout > 0:
@@ -56,20 +59,20 @@ def label_loss(model, controller, label_dropout):
     return loss_fn
 
 
-def code_loss(model, meta, alpha):
+def code_loss(model, meta, alpha, warmup_steps):
     """Discovery's loss with the base trained too: the codes read from an episode steer it and its turned copy."""
     def action_nll(observations, controlled, actions, mask):
         hidden = model.upper_body(controlled)
         return model.action_readout(hidden, targets = actions.masked_fill(~mask, 0), loss_mask = mask)
 
-    def loss_fn(batch, mask, rng):
+    def loss_fn(step, batch, mask, rng):
         out = meta(model.residual_stream(batch.observations), batch.episode_lens)
         nll = action_nll(batch.observations, out.controlled, batch.actions, mask)
         observations, actions = turn_episodes(batch.observations, batch.actions, rng)
         turned = meta.decoder.control(out.latent, model.residual_stream(observations), meta.control_scale)
         turned_nll = action_nll(observations, turned, actions, mask)
         kl = out.kl[mask].mean()
-        return (nll + turned_nll) / 2 + alpha * kl + meta.ratio_loss(out.beta, mask), (nll, turned_nll, kl)
+        return (nll + turned_nll) / 2 + kl_weight(alpha, step, warmup_steps) * kl + meta.ratio_loss(out.beta, mask), (nll, turned_nll, kl)
     return loss_fn
 
 
@@ -82,6 +85,7 @@ def main():
                         help = 'fraction of episodes trained without their labels (controller off), so that the base also learns to infer the subgoal')
     parser.add_argument('--codes', type = float, metavar = 'ALPHA',
                         help = 'no labels: co-train a metacontroller on the rotation-consistent discovery objective with this KL weight')
+    parser.add_argument('--kl-warmup', type = int, default = 0, metavar = 'N', help = 'with --codes: steps over which the KL weight rises from 0 to ALPHA')
     parser.add_argument('--seed', type = int, default = 0)
     parser.add_argument('--threads', type = int, default = 1)
     args = parser.parse_args()
@@ -99,7 +103,7 @@ def main():
         loss_fn, names = label_loss(model, module, args.label_dropout), ('action_nll',)
     else:
         module = build_meta_controller(config.model.dim, override(config, CODES_DISCOVERY).discovery)
-        loss_fn, names = code_loss(model, module, args.codes), ('action_nll', 'turned_action_nll', 'kl')
+        loss_fn, names = code_loss(model, module, args.codes, args.kl_warmup), ('action_nll', 'turned_action_nll', 'kl')
     data = DemoDataset.load(args.data / 'pretrain.npz')
     rng = np.random.default_rng(args.seed)
     batches = bucketed_batches(data, config.pretrain.batch_size, rng)
@@ -112,7 +116,7 @@ def main():
     for step in bar:
         batch = data.batch(next(batches))
         mask = lens_to_mask(batch.episode_lens, batch.actions.shape[1])
-        loss, logged = loss_fn(batch, mask, turns)
+        loss, logged = loss_fn(step, batch, mask, turns)
         optimizer.zero_grad(set_to_none = True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.pretrain.max_grad_norm)
@@ -125,7 +129,7 @@ def main():
 
     shutil.copytree(args.data, args.out / 'data', dirs_exist_ok = True)
     model.save(args.out / 'pretrain' / 'model.pt')
-    record = dict(steps = args.steps, label_dropout = args.label_dropout, codes_alpha = args.codes,
+    record = dict(steps = args.steps, label_dropout = args.label_dropout, codes_alpha = args.codes, kl_warmup = args.kl_warmup,
                   **{f'final_train_{name}': float(value) for name, value in zip(names, np.mean(trace[-50:], axis = 0))})
     if args.codes is None:
         module.save(args.out / 'cotrained_controller.pt')
