@@ -45,6 +45,12 @@ from metacontroller.subgoal_controller import SubgoalController
 CODES_DISCOVERY = {'discovery.rotation_consistency': True, 'discovery.ratio_loss_weight': 1.0, 'discovery.target_segment_length': 10.5}
 
 
+def action_nll(model, controlled, actions, mask):
+    """The upper body's action NLL, mean over valid steps, from the steered stream ê (b, t, d)."""
+    hidden = model.upper_body(controlled)
+    return model.action_readout(hidden, targets = actions.masked_fill(~mask, 0), loss_mask = mask)
+
+
 def label_loss(model, controller, label_dropout):
     def loss_fn(step, batch, mask, rng):
         stream = model.residual_stream(batch.observations)  # (b, t, d)
@@ -53,24 +59,19 @@ def label_loss(model, controller, label_dropout):
             # a row without its label must be acted from the stream alone, as after pretraining without labels
             labelled = torch.rand(stream.shape[0], 1, 1) >= label_dropout
             controlled = torch.where(labelled, controlled, stream)
-        hidden = model.upper_body(controlled)
-        loss = model.action_readout(hidden, targets = batch.actions.masked_fill(~mask, 0), loss_mask = mask)
+        loss = action_nll(model, controlled, batch.actions, mask)
         return loss, (loss,)
     return loss_fn
 
 
 def code_loss(model, meta, alpha, warmup_steps):
     """Discovery's loss with the base trained too: the codes read from an episode steer it and its turned copy."""
-    def action_nll(observations, controlled, actions, mask):
-        hidden = model.upper_body(controlled)
-        return model.action_readout(hidden, targets = actions.masked_fill(~mask, 0), loss_mask = mask)
-
     def loss_fn(step, batch, mask, rng):
         out = meta(model.residual_stream(batch.observations), batch.episode_lens)
-        nll = action_nll(batch.observations, out.controlled, batch.actions, mask)
+        nll = action_nll(model, out.controlled, batch.actions, mask)
         observations, actions = turn_episodes(batch.observations, batch.actions, rng)
         turned = meta.decoder.control(out.latent, model.residual_stream(observations), meta.control_scale)
-        turned_nll = action_nll(observations, turned, actions, mask)
+        turned_nll = action_nll(model, turned, actions, mask)
         kl = out.kl[mask].mean()
         return (nll + turned_nll) / 2 + kl_weight(alpha, step, warmup_steps) * kl + meta.ratio_loss(out.beta, mask), (nll, turned_nll, kl)
     return loss_fn
