@@ -35,7 +35,7 @@ SUMMARY = ('success', 'success_by_policy', 'controllers', 'episodes', 'initial_s
 
 def controllers_success(run: Run, model, make_envs, config) -> dict:
     """The folder's ground-truth controllers on the final evaluation's episodes (the same seeds), sampled and greedy."""
-    intervene = subgoal_intervention(SubgoalController.init_and_load(run.path('control', 'controller.pt')).eval())
+    intervene = subgoal_intervention(SubgoalController.init_and_load(run.path('control', 'controller.pt')).to(run.device).eval())
     return {name: evaluate(model, make_envs, config.final_eval_episodes, seed = final_eval_seed(run.seed), deterministic = greedy,
                            batch_size = config.num_envs, intervention = intervene).success
             for name, greedy in (('sampled', False), ('greedy', True))}
@@ -49,11 +49,11 @@ def main():
     parser.add_argument('--episodes', type = int, help = '`final`: evaluation episodes (default: --rl.final_eval_episodes of the folder)')
     parser.add_argument('--threads', type = int, default = 1)
     args = parser.parse_args()
+    if args.episodes is not None and (args.mode != 'final' or args.episodes < 1):
+        parser.error(f'--episodes is the number of evaluation episodes of `final` (>= 1); got {args.episodes} with {args.mode}')
     torch.set_num_threads(args.threads)
     saved = json.loads((args.run_dir / 'config.json').read_text())
     config = from_dict(saved['config'])
-    if args.episodes is not None and (args.mode != 'final' or args.episodes < 1):
-        parser.error(f'--episodes is the number of evaluation episodes of `final` (>= 1); got {args.episodes} with {args.mode}')
     if args.budget:
         config = override(config, {'rl.total_episodes': args.budget})
     if args.episodes:
