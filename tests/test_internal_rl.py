@@ -328,6 +328,21 @@ def test_final_success_tells_the_policys_noise_from_the_bases():
     assert set(final_success(model, latent_task, cfg, 3)['success_by_policy']) == {'sampled', 'greedy'}   # raw actions: no latent
 
 
+def test_final_success_scores_an_intervention_on_the_same_episodes():
+    """With `intervention`, each policy's figure is `evaluate`'s with that intervention on the final evaluation's seeds."""
+    model, _ = wired(sharpness = 1.)
+    cfg = RLPhaseConfig(num_envs = 16, final_eval_episodes = 64)
+
+    def steer(env, stream, rows):   # the readout's logit of TARGET's action reads stream dim 2 + TARGET
+        return stream + 3. * torch.nn.functional.one_hot(torch.tensor(2 + TARGET), stream.shape[-1])
+
+    by_policy = final_success(model, latent_task, cfg, 3, intervention = steer)['success_by_policy']
+    assert by_policy['greedy'] == 1 and final_success(model, latent_task, cfg, 3)['success_by_policy']['greedy'] == 0
+    for name, greedy in (('sampled', False), ('greedy', True)):
+        direct = evaluate(model, latent_task, 64, seed = final_eval_seed(3), deterministic = greedy, batch_size = 16, intervention = steer)
+        assert by_policy[name] == direct.success, name
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match = 'algorithm'):
         RLConfig(algorithm = 'sac')

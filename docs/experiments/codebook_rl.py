@@ -26,8 +26,6 @@ from metacontroller.pipeline.config import from_dict, override
 from metacontroller.pipeline.control import subgoal_intervention
 from metacontroller.pipeline.files import write_json
 from metacontroller.pipeline.phases import Run, rl_meta_controller
-from metacontroller.rl import evaluate
-from metacontroller.rl.seeds import final_eval_seed
 from metacontroller.subgoal_controller import SubgoalController
 
 SUMMARY = ('success', 'success_by_policy', 'controllers', 'episodes', 'initial_success')
@@ -36,9 +34,7 @@ SUMMARY = ('success', 'success_by_policy', 'controllers', 'episodes', 'initial_s
 def controllers_success(run: Run, model, make_envs, config) -> dict:
     """The folder's ground-truth controllers on the final evaluation's episodes (the same seeds), sampled and greedy."""
     intervene = subgoal_intervention(SubgoalController.init_and_load(run.path('control', 'controller.pt')).to(run.device).eval())
-    return {name: evaluate(model, make_envs, config.final_eval_episodes, seed = final_eval_seed(run.seed), deterministic = greedy,
-                           batch_size = config.num_envs, intervention = intervene).success
-            for name, greedy in (('sampled', False), ('greedy', True))}
+    return rl_phase.final_success(model, make_envs, config, run.seed, intervention = intervene)['success_by_policy']
 
 
 def main():

@@ -19,13 +19,15 @@ POLICIES = dict(sampled = (False, False), greedy = (True, True), greedy_latent =
 
 
 def final_success(model: Transformer, make_envs: Callable, config: RLPhaseConfig, seed: int,
-                  meta_controller: MetaController | None = None, force_beta: float | None = None, process: Process = SINGLE) -> dict:
+                  meta_controller: MetaController | None = None, force_beta: float | None = None, process: Process = SINGLE,
+                  intervention: Callable | None = None) -> dict:
     """The headline evaluation (`--rl.deterministic_eval`), and its success under each of `POLICIES` that applies:
-    a raw-action policy has no latent, and continuous raw actions have no argmax."""
+    a raw-action policy has no latent, and continuous raw actions have no argmax. `intervention` (`evaluate`'s)
+    scores e.g. the ground-truth controllers on the very episodes a policy of the same `seed` is scored on."""
     def run(latent: bool, actions: bool):
         return evaluate(model, make_envs, config.final_eval_episodes, meta_controller = meta_controller,
                         seed = final_eval_seed(seed), deterministic = latent, greedy_actions = actions,
-                        force_beta = force_beta, batch_size = config.num_envs, process = process)
+                        force_beta = force_beta, batch_size = config.num_envs, process = process, intervention = intervention)
 
     headline = (config.deterministic_eval,) * 2
     stats = run(*headline)
