@@ -15,7 +15,8 @@ which family made it.
 
 Internal RL can also choose among a fixed codebook of K codes instead of the whole code space
 (`CodebookCode`, not in the paper): the policy's `dist` is then K logits (..., K, 1) and z is a
-codebook row. `kmeans` finds such a codebook among the codes discovery uses, without labels.
+codebook row, or with `CodebookMixtureCode` a Gaussian draw around the chosen row whose mean and
+spread the policy sets. `kmeans` finds such a codebook among the codes discovery uses, without labels.
 
 Straight-through samples are hard in the forward pass and carry the relaxed
 sample's gradient; without it, discovery feeds the relaxed (soft) sample to the
@@ -147,6 +148,36 @@ class CodebookCode:
 
     def nearest(self, value: Tensor) -> Tensor:
         return self.codebook.to(value)[self.index(value)]
+
+
+class CodebookMixtureCode(CodebookCode):
+    """z is drawn around one of the K rows of `codebook` (K, n_z): a mixture of K diagonal Gaussians, read from
+    dist (..., K, 1 + 2 n_z) as each row's logit, mean offset and log variance, both relative to `spread` σ0
+    (mean = row + σ0·offset, log σ² = 2 log σ0 + raw), so a head that starts near zero draws within σ0 of a
+    row; internal RL only. The codes can then follow the state, which fixed rows cannot."""
+
+    def __init__(self, codebook: Tensor, spread: float):
+        super().__init__(codebook)
+        self.spread = spread
+        self.params = 1 + 2 * codebook.shape[-1]
+
+    def components(self, dist: Tensor) -> tuple[Tensor, Tensor]:
+        """dist (..., K, 1 + 2 n_z) -> the K logits (..., K) and the K Gaussians (..., K, n_z, 2)."""
+        n = self.codebook.shape[-1]
+        offset, log_var = dist[..., 1:1 + n], dist[..., 1 + n:]
+        mean = self.codebook.to(dist) + self.spread * offset
+        return dist[..., 0], torch.stack((mean, log_var + 2 * math.log(self.spread)), dim = -1)
+
+    def sample(self, dist: Tensor, deterministic: bool = False) -> Tensor:
+        logits, gaussians = self.components(dist)
+        index = logits.argmax(dim = -1) if deterministic else torch.distributions.Categorical(logits = logits).sample()
+        chosen = gaussians.gather(-3, index[..., None, None, None].expand(*index.shape, 1, *gaussians.shape[-2:]))[..., 0, :, :]
+        return gaussian_sample(chosen, deterministic)
+
+    def log_prob(self, dist: Tensor, value: Tensor) -> Tensor:
+        """The mixture's density at value (..., n_z): log Σ_k π_k N(value; μ_k, σ_k²), whichever row drew it."""
+        logits, gaussians = self.components(dist)
+        return (logits.log_softmax(dim = -1) + gaussian_log_prob(gaussians, value[..., None, :])).logsumexp(dim = -1)
 
 
 def kmeans(points: Tensor, k: int, iters: int = 100, seed: int = 0) -> Tensor:

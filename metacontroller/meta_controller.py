@@ -21,7 +21,8 @@ Choices where the paper is silent or differs (documented in the README):
   the H-Net ratio loss (`ratio_loss_weight`), a control multiplier c in
   ê = e + c·U e (`control_scale`, default 1) and discrete codes z (binary or
   categorical, KL against a uniform prior; `latent_code`, see `metacontroller.codes`), and an
-  internal-RL policy that chooses among a fixed codebook of K codes (`with_action_codebook`).
+  internal-RL policy that chooses among a fixed codebook of K codes (`with_action_codebook`), exactly or
+  with a Gaussian draw around the chosen code (`action_codebook_spread`).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 from torch_einops_utils import lens_to_mask
 
 from metacontroller.checkpoint import Checkpointable
-from metacontroller.codes import CodebookCode, make_latent_code
+from metacontroller.codes import CodebookCode, CodebookMixtureCode, make_latent_code
 from metacontroller.embedder import SequenceEmbedder
 from metacontroller.hypernetwork import Controller, ControllerDecoder
 from metacontroller.policy import CausalPolicy
@@ -66,7 +67,8 @@ class MetaControllerStep(NamedTuple):
     input_residual_stream: Tensor   # e the metacontroller read (b, 1, d)
     controlled: Tensor              # ê (b, 1, d)
     action_dist: Tensor             # policy's distribution over z̃ (b, 1, n_z, k): Gaussian (k = 2) or logits (k = 1),
-                                    # or K codebook logits (b, 1, K, 1) with an action codebook;
+                                    # or K codebook logits (b, 1, K, 1) with an action codebook
+                                    # ((b, 1, K, 1 + 2 n_z) with a spread: logit, offset, log variance);
                                     # on a row that does not decide, the one its held code was drawn from
     actions: Tensor                 # sampled z̃ (b, 1, n_z); on a row that does not decide, the held code
     switch_beta: Tensor             # β (b, 1); 1 at the first step
@@ -127,13 +129,16 @@ class MetaController(Checkpointable, nn.Module):
         code_temperature: float = 1.,
         code_straight_through: bool = True,
         action_codebook_size: int | None = None,
+        action_codebook_spread: float = 0.,
     ):
         """control_scale c: ê = e + c·U e (1: the paper; 0: the base model untouched, an ablation).
         latent_code: 'gaussian' (the paper), 'binary' (n_z bits) or 'categorical' (one of n_z codes);
         the discrete codes sample with Gumbel noise at `code_temperature` in discovery, hard and
         straight-through unless `code_straight_through` is False.
         action_codebook_size K: internal RL's policy chooses among K fixed codes (`with_action_codebook`)
-        instead of drawing z from the code family (None: the paper)."""
+        instead of drawing z from the code family (None: the paper); with `action_codebook_spread` σ0 > 0
+        it draws z from a Gaussian around the chosen code, whose mean and variance the policy sets and
+        starts within σ0 of the code (`codes.CodebookMixtureCode`)."""
         super().__init__()
         if hypernetwork_low_rank is not None and not 0 < hypernetwork_low_rank <= dim_model:
             raise ValueError(f'hypernetwork_low_rank must be in [1, dim_model={dim_model}] or None (full rank), got {hypernetwork_low_rank}')
@@ -143,6 +148,9 @@ class MetaController(Checkpointable, nn.Module):
 
         if action_codebook_size is not None and not (isinstance(action_codebook_size, int) and action_codebook_size >= 2):
             raise ValueError(f'action_codebook_size must be None (the paper) or an int >= 2 (codes to choose among), got {action_codebook_size!r}')
+        if not action_codebook_spread >= 0 or (action_codebook_spread > 0 and action_codebook_size is None):
+            raise ValueError(f'action_codebook_spread must be 0 (exact codes) or > 0 with an action codebook (the initial std of z '
+                             f'around the chosen code), got {action_codebook_spread!r} with action_codebook_size {action_codebook_size!r}')
 
         self.dim_model, self.dim_latent = dim_model, dim_latent
         self.code = make_latent_code(latent_code, code_temperature, code_straight_through)
@@ -157,12 +165,13 @@ class MetaController(Checkpointable, nn.Module):
         )
         self.switching = SwitchingUnit(dim_model, dim_history, dim_latent, dim_meta_controller, switch_gumbel_temperature)
         self.decoder = ControllerDecoder(dim_latent, dim_model, dim_hypernetwork_hidden, hypernetwork_low_rank)
-        self.action_codebook_size = action_codebook_size
+        self.action_codebook_size, self.action_codebook_spread = action_codebook_size, action_codebook_spread
         if action_codebook_size is None:
             self.policy = CausalPolicy(dim_model, dim_latent, dim_policy, self.code.params)
         else:
-            self.policy = CausalPolicy(dim_model, action_codebook_size, dim_policy, 1)   # K logits
             self.register_buffer('action_codebook', torch.zeros(action_codebook_size, dim_latent))
+            # K logits, and with a spread each code's mean offset and log variance
+            self.policy = CausalPolicy(dim_model, action_codebook_size, dim_policy, self.action_code.params)
 
         self.ratio_loss_weight = ratio_loss_weight
         self.target_segment_length = target_segment_length
@@ -222,18 +231,24 @@ class MetaController(Checkpointable, nn.Module):
 
     @property
     def action_code(self):
-        """What internal RL's policy draws z from: the code family of discovery (the paper), or the codebook's rows."""
-        return self.code if self.action_codebook_size is None else CodebookCode(self.action_codebook)
+        """What internal RL's policy draws z from: the code family of discovery (the paper), the codebook's rows,
+        or Gaussians around them."""
+        if self.action_codebook_size is None:
+            return self.code
+        if self.action_codebook_spread:
+            return CodebookMixtureCode(self.action_codebook, self.action_codebook_spread)
+        return CodebookCode(self.action_codebook)
 
-    def with_action_codebook(self, codebook: Tensor) -> MetaController:
+    def with_action_codebook(self, codebook: Tensor, spread: float = 0.) -> MetaController:
         """A copy whose internal-RL policy chooses z among the rows of `codebook` (K, n_z) (not in the paper),
         e.g. `codes.kmeans` centroids of the codes discovery uses: a fresh policy with K logits, started
-        near uniform; the switching unit, decoder and encoder are this one's."""
+        near uniform; the switching unit, decoder and encoder are this one's. With `spread` σ0 > 0, z is
+        drawn around the chosen row instead, starting at std σ0 (`action_codebook_spread`)."""
         if not torch.is_tensor(codebook) or codebook.ndim != 2 or codebook.shape[1] != self.dim_latent or len(codebook) < 2:
             given = tuple(codebook.shape) if torch.is_tensor(codebook) else type(codebook).__name__
             raise ValueError(f'codebook must be (K >= 2, n_z = {self.dim_latent}) codes, got {given}')
         args, kwargs = self._config
-        copy = type(self)(*args, **{**kwargs, 'action_codebook_size': len(codebook)})
+        copy = type(self)(*args, **{**kwargs, 'action_codebook_size': len(codebook), 'action_codebook_spread': spread})
         kept = {k: v for k, v in self.state_dict().items() if not k.startswith('policy.') and k != 'action_codebook'}
         copy.load_state_dict(kept, strict = False)
         copy.action_codebook.copy_(codebook)
@@ -289,7 +304,7 @@ class MetaController(Checkpointable, nn.Module):
 
     def log_prob(self, action_dist: Tensor, actions: Tensor) -> Tensor:
         """Joint log-prob of sampled latents (..., n_z) under the policy's (..., n_z, k), summed over n_z
-        (with an action codebook: of the chosen row under (..., K, 1))."""
+        (with an action codebook: of the chosen row under (..., K, 1), or with a spread the mixture's density)."""
         return self.action_code.log_prob(action_dist, actions)
 
     def policy_loss(

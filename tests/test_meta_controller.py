@@ -250,14 +250,17 @@ def test_bad_ratio_loss_settings_are_refused(kwargs):
         tiny_meta_controller(**kwargs)
 
 
-@pytest.mark.parametrize('code, rank', [('gaussian', 4), ('categorical', 4), ('gaussian', None), ('codebook', 4)])
+@pytest.mark.parametrize('code, rank', [('gaussian', 4), ('categorical', 4), ('gaussian', None), ('codebook', 4), ('mixture', 4)])
 def test_the_policy_runs_only_on_the_rows_that_decide(code, rank, monkeypatch):
     """A step where some rows decide equals the policy run on every row, at those rows; the other rows keep
     their code, policy state and the distribution their code was drawn from, and a step where no row
     decides does not run the policy at all. Control is the decoder's for the code in force."""
     torch.manual_seed(0)
-    meta = randomize_controller_(tiny_meta_controller(latent_code = 'gaussian' if code == 'codebook' else code, hypernetwork_low_rank = rank))
-    meta = (meta.with_action_codebook(3 * torch.randn(6, LATENT)) if code == 'codebook' else meta).eval()
+    meta = randomize_controller_(tiny_meta_controller(latent_code = 'gaussian' if code in ('codebook', 'mixture') else code,
+                                                      hypernetwork_low_rank = rank))
+    if code in ('codebook', 'mixture'):
+        meta = meta.with_action_codebook(3 * torch.randn(6, LATENT), spread = 0.3 if code == 'mixture' else 0.)
+    meta = meta.eval()
     with torch.no_grad():
         meta.policy.head.weight.normal_()   # a policy whose output depends on its input and state
         first = meta.step(torch.randn(5, DIM))
@@ -322,6 +325,43 @@ def test_an_action_codebook_policy_chooses_among_its_rows(tmp_path):
             meta.with_action_codebook(bad)
     with pytest.raises(ValueError, match = 'action_codebook_size must be None'):
         tiny_meta_controller(action_codebook_size = 1)
+
+
+def test_a_spread_codebook_policy_draws_around_its_rows(tmp_path):
+    """with_action_codebook(spread = σ0): z is drawn from a Gaussian around the chosen row, which a fresh policy
+    puts within about σ0 of it; log_prob is the mixture's density (torch.distributions' own), its gradient
+    reaches the offsets and variances as well as the logits, and a checkpoint keeps the spread."""
+    torch.manual_seed(0)
+    meta = randomize_controller_(tiny_meta_controller())
+    codebook, spread = 3 * torch.randn(5, LATENT), 0.1
+    mixer = meta.with_action_codebook(codebook, spread = spread)
+    stream = torch.randn(512, DIM)
+    step = mixer.step(stream)
+    assert step.action_dist.shape == (512, 1, 5, 1 + 2 * LATENT)
+    gap = step.actions[:, 0] - codebook[torch.cdist(step.actions[:, 0], codebook).argmin(dim = -1)]
+    assert math.isclose(gap.std().item(), spread, rel_tol = 0.1)   # a fresh head: offsets near 0, std near σ0
+    greedy = mixer.step(stream, deterministic = True).actions[:, 0]   # the chosen row's mean: the row itself, to start
+    assert torch.allclose(greedy, codebook[torch.cdist(greedy, codebook).argmin(dim = -1)], atol = 1e-2)
+
+    dist = torch.randn(7, 5, 1 + 2 * LATENT)
+    logits, gaussians = mixer.action_code.components(dist)
+    mixture = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits = logits), torch.distributions.Independent(
+        torch.distributions.Normal(gaussians[..., 0], (0.5 * gaussians[..., 1]).exp()), 1))
+    value = mixer.action_code.sample(dist)
+    assert torch.allclose(mixer.log_prob(dist, value), mixture.log_prob(value), atol = 1e-4)
+
+    t = 4
+    states, actions = torch.randn(3, t, DIM), codebook[torch.randint(5, (3, t))] + spread * torch.randn(3, t, LATENT)
+    mixer.policy_loss(states, torch.zeros(3, t), actions, torch.randn(3), torch.ones(3, t)).backward()
+    grad = mixer.policy.head.bias.grad.unflatten(0, (5, -1))
+    assert all(part.abs().sum() > 0 for part in (grad[:, 0], grad[:, 1:1 + LATENT], grad[:, 1 + LATENT:]))
+
+    mixer.save(tmp_path / 'mixer.pt')
+    loaded = MetaController.init_and_load(tmp_path / 'mixer.pt')
+    assert loaded.action_codebook_spread == spread and torch.equal(loaded.action_codebook, codebook)
+    for bad in (dict(action_codebook_spread = -0.1, action_codebook_size = 3), dict(action_codebook_spread = 0.1)):
+        with pytest.raises(ValueError, match = 'action_codebook_spread must be 0 \\(exact codes\\) or > 0 with an action codebook'):
+            tiny_meta_controller(**bad)
 
 
 def test_kmeans_finds_separated_clusters_and_is_seeded():

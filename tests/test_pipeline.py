@@ -341,6 +341,8 @@ def test_changed_settings_need_force_or_a_new_folder(smoke_run):
     (['--discovery.target_segment_length', '0.5'], '--discovery.target_segment_length must be > 1 (steps per segment), got 0.5'),
     (['--rl.codebook', '1'], '--rl.codebook must be 0 (off: a Gaussian over z, the paper) or >= 2 codes to choose among, got 1'),
     (['--rl.codebook', '-2'], '--rl.codebook must be >= 0, got -2'),
+    (['--rl.codebook_spread', '0.2'], '--rl.codebook_spread 0.2 needs a codebook to draw around: give --rl.codebook K >= 2'),
+    (['--rl.codebook', '2', '--rl.codebook_spread', '-1'], '--rl.codebook_spread must be finite and >= 0, got -1.0'),
 ])
 def test_bad_flags_are_rejected_before_any_work(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit):
@@ -361,18 +363,22 @@ def test_another_held_out_task_runs_end_to_end(tmp_path):
     assert result['discovery']['selected_by'] == 'switch_f1' and 0 <= result['rl']['internal']['success'] <= 1
 
 
-def test_an_action_codebook_reaches_internal_rl_and_beta1(smoke_run, tmp_path):
+@pytest.mark.parametrize('spread', [0., 0.2])
+def test_an_action_codebook_reaches_internal_rl_and_beta1(smoke_run, tmp_path, spread):
     """--rl.codebook K: internal RL and β ≡ 1 choose among K k-means centroids of the held codes on the
-    discovery data (the same for both), and the record says how the codes split among them."""
+    discovery data (the same for both; with --rl.codebook_spread, draw around them), and the record says
+    how the codes split among them and how widely each cluster spreads."""
     smoke_tmp, _ = smoke_run
     shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
-    result = run(tmp_path, '--phases', 'rl,baselines', '--force', '--rl.codebook', '3')
+    result = run(tmp_path, '--phases', 'rl,baselines', '--force', '--rl.codebook', '3', '--rl.codebook_spread', str(spread))
     codebook = result['rl']['internal']['codebook']
     assert codebook['size'] == 3 and math.isclose(sum(codebook['share']), 1, abs_tol = 1e-5) and 0 < codebook['purity'] <= 1
     assert len(codebook['majority_subgoal']) == 3 and codebook['codes'] > 3
+    assert len(codebook['spread']) == 3 and all(v > 0 for v in codebook['spread'])
     internal = MetaController.init_and_load(tmp_path / 'run' / 'rl' / 'meta_controller.pt')
     beta1 = MetaController.init_and_load(tmp_path / 'run' / 'baselines' / 'beta1_meta_controller.pt')
     assert internal.action_codebook_size == 3 and torch.equal(internal.action_codebook, beta1.action_codebook)
+    assert internal.action_codebook_spread == beta1.action_codebook_spread == spread
     assert 0 <= result['rl']['internal']['success'] <= 1
 
 

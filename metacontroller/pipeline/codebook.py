@@ -4,7 +4,9 @@ The paper's internal RL draws z from a Gaussian policy that starts at the N(0, I
 discovered codes of each subgoal form a cloud offset from 0, and prior samples fall between the clouds
 more often than the held codes do (docs/reproduction.md, "the prior sits between the subgoals' codes").
 With a codebook, the policy instead chooses among K centroids that k-means finds among the held codes
-z of the discovery data; no label enters. The labels are read afterwards, only to report how pure
+z of the discovery data; no label enters. With `--rl.codebook_spread σ0` it draws z around the chosen
+centroid, so the code can follow the state (the summary's `spread` is each cluster's own RMS std per
+dimension, a scale to compare σ0 with). The labels are read afterwards, only to report how pure
 each centroid's cluster is.
 """
 from __future__ import annotations
@@ -45,20 +47,23 @@ def held_codes(model: Transformer, meta_controller: MetaController, dataset: Dem
 
 
 def fit(model: Transformer, meta_controller: MetaController, dataset: DemoDataset, k: int, seed: int,
-        device: str) -> tuple[MetaController, dict]:
+        device: str, spread: float = 0.) -> tuple[MetaController, dict]:
     """A copy of the metacontroller whose policy chooses among the k-means centroids (k, n_z) of the codes
-    it holds on `dataset`, and a summary: each centroid's share of the codes, the subgoal most of its
-    codes carry, and the purity (the share of codes whose cluster's majority is their own subgoal,
-    over the labelled steps)."""
+    it holds on `dataset` (with `spread` > 0: draws around them), and a summary: each centroid's share of
+    the codes and its cluster's RMS std per dimension, the subgoal most of its codes carry, and the purity
+    (the share of codes whose cluster's majority is their own subgoal, over the labelled steps)."""
     with torch.random.fork_rng(devices = [torch.device(device)] if torch.device(device).type == 'cuda' else []):
         torch.manual_seed(seed)   # the held codes are built from sampled proposals: every rank must fit the same codebook
         held = held_codes(model, meta_controller, dataset, device)
     centroids = kmeans(held.codes, k, seed = seed)
     cluster = torch.cdist(held.codes, centroids).argmin(dim = -1)
-    summary = dict(size = k, codes = len(held.codes), share = (torch.bincount(cluster, minlength = k) / len(cluster)).tolist())
+    counts = torch.bincount(cluster, minlength = k)
+    squares = torch.zeros(k, device = cluster.device).index_add_(0, cluster, (held.codes - centroids[cluster]).pow(2).mean(dim = -1))
+    summary = dict(size = k, codes = len(held.codes), share = (counts / len(cluster)).tolist(),
+                   spread = (squares / counts.clamp(min = 1)).sqrt().tolist())
     labelled = held.subgoals >= 0
     if labelled.any():   # data without subgoal labels has no purity to report
-        counts = torch.zeros(k, int(held.subgoals.max()) + 1, device = cluster.device)
-        counts.index_put_((cluster[labelled], held.subgoals[labelled]), torch.ones(()), accumulate = True)
-        summary.update(majority_subgoal = counts.argmax(dim = -1).tolist(), purity = (counts.max(dim = -1).values.sum() / counts.sum()).item())
-    return meta_controller.with_action_codebook(centroids), summary
+        tally = torch.zeros(k, int(held.subgoals.max()) + 1, device = cluster.device)   # (cluster, subgoal) counts
+        tally.index_put_((cluster[labelled], held.subgoals[labelled]), torch.ones(()), accumulate = True)
+        summary.update(majority_subgoal = tally.argmax(dim = -1).tolist(), purity = (tally.max(dim = -1).values.sum() / tally.sum()).item())
+    return meta_controller.with_action_codebook(centroids, spread), summary

@@ -128,6 +128,8 @@ class RLPhaseConfig:
     deterministic_eval: bool = knob(False, 'final evaluation with greedy (True) or sampled (False) latents and actions')
     codebook: int = knob(0, 'internal RL and beta = 1 choose among this many k-means centroids of the codes discovery '
                             'holds on its data (no labels; not the paper); 0: a Gaussian over z, the paper')
+    codebook_spread: float = knob(0., 'with --rl.codebook: draw z from a Gaussian around the chosen centroid that starts at '
+                                      'this std and whose mean and variance the policy learns (not the paper); 0: the centroid itself')
 
     def run_config(self, lr: float) -> RLConfig:
         """The settings of one RL run at learning rate `lr`."""
@@ -267,6 +269,8 @@ def _check_together(config: PipelineConfig, flat: dict[str, Any]) -> list[str]:
         problems.append(f'--discovery.target_segment_length must be > 1 (steps per segment), got {config.discovery.target_segment_length}')
     if config.rl.codebook == 1:
         problems.append('--rl.codebook must be 0 (off: a Gaussian over z, the paper) or >= 2 codes to choose among, got 1')
+    if config.rl.codebook_spread and not config.rl.codebook:
+        problems.append(f'--rl.codebook_spread {config.rl.codebook_spread} needs a codebook to draw around: give --rl.codebook K >= 2')
     if config.discovery.select_alpha not in SELECT_ALPHA:
         problems.append(f'--discovery.select_alpha must be one of {", ".join(SELECT_ALPHA)}, got {config.discovery.select_alpha!r}')
     for flag, path in (('--pretrain.init', config.pretrain.init), ('--discovery.init', config.discovery.init)):

@@ -224,10 +224,11 @@ def rl_meta_controller(run: Run, model: Transformer) -> tuple[MetaController, di
     meta, k = run.load_meta_controller(), run.config.rl.codebook
     if not k:
         return meta, {}
-    meta, summary = codebook.fit(model, meta, data.load(run.data_dir, 'discovery').head(CODEBOOK_EPISODES), k, run.seed, run.device)
+    meta, summary = codebook.fit(model, meta, data.load(run.data_dir, 'discovery').head(CODEBOOK_EPISODES), k, run.seed, run.device,
+                                 run.config.rl.codebook_spread)
     purity = f', purity against the subgoal labels {summary["purity"]:.3f}' if 'purity' in summary else ''
     logger.info(f'action codebook: {k} k-means centroids of {summary["codes"]} held codes; shares '
-                f'{[round(v, 3) for v in summary["share"]]}{purity}')
+                f'{[round(v, 3) for v in summary["share"]]}, RMS std per dimension {[round(v, 3) for v in summary["spread"]]}{purity}')
     return meta, dict(codebook = summary)
 
 
