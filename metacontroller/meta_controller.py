@@ -254,6 +254,24 @@ class MetaController(Checkpointable, nn.Module):
         copy.action_codebook.copy_(codebook)
         return copy.to(next(self.parameters()).device).train(self.training)
 
+    def with_codebook_spread(self, spread: float) -> MetaController:
+        """A copy of this codebook metacontroller (`with_action_codebook`) whose policy draws z around the chosen
+        row at std `spread` (0: the rows themselves), keeping this policy's GRU and logits, so that it starts by
+        choosing as this one does; each row's offset and log variance start at zero. On pinpad, a choice learned
+        first and then let to follow the state beats a spread from the start (docs/reproduction.md)."""
+        if self.action_codebook_size is None:
+            raise ValueError('with_codebook_spread keeps the choice of a codebook policy: make one with with_action_codebook first')
+        copy = self.with_action_codebook(self.action_codebook, spread)
+        k, hidden = self.action_codebook_size, self.policy.dim_hidden
+        with torch.no_grad():
+            copy.policy.rnn.load_state_dict(self.policy.rnn.state_dict())
+            weight, bias = copy.policy.head.weight.view(k, -1, hidden), copy.policy.head.bias.view(k, -1)
+            weight.zero_()
+            bias.zero_()
+            # entry 0 of each row's outputs is its logit, with or without a spread
+            weight[:, 0], bias[:, 0] = self.policy.head.weight.view(k, -1, hidden)[:, 0], self.policy.head.bias.view(k, -1)[:, 0]
+        return copy
+
     def step(
         self,
         stream: Tensor,

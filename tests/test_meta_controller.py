@@ -364,6 +364,26 @@ def test_a_spread_codebook_policy_draws_around_its_rows(tmp_path):
             tiny_meta_controller(**bad)
 
 
+def test_a_codebook_policy_keeps_its_choice_when_given_a_spread():
+    """with_codebook_spread: the copy's logits are the trained policy's at every step, its offsets start at zero
+    (so its greedy codes are the same rows), and a spread of 0 is the same policy; it needs a codebook policy."""
+    torch.manual_seed(0)
+    meta = randomize_controller_(tiny_meta_controller())
+    chooser = meta.with_action_codebook(3 * torch.randn(5, LATENT))
+    with torch.no_grad():
+        chooser.policy.head.weight.normal_()   # a policy whose choice depends on its input and state
+    streams = torch.randn(2, 6, DIM)
+    for spread in (0.3, 0.):
+        mixer = chooser.with_codebook_spread(spread)
+        assert torch.allclose(mixer.policy(streams)[..., 0], chooser.policy(streams)[..., 0], atol = 1e-6)
+        assert torch.equal(mixer.action_codebook, chooser.action_codebook) and mixer.action_codebook_spread == spread
+        first, second = chooser.step(streams[:, 0], deterministic = True), mixer.step(streams[:, 0], deterministic = True)
+        assert torch.allclose(first.actions, second.actions, atol = 1e-6)
+    assert torch.equal(mixer.policy.head.weight, chooser.policy.head.weight)
+    with pytest.raises(ValueError, match = 'make one with with_action_codebook first'):
+        meta.with_codebook_spread(0.2)
+
+
 def test_kmeans_finds_separated_clusters_and_is_seeded():
     centres = torch.tensor([[0., 0.], [6., 6.], [-6., 6.], [6., -6.]])
     points = (centres[:, None] + 0.3 * torch.randn(4, 200, 2)).flatten(0, 1)

@@ -4,6 +4,11 @@ with the RL settings of its config.json (issue 15; docs/reproduction.md, "Intern
 - `beta1`: the β ≡ 1 baseline over the same k-means codebook (a fresh choice at every raw step);
 - `random`: internal RL over K random N(0, I) draws instead of the centroids (seeded by the run's seed);
 - `raw`: the raw-action baseline alone (the `baselines` phase runs it together with β ≡ 1);
+- `spread`: internal RL goes on from the phase's trained codebook policy, now drawing z from a Gaussian
+  around the chosen centroid (`--spread σ0`, `--rl.codebook_spread`): the policy's GRU and logits carry
+  over and each centroid's offset and variance start near zero, so it starts as the trained policy with
+  σ0 of noise on its codes, and the codes can then follow the state. `--spread 0` goes on with the exact
+  centroids, the control with the same budget and a fresh optimiser;
 - `final`: the phase's final evaluation of an internal-RL run stopped before its budget, on the policy
   its progress file holds, and the folder's ground-truth controllers on the same episodes (sampled and
   greedy), for the ratio the issue sets its bar on. `--episodes N` evaluates on N episodes instead of
@@ -13,6 +18,7 @@ Each trains with `--budget` episodes (default: the folder's) and saves its progr
 own files, so a stopped run goes on; the summary goes to a JSON file in the same place.
 
     python docs/experiments/codebook_rl.py beta1 runs/cb4 --budget 400000
+    python docs/experiments/codebook_rl.py spread runs/cb4 --spread 0.2 --budget 200000
 """
 import argparse
 import json
@@ -20,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from metacontroller import MetaController
 from metacontroller.pipeline import rl_phase
 from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 from metacontroller.pipeline.config import from_dict, override
@@ -37,16 +44,29 @@ def controllers_success(run: Run, model, make_envs, config) -> dict:
     return rl_phase.final_success(model, make_envs, config, run.seed, intervention = intervene)['success_by_policy']
 
 
+def trained_policy(run: Run, model, spread: float | None = None) -> tuple[MetaController, dict, dict]:
+    """The rl phase's codebook metacontroller with the policy its progress file holds (with `spread`: the one
+    the `spread` mode trained from it), the codebook's summary, and the progress."""
+    meta, codes = rl_meta_controller(run, model)
+    meta, name = (meta, 'internal') if spread is None else (meta.with_codebook_spread(spread), f'spread_{spread}')
+    progress = torch.load(run.progress_path('rl', name), map_location = 'cpu', weights_only = True)
+    meta.load_state_dict(progress['module'])
+    return meta, codes, progress
+
+
 def main():
     parser = argparse.ArgumentParser(description = __doc__.split('\n\n')[0])
-    parser.add_argument('mode', choices = ('beta1', 'random', 'raw', 'final'))
+    parser.add_argument('mode', choices = ('beta1', 'random', 'raw', 'spread', 'final'))
     parser.add_argument('run_dir', type = Path, help = 'a pinpad run folder whose discover phase has run')
     parser.add_argument('--budget', type = int, help = 'training episodes (default: --rl.total_episodes of the folder)')
     parser.add_argument('--episodes', type = int, help = '`final`: evaluation episodes (default: --rl.final_eval_episodes of the folder)')
+    parser.add_argument('--spread', type = float, help = '`spread`: the std σ0 of z around the chosen centroid, to start (0: exact)')
     parser.add_argument('--threads', type = int, default = 1)
     args = parser.parse_args()
     if args.episodes is not None and (args.mode != 'final' or args.episodes < 1):
         parser.error(f'--episodes is the number of evaluation episodes of `final` (>= 1); got {args.episodes} with {args.mode}')
+    if (args.mode == 'spread' or args.spread is not None) and not (args.mode in ('spread', 'final') and args.spread is not None and args.spread >= 0):
+        parser.error(f'--spread σ0 >= 0 goes with `spread` (the start) and `final` (the policy it trained); got {args.spread} with {args.mode}')
     torch.set_num_threads(args.threads)
     saved = json.loads((args.run_dir / 'config.json').read_text())
     config = from_dict(saved['config'])
@@ -57,7 +77,7 @@ def main():
     run = Run(args.run_dir, config, pinpad_adapter().for_config(config), seed = saved['seed'], progress = False)
     model = run.load_model()
     make_envs = run.adapter.make_envs((run.adapter.post_task,))
-    phase = 'rl' if args.mode in ('random', 'final') else 'baselines'
+    phase = 'rl' if args.mode in ('random', 'spread', 'final') else 'baselines'
     (args.run_dir / phase).mkdir(exist_ok = True)
 
     if args.mode == 'raw':
@@ -68,19 +88,23 @@ def main():
         summary, _ = rl_phase.internal(model, meta.with_action_codebook(codebook), make_envs, config.rl, run.seed, False,
                                        progress_file = run.progress_path(phase, 'random_codebook'))
         summary['codebook'] = codebook.tolist()
-    else:
+    elif args.mode == 'spread':
+        trained, codes, progress = trained_policy(run, model)
+        summary, _ = rl_phase.internal(model, trained.with_codebook_spread(args.spread), make_envs, config.rl, run.seed, False,
+                                       progress_file = run.progress_path(phase, f'spread_{args.spread}'))
+        summary.update(codes, spread = args.spread, trained_before = progress['episodes'])
+    elif args.mode == 'beta1':
         meta, codes = rl_meta_controller(run, model)
-        if args.mode == 'beta1':
-            summary, _ = rl_phase.internal(model, meta, make_envs, config.rl, run.seed, False, force_beta = 1.,
-                                           progress_file = run.progress_path(phase, 'beta1'))
-        else:
-            progress = torch.load(run.progress_path(phase, 'internal'), map_location = 'cpu', weights_only = True)
-            meta.load_state_dict(progress['module'])
-            summary = dict(rl_phase.final_success(model, make_envs, config.rl, run.seed, meta.eval()), episodes = progress['episodes'],
-                           initial_success = progress['curve'][0][1], controllers = controllers_success(run, model, make_envs, config.rl))
+        summary, _ = rl_phase.internal(model, meta, make_envs, config.rl, run.seed, False, force_beta = 1.,
+                                       progress_file = run.progress_path(phase, 'beta1'))
         summary.update(codes)
-    suffix = f'_{args.episodes}' if args.episodes else ''   # a larger evaluation keeps the default one's file
-    write_json(args.run_dir / phase / f'codebook_rl_{args.mode}{suffix}.json', summary)
+    else:
+        meta, codes, progress = trained_policy(run, model, args.spread)
+        summary = dict(rl_phase.final_success(model, make_envs, config.rl, run.seed, meta.eval()), **codes, episodes = progress['episodes'],
+                       initial_success = progress['curve'][0][1], controllers = controllers_success(run, model, make_envs, config.rl))
+    # e.g. codebook_rl_spread_0.2.json, codebook_rl_final_spread_0.2_5000.json: no run overwrites another's file
+    name = [args.mode] * (args.mode != 'spread') + [f'spread_{args.spread}'] * (args.spread is not None) + [str(args.episodes)] * bool(args.episodes)
+    write_json(args.run_dir / phase / f'codebook_rl_{"_".join(name)}.json', summary)
     print({k: summary[k] for k in SUMMARY if k in summary})
 
 
