@@ -1,7 +1,9 @@
 """Internal-RL learning curves of several run folders in one figure (the paper's Fig. 8 layout, log x).
 
 Each curve is LABEL=RUN_DIR[:METHOD]: the training-batch success curve recorded by that run's `rl`
-phase (METHOD `internal`, the default) or `baselines` phase (`raw_action`, `no_temporal_abstraction`).
+phase (METHOD `internal`, the default) or `baselines` phase (`raw_action`, `no_temporal_abstraction`),
+or a continuation of the rl phase's codebook policy by `codebook_rl.py spread` (`spread_σ0`, e.g.
+`spread_0.2`), drawn after the episodes that policy had trained.
 Curves that share a label are seeds of one method: their median is drawn, with the 25–75% band.
 A run still training (or stopped) is drawn from the progress its phase saved.
 Dashed lines mark reference successes, e.g. the ground-truth controllers on the same task.
@@ -22,15 +24,28 @@ PROGRESS = dict(internal = 'rl/progress_internal.pt', raw_action = 'baselines/pr
                 no_temporal_abstraction = 'baselines/progress_beta1.pt')
 
 
+def saved_curve(path: Path) -> tuple[list, int]:
+    """The success curve a progress file holds, and its episodes so far."""
+    progress = torch.load(path, map_location = 'cpu', weights_only = True)
+    return [list(point) for point in progress['curve']], progress['episodes']
+
+
 def curve(spec: str) -> tuple[str, list]:
     """The curve of a finished phase, or, while it runs (or after it was stopped), of its saved progress."""
     label, _, where = spec.partition('=')
     run_dir, _, method = where.partition(':')
     method = method or 'internal'
+    if method.startswith('spread_'):
+        rl = Path(run_dir) / 'rl'
+        if not (rl / f'progress_{method}.pt').is_file():
+            raise SystemExit(f'{spec!r}: expected {rl}/progress_{method}.pt (run codebook_rl.py spread first)')
+        _, before = saved_curve(rl / 'progress_internal.pt')
+        points, _ = saved_curve(rl / f'progress_{method}.pt')
+        return label, [[before + episodes, success] for episodes, success in points]
     phase = 'rl' if method == 'internal' else 'baselines'
     record, progress = Path(run_dir) / 'phases' / f'{phase}.json', Path(run_dir) / PROGRESS.get(method, '')
     if not record.exists() and progress.is_file():
-        return label, [list(point) for point in torch.load(progress, map_location = 'cpu', weights_only = True)['curve']]
+        return label, saved_curve(progress)[0]
     if not record.exists():
         raise SystemExit(f'{spec!r}: expected {record} or {progress} (run the {phase} phase first)')
     metrics = json.loads(record.read_text())['metrics']
