@@ -41,6 +41,11 @@ def logistic_noise(like: Tensor) -> Tensor:
     return u.log() - (-u).log1p()
 
 
+def choose(logits: Tensor, deterministic: bool = False) -> Tensor:
+    """An index drawn from the categorical of `logits` (..., K), or its most likely one: (...)."""
+    return logits.argmax(dim = -1) if deterministic else torch.distributions.Categorical(logits = logits).sample()
+
+
 def straight_through(soft: Tensor, hard: Tensor) -> Tensor:
     """`hard`'s values with `soft`'s gradient (in this order, exact where hard = round(soft))."""
     return hard - soft.detach() + soft
@@ -109,7 +114,7 @@ class CategoricalCode:
 
     def sample(self, dist: Tensor, deterministic: bool = False) -> Tensor:
         logits = dist[..., 0]
-        index = logits.argmax(dim = -1) if deterministic else torch.distributions.Categorical(logits = logits).sample()
+        index = choose(logits, deterministic)
         return F.one_hot(index, logits.shape[-1]).to(logits)
 
     def log_prob(self, dist: Tensor, value: Tensor) -> Tensor:
@@ -139,7 +144,7 @@ class CodebookCode:
 
     def sample(self, dist: Tensor, deterministic: bool = False) -> Tensor:
         logits = dist[..., 0]
-        index = logits.argmax(dim = -1) if deterministic else torch.distributions.Categorical(logits = logits).sample()
+        index = choose(logits, deterministic)
         return self.codebook.to(logits)[index]
 
     def log_prob(self, dist: Tensor, value: Tensor) -> Tensor:
@@ -170,8 +175,8 @@ class CodebookMixtureCode(CodebookCode):
 
     def sample(self, dist: Tensor, deterministic: bool = False) -> Tensor:
         logits, gaussians = self.components(dist)
-        index = logits.argmax(dim = -1) if deterministic else torch.distributions.Categorical(logits = logits).sample()
-        chosen = gaussians.gather(-3, index[..., None, None, None].expand(*index.shape, 1, *gaussians.shape[-2:]))[..., 0, :, :]
+        index = choose(logits, deterministic)
+        chosen = torch.take_along_dim(gaussians, index[..., None, None, None], dim = -3)[..., 0, :, :]   # (..., n_z, 2)
         return gaussian_sample(chosen, deterministic)
 
     def log_prob(self, dist: Tensor, value: Tensor) -> Tensor:
