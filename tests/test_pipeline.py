@@ -343,6 +343,9 @@ def test_changed_settings_need_force_or_a_new_folder(smoke_run):
     (['--rl.codebook', '-2'], '--rl.codebook must be >= 0, got -2'),
     (['--rl.codebook_spread', '0.2'], '--rl.codebook_spread 0.2 needs a codebook to draw around: give --rl.codebook K >= 2'),
     (['--rl.codebook', '2', '--rl.codebook_spread', '-1'], '--rl.codebook_spread must be finite and >= 0, got -1.0'),
+    (['--rl.codebook', '2', '--rl.codebook_spread_after', '16'], '--rl.codebook_spread_after 16 starts a spread: give --rl.codebook_spread'),
+    (['--rl.codebook', '2', '--rl.codebook_spread', '0.2', '--rl.codebook_spread_after', '32'],
+     '--rl.codebook_spread_after must leave episodes for the spread: less than --rl.total_episodes (32), got 32'),
 ])
 def test_bad_flags_are_rejected_before_any_work(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit):
@@ -363,14 +366,16 @@ def test_another_held_out_task_runs_end_to_end(tmp_path):
     assert result['discovery']['selected_by'] == 'switch_f1' and 0 <= result['rl']['internal']['success'] <= 1
 
 
-@pytest.mark.parametrize('spread', [0., 0.2])
-def test_an_action_codebook_reaches_internal_rl_and_beta1(smoke_run, tmp_path, spread):
+@pytest.mark.parametrize('spread, after', [(0., 0), (0.2, 0), (0.2, 16)])
+def test_an_action_codebook_reaches_internal_rl_and_beta1(smoke_run, tmp_path, spread, after):
     """--rl.codebook K: internal RL and β ≡ 1 choose among K k-means centroids of the held codes on the
-    discovery data (the same for both; with --rl.codebook_spread, draw around them), and the record says
-    how the codes split among them and how widely each cluster spreads."""
+    discovery data (the same for both; with --rl.codebook_spread, draw around them, from the start or after
+    --rl.codebook_spread_after episodes of the exact codes), and the record says how the codes split among
+    them and how widely each cluster spreads."""
     smoke_tmp, _ = smoke_run
     shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
-    result = run(tmp_path, '--phases', 'rl,baselines', '--force', '--rl.codebook', '3', '--rl.codebook_spread', str(spread))
+    result = run(tmp_path, '--phases', 'rl,baselines', '--force', '--rl.codebook', '3', '--rl.codebook_spread', str(spread),
+                 '--rl.codebook_spread_after', str(after))
     codebook = result['rl']['internal']['codebook']
     assert codebook['size'] == 3 and math.isclose(sum(codebook['share']), 1, abs_tol = 1e-5) and 0 < codebook['purity'] <= 1
     assert len(codebook['majority_subgoal']) == 3 and codebook['codes'] > 3
@@ -380,6 +385,22 @@ def test_an_action_codebook_reaches_internal_rl_and_beta1(smoke_run, tmp_path, s
     assert internal.action_codebook_size == 3 and torch.equal(internal.action_codebook, beta1.action_codebook)
     assert internal.action_codebook_spread == beta1.action_codebook_spread == spread
     assert 0 <= result['rl']['internal']['success'] <= 1
+    for phase, name, entry in (('rl', 'internal', 'internal'), ('baselines', 'beta1', 'no_temporal_abstraction')):
+        entry = result['rl'][entry]
+        # one record of both stages: each batch counted once, the spread's after the exact policy's
+        assert [e for e, _ in entry['curve']] == [16, 32] and entry['episodes'] == 32
+        assert (tmp_path / 'run' / phase / f'progress_{name}_exact.pt').is_file() == bool(after)
+
+
+def test_a_staged_spread_goes_on_from_its_exact_stage(smoke_run, tmp_path):
+    """A larger --rl.total_episodes on a finished two-stage run trains only the spread further: the exact
+    stage's record is kept as it was."""
+    smoke_tmp, _ = smoke_run
+    shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
+    flags = ('--phases', 'rl,baselines', '--rl.codebook', '3', '--rl.codebook_spread', '0.2', '--rl.codebook_spread_after', '16')
+    before = run(tmp_path, *flags, '--force')['rl']['internal']
+    after = run(tmp_path, *flags, '--rl.total_episodes', '48')['rl']['internal']
+    assert after['curve'][:2] == before['curve'] and [e for e, _ in after['curve']] == [16, 32, 48]
 
 
 def test_steering_rows_share_their_episodes():

@@ -8,7 +8,8 @@ with the RL settings of its config.json (issue 15; docs/reproduction.md, "Intern
   around the chosen centroid (`--spread σ0`, `--rl.codebook_spread`): the policy's GRU and logits carry
   over and each centroid's offset and variance start near zero, so it starts as the trained policy with
   σ0 of noise on its codes, and the codes can then follow the state. `--spread 0` goes on with the exact
-  centroids, the control with the same budget and a fresh optimiser;
+  centroids, the control with the same budget and a fresh optimiser. The pipeline's
+  `--rl.codebook_spread_after N` runs both stages in one phase (on seed 0 it gives this mode's figures exactly);
 - `final`: the phase's final evaluation of an internal-RL run stopped before its budget, on the policy
   its progress file holds, and the folder's ground-truth controllers on the same episodes (sampled and
   greedy), for the ratio the issue sets its bar on. `--episodes N` evaluates on N episodes instead of

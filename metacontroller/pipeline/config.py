@@ -130,6 +130,9 @@ class RLPhaseConfig:
                             'holds on its data (no labels; not the paper); 0: a Gaussian over z, the paper')
     codebook_spread: float = knob(0., 'with --rl.codebook: draw z from a Gaussian around the chosen centroid that starts at '
                                       'this std and whose mean and variance the policy learns (not the paper); 0: the centroid itself')
+    codebook_spread_after: int = knob(0, 'with --rl.codebook_spread: first train the exact codebook policy this many episodes, then '
+                                         'its copy with the spread (same choices, fresh optimiser) for the rest of --rl.total_episodes; '
+                                         "the study's recipe is 400000 of 600000 (a spread from the start learns slower); 0: from the start")
 
     def run_config(self, lr: float) -> RLConfig:
         """The settings of one RL run at learning rate `lr`."""
@@ -248,8 +251,8 @@ def _check_setting(key: str, value) -> list[str]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return []
     if isinstance(value, int):
-        # pretrain: 0 uses --pretrain.init as is; codebook: 0 is off
-        low = 0 if name.endswith('_steps') or key in ('pretrain.steps', 'rl.codebook') else 1
+        # pretrain: 0 uses --pretrain.init as is; codebook, codebook_spread_after: 0 is off
+        low = 0 if name.endswith('_steps') or key in ('pretrain.steps', 'rl.codebook', 'rl.codebook_spread_after') else 1
         return [] if value >= low else [f'--{key} must be >= {low}, got {value}']
     positive = name in POSITIVE_RATES or name.endswith('_lr')
     if math.isfinite(value) and (value > 0 if positive else value >= 0):
@@ -271,6 +274,12 @@ def _check_together(config: PipelineConfig, flat: dict[str, Any]) -> list[str]:
         problems.append('--rl.codebook must be 0 (off: a Gaussian over z, the paper) or >= 2 codes to choose among, got 1')
     if config.rl.codebook_spread and not config.rl.codebook:
         problems.append(f'--rl.codebook_spread {config.rl.codebook_spread} needs a codebook to draw around: give --rl.codebook K >= 2')
+    if config.rl.codebook_spread_after and not config.rl.codebook_spread:
+        problems.append(f'--rl.codebook_spread_after {config.rl.codebook_spread_after} starts a spread: give --rl.codebook_spread σ0 > 0 '
+                        '(and --rl.codebook K >= 2)')
+    if config.rl.codebook_spread_after and config.rl.codebook_spread_after >= config.rl.total_episodes:
+        problems.append(f'--rl.codebook_spread_after must leave episodes for the spread: less than --rl.total_episodes '
+                        f'({config.rl.total_episodes}), got {config.rl.codebook_spread_after}')
     if config.discovery.select_alpha not in SELECT_ALPHA:
         problems.append(f'--discovery.select_alpha must be one of {", ".join(SELECT_ALPHA)}, got {config.discovery.select_alpha!r}')
     for flag, path in (('--pretrain.init', config.pretrain.init), ('--discovery.init', config.discovery.init)):

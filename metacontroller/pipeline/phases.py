@@ -221,13 +221,15 @@ def run_discover(run: Run) -> dict:
 def rl_meta_controller(run: Run, model: Transformer) -> tuple[MetaController, dict]:
     """The discovered metacontroller, or with --rl.codebook K its copy that chooses among K k-means centroids
     of the codes it holds on the discovery data (and the codebook's summary; empty without one)."""
-    meta, k = run.load_meta_controller(), run.config.rl.codebook
-    if not k:
+    meta, rl = run.load_meta_controller(), run.config.rl
+    if not rl.codebook:
         return meta, {}
-    meta, summary = codebook.fit(model, meta, data.load(run.data_dir, 'discovery').head(CODEBOOK_EPISODES), k, run.seed, run.device,
-                                 run.config.rl.codebook_spread)
+    # with --rl.codebook_spread_after the policy starts exact and rl_phase.spread_in_stages adds the spread later
+    spread = 0. if rl.codebook_spread_after else rl.codebook_spread
+    meta, summary = codebook.fit(model, meta, data.load(run.data_dir, 'discovery').head(CODEBOOK_EPISODES), rl.codebook, run.seed,
+                                 run.device, spread)
     purity = f', purity against the subgoal labels {summary["purity"]:.3f}' if 'purity' in summary else ''
-    logger.info(f'action codebook: {k} k-means centroids of {summary["codes"]} held codes; shares '
+    logger.info(f'action codebook: {rl.codebook} k-means centroids of {summary["codes"]} held codes; shares '
                 f'{[round(v, 3) for v in summary["share"]]}, RMS std per dimension {[round(v, 3) for v in summary["spread"]]}{purity}')
     return meta, dict(codebook = summary)
 

@@ -3,13 +3,14 @@
 on fresh post-task episodes."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 from metacontroller import MetaController, Transformer
 from metacontroller.distributed import SINGLE, Process
 from metacontroller.pipeline.config import RLPhaseConfig
-from metacontroller.rl import RLResult, evaluate, train_internal_rl, train_raw_action_rl
+from metacontroller.rl import RLConfig, RLResult, evaluate, train_internal_rl, train_raw_action_rl
 from metacontroller.rl.seeds import final_eval_seed
 
 # (greedy latent, greedy raw action) for each entry of `success_by_policy`: the policy's own noise and the
@@ -51,11 +52,38 @@ def results_entry(result: RLResult, final: dict) -> dict:
 def internal(model, meta_controller, make_envs, config: RLPhaseConfig, seed: int, progress: bool = True,
              process: Process = SINGLE, force_beta: float | None = None, progress_file: Path | None = None) -> tuple[dict, MetaController]:
     """Internal RL (force_beta None) or the β ≡ 1 baseline (force_beta 1.0); returns the summary and the trained metacontroller.
-    With `progress_file`, training saves its progress there and goes on from it."""
-    result = train_internal_rl(model, meta_controller, make_envs, config.run_config(config.lr), seed = seed,
-                               force_beta = force_beta, progress = progress, process = process, progress_file = progress_file)
+    With `progress_file`, training saves its progress there and goes on from it. With `--rl.codebook_spread_after`,
+    training runs in the two stages of `spread_in_stages`."""
+    run_config, kwargs = config.run_config(config.lr), dict(seed = seed, force_beta = force_beta, progress = progress, process = process,
+                                                            progress_file = progress_file)
+    if config.codebook_spread_after:
+        result = spread_in_stages(model, meta_controller, make_envs, run_config, config.codebook_spread_after, config.codebook_spread, **kwargs)
+    else:
+        result = train_internal_rl(model, meta_controller, make_envs, run_config, **kwargs)
     final = final_success(model, make_envs, config, seed, result.module, force_beta, process)
     return results_entry(result, final), result.module
+
+
+def spread_in_stages(model, meta_controller, make_envs, config: RLConfig, exact_episodes: int, spread: float,
+                     progress_file: Path | None = None, **kwargs) -> RLResult:
+    """Internal RL over an action codebook in two stages (not in the paper): the exact codebook policy trains
+    `exact_episodes`, then its copy that draws z around the chosen centroid (`with_codebook_spread(spread)`: the
+    same choices to start, a fresh optimiser) the rest of `config.total_episodes`. One record of both, the second
+    stage's episodes counted after the first's. Its training episodes repeat the first stage's env seeds, as in
+    the study's runs. Each stage keeps its own progress file (the first's with an `_exact` suffix), so a stopped
+    run goes on and a larger budget goes to the spread."""
+    first = None if progress_file is None else progress_file.with_name(f'{progress_file.stem}_exact{progress_file.suffix}')
+    exact = train_internal_rl(model, meta_controller.with_codebook_spread(0.), make_envs, replace(config, total_episodes = exact_episodes),
+                              progress_file = first, **kwargs)
+    rest = replace(config, total_episodes = config.total_episodes - exact_episodes)
+    drawn = train_internal_rl(model, exact.module.with_codebook_spread(spread), make_envs, rest, progress_file = progress_file, **kwargs)
+
+    def after(points: list, start: int) -> list:
+        return [(start + x, y) for x, y in points]
+
+    return RLResult(exact.curve + after(drawn.curve, exact.episodes), exact.evals + after(drawn.evals, exact.episodes), drawn.success,
+                    exact.episodes + drawn.episodes, exact.raw_steps + drawn.raw_steps, drawn.module,
+                    exact.raw_step_curve + after(drawn.raw_step_curve, exact.raw_steps))
 
 
 def raw_action(model, make_envs, config: RLPhaseConfig, seed: int, progress: bool = True,
