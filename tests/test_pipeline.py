@@ -385,8 +385,8 @@ def test_an_action_codebook_reaches_internal_rl_and_beta1(smoke_run, tmp_path, s
     assert internal.action_codebook_size == 3 and torch.equal(internal.action_codebook, beta1.action_codebook)
     assert internal.action_codebook_spread == beta1.action_codebook_spread == spread
     assert 0 <= result['rl']['internal']['success'] <= 1
-    for phase, name, entry in (('rl', 'internal', 'internal'), ('baselines', 'beta1', 'no_temporal_abstraction')):
-        entry = result['rl'][entry]
+    for phase, name, key in (('rl', 'internal', 'internal'), ('baselines', 'beta1', 'no_temporal_abstraction')):
+        entry = result['rl'][key]
         # one record of both stages: each batch counted once, the spread's after the exact policy's
         assert [e for e, _ in entry['curve']] == [16, 32] and entry['episodes'] == 32
         assert (tmp_path / 'run' / phase / f'progress_{name}_exact.pt').is_file() == bool(after)
