@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from metacontroller.pipeline import rl_phase
 from metacontroller.pipeline.plots import draw_rl_curves, single_panel
 
 PROGRESS = dict(internal = 'rl/progress_internal.pt', raw_action = 'baselines/progress_raw_action.pt',
@@ -28,6 +29,16 @@ def saved_curve(path: Path) -> tuple[list, int]:
     """The success curve a progress file holds, and its episodes so far."""
     progress = torch.load(path, map_location = 'cpu', weights_only = True)
     return [list(point) for point in progress['curve']], progress['episodes']
+
+
+def progress_curve(progress: Path) -> list:
+    """The curve a phase's saved progress holds. A run in two stages (`--rl.codebook_spread_after`) keeps its first
+    stage's beside it; the second stage's episodes then count after the first's, as in the phase's record."""
+    exact = rl_phase.exact_stage_file(progress)
+    points, before = saved_curve(exact) if exact.is_file() else ([], 0)
+    if progress.is_file():
+        points += [[before + episodes, success] for episodes, success in saved_curve(progress)[0]]
+    return points
 
 
 def curve(spec: str) -> tuple[str, list]:
@@ -44,8 +55,8 @@ def curve(spec: str) -> tuple[str, list]:
         return label, [[before + episodes, success] for episodes, success in points]
     phase = 'rl' if method == 'internal' else 'baselines'
     record, progress = Path(run_dir) / 'phases' / f'{phase}.json', Path(run_dir) / PROGRESS.get(method, '')
-    if not record.exists() and progress.is_file():
-        return label, saved_curve(progress)[0]
+    if not record.exists() and (progress.is_file() or rl_phase.exact_stage_file(progress).is_file()):
+        return label, progress_curve(progress)
     if not record.exists():
         raise SystemExit(f'{spec!r}: expected {record} or {progress} (run the {phase} phase first)')
     metrics = json.loads(record.read_text())['metrics']

@@ -64,6 +64,11 @@ def internal(model, meta_controller, make_envs, config: RLPhaseConfig, seed: int
     return results_entry(result, final), result.module
 
 
+def exact_stage_file(progress_file: Path) -> Path:
+    """Where `spread_in_stages` keeps its first stage's progress, beside the second's `progress_file`."""
+    return progress_file.with_name(f'{progress_file.stem}_exact{progress_file.suffix}')
+
+
 def spread_in_stages(model, meta_controller, make_envs, config: RLConfig, exact_episodes: int, spread: float,
                      progress_file: Path | None = None, **kwargs) -> RLResult:
     """Internal RL over an action codebook in two stages (not in the paper): the exact codebook policy trains
@@ -72,7 +77,7 @@ def spread_in_stages(model, meta_controller, make_envs, config: RLConfig, exact_
     stage's episodes counted after the first's. Its training episodes repeat the first stage's env seeds, as in
     the study's runs. Each stage keeps its own progress file (the first's with an `_exact` suffix), so a stopped
     run goes on and a larger budget goes to the spread."""
-    first = None if progress_file is None else progress_file.with_name(f'{progress_file.stem}_exact{progress_file.suffix}')
+    first = None if progress_file is None else exact_stage_file(progress_file)
     exact = train_internal_rl(model, meta_controller.with_codebook_spread(0.), make_envs, replace(config, total_episodes = exact_episodes),
                               progress_file = first, **kwargs)
     rest = replace(config, total_episodes = config.total_episodes - exact_episodes)
