@@ -10,8 +10,8 @@ with the RL settings of its config.json (issue 15; docs/reproduction.md, "Intern
   σ0 of noise on its codes, and the codes can then follow the state. `--spread 0` goes on with the exact
   centroids, the control with the same budget and a fresh optimiser. The pipeline's
   `--rl.codebook_spread_after N` runs both stages in one phase (on seed 0 it gives this mode's figures exactly);
-- `final`: the phase's final evaluation of an internal-RL run stopped before its budget, on the policy
-  its progress file holds, and the folder's ground-truth controllers on the same episodes (sampled and
+- `final`: the phase's final evaluation of an internal-RL run (stopped before its budget, or finished; of a
+  run in two stages, its second), on the policy its progress file holds, and the folder's ground-truth controllers on the same episodes (sampled and
   greedy), for the ratio the issue sets its bar on. `--episodes N` evaluates on N episodes instead of
   `--rl.final_eval_episodes` (5,000 puts a standard error of about 0.006 on a success near 0.2).
 
@@ -47,9 +47,14 @@ def controllers_success(run: Run, model, make_envs, config) -> dict:
 
 def trained_policy(run: Run, model, spread: float | None = None) -> tuple[MetaController, dict, dict]:
     """The rl phase's codebook metacontroller with the policy its progress file holds (with `spread`: the one
-    the `spread` mode trained from it), the codebook's summary, and the progress."""
+    the `spread` mode trained from it; in a phase of two stages, `--rl.codebook_spread_after`, its second
+    stage's), the codebook's summary, and the progress."""
     meta, codes = rl_meta_controller(run, model)
-    meta, name = (meta, 'internal') if spread is None else (meta.with_codebook_spread(spread), f'spread_{spread}')
+    if spread is not None:
+        meta, name = meta.with_codebook_spread(spread), f'spread_{spread}'
+    else:
+        staged = run.config.rl.codebook_spread_after > 0
+        meta, name = (meta.with_codebook_spread(run.config.rl.codebook_spread) if staged else meta), 'internal'
     progress = torch.load(run.progress_path('rl', name), map_location = 'cpu', weights_only = True)
     meta.load_state_dict(progress['module'])
     return meta, codes, progress
@@ -101,8 +106,13 @@ def main():
         summary.update(codes)
     else:
         meta, codes, progress = trained_policy(run, model, args.spread)
-        summary = dict(rl_phase.final_success(model, make_envs, config.rl, run.seed, meta.eval()), **codes, episodes = progress['episodes'],
-                       initial_success = progress['curve'][0][1], controllers = controllers_success(run, model, make_envs, config.rl))
+        stages = [progress]
+        exact = rl_phase.exact_stage_file(run.progress_path(phase, 'internal'))
+        if args.spread is None and config.rl.codebook_spread_after:   # count both stages, and start at the first's
+            stages.insert(0, torch.load(exact, map_location = 'cpu', weights_only = True))
+        summary = dict(rl_phase.final_success(model, make_envs, config.rl, run.seed, meta.eval()), **codes,
+                       episodes = sum(stage['episodes'] for stage in stages), initial_success = stages[0]['curve'][0][1],
+                       controllers = controllers_success(run, model, make_envs, config.rl))
     # e.g. codebook_rl_spread_0.2.json, codebook_rl_final_spread_0.2_5000.json: no run overwrites another's file
     name = [args.mode] * (args.mode != 'spread') + [f'spread_{args.spread}'] * (args.spread is not None) + [str(args.episodes)] * bool(args.episodes)
     write_json(args.run_dir / phase / f'codebook_rl_{"_".join(name)}.json', summary)
