@@ -4,12 +4,13 @@ Each curve is LABEL=RUN_DIR[:METHOD]: the training-batch success curve recorded 
 phase (METHOD `internal`, the default) or `baselines` phase (`raw_action`, `no_temporal_abstraction`),
 or a continuation of the rl phase's codebook policy by `codebook_rl.py spread` (`spread_σ0`, e.g.
 `spread_0.2`), drawn after the episodes that policy had trained.
+A curve may also be LABEL=SUMMARY.json, the summary `codebook_rl.py` writes (e.g. `baselines/codebook_rl_raw.json`).
 Curves that share a label are seeds of one method: their median is drawn, with the 25–75% band.
 A run still training (or stopped) is drawn from the progress its phase saved.
 Dashed lines mark reference successes, e.g. the ground-truth controllers on the same task.
 
     python docs/experiments/rl_curves.py --out curves.png 'AB, colour codes=runs/a' 'AB, raw actions=runs/a:raw_action' \\
-        --reference 'AB, ground-truth controllers=0.675'
+        'AB, β ≡ 1=runs/a/baselines/codebook_rl_beta1.json' --reference 'AB, ground-truth controllers=0.675'
 """
 import argparse
 import json
@@ -44,6 +45,8 @@ def progress_curve(progress: Path) -> list:
 def curve(spec: str) -> tuple[str, list]:
     """The curve of a finished phase, or, while it runs (or after it was stopped), of its saved progress."""
     label, _, where = spec.partition('=')
+    if where.endswith('.json'):
+        return label, json.loads(Path(where).read_text())['curve']
     run_dir, _, method = where.partition(':')
     method = method or 'internal'
     if method.startswith('spread_'):
