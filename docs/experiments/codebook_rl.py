@@ -11,8 +11,8 @@ with the RL settings of its config.json (issue 15; docs/reproduction.md, "Intern
   centroids, the control with the same budget and a fresh optimiser. The pipeline's
   `--rl.codebook_spread_after N` runs both stages in one phase (on seed 0 it gives this mode's figures exactly);
 - `final`: the phase's final evaluation of an internal-RL run (stopped before its budget, or finished; of a
-  run in two stages, its second), on the policy its progress file holds, and the folder's ground-truth controllers on the same episodes (sampled and
-  greedy), for the ratio the issue sets its bar on. `--episodes N` evaluates on N episodes instead of
+  run in two stages, its second), on the policy its progress file holds, and the folder's ground-truth
+  controllers on the same episodes (sampled and greedy), for the ratio the issue sets its bar on. `--episodes N` evaluates on N episodes instead of
   `--rl.final_eval_episodes` (5,000 puts a standard error of about 0.006 on a success near 0.2).
 
 Each trains with `--budget` episodes (default: the folder's) and saves its progress beside the phase's
@@ -80,6 +80,9 @@ def main():
         config = override(config, {'rl.total_episodes': args.budget})
     if args.episodes:
         config = override(config, {'rl.final_eval_episodes': args.episodes})
+    if args.mode == 'spread' and config.rl.codebook_spread_after:
+        parser.error(f'{args.run_dir} already trains the spread in its rl phase (--rl.codebook_spread_after '
+                     f'{config.rl.codebook_spread_after}); give that phase a larger --rl.total_episodes instead')
     run = Run(args.run_dir, config, pinpad_adapter().for_config(config), seed = saved['seed'], progress = False)
     model = run.load_model()
     make_envs = run.adapter.make_envs((run.adapter.post_task,))
@@ -107,8 +110,8 @@ def main():
     else:
         meta, codes, progress = trained_policy(run, model, args.spread)
         stages = [progress]
-        exact = rl_phase.exact_stage_file(run.progress_path(phase, 'internal'))
         if args.spread is None and config.rl.codebook_spread_after:   # count both stages, and start at the first's
+            exact = rl_phase.exact_stage_file(run.progress_path(phase, 'internal'))
             stages.insert(0, torch.load(exact, map_location = 'cpu', weights_only = True))
         summary = dict(rl_phase.final_success(model, make_envs, config.rl, run.seed, meta.eval()), **codes,
                        episodes = sum(stage['episodes'] for stage in stages), initial_success = stages[0]['curve'][0][1],
