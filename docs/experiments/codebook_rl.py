@@ -12,8 +12,9 @@ with the RL settings of its config.json (issue 15; docs/reproduction.md, "Intern
   `--rl.codebook_spread_after N` runs both stages in one phase (on seed 0 it gives this mode's figures exactly);
 - `final`: the phase's final evaluation of an internal-RL run (stopped before its budget, or finished; of a
   run in two stages, its second), on the policy its progress file holds, and the folder's ground-truth
-  controllers on the same episodes (sampled and greedy), for the ratio the issue sets its bar on. `--episodes N` evaluates on N episodes instead of
-  `--rl.final_eval_episodes` (5,000 puts a standard error of about 0.006 on a success near 0.2).
+  controllers on the same episodes (sampled and greedy), for the ratio the issue sets its bar on.
+  `--episodes N` evaluates on N episodes instead of `--rl.final_eval_episodes` (5,000 puts a standard
+  error of about 0.006 on a success near 0.2).
 
 Each trains with `--budget` episodes (default: the folder's) and saves its progress beside the phase's
 own files, so a stopped run goes on; the summary goes to a JSON file in the same place.
@@ -45,19 +46,21 @@ def controllers_success(run: Run, model, make_envs, config) -> dict:
     return rl_phase.final_success(model, make_envs, config, run.seed, intervention = intervene)['success_by_policy']
 
 
-def trained_policy(run: Run, model, spread: float | None = None) -> tuple[MetaController, dict, dict]:
+def trained_policy(run: Run, model, spread: float | None = None) -> tuple[MetaController, dict, list[dict]]:
     """The rl phase's codebook metacontroller with the policy its progress file holds (with `spread`: the one
     the `spread` mode trained from it; in a phase of two stages, `--rl.codebook_spread_after`, its second
-    stage's), the codebook's summary, and the progress."""
+    stage's), the codebook's summary, and the progress of each stage that trained it, the first first."""
     meta, codes = rl_meta_controller(run, model)
+    staged = spread is None and run.config.rl.codebook_spread_after > 0
     if spread is not None:
         meta, name = meta.with_codebook_spread(spread), f'spread_{spread}'
     else:
-        staged = run.config.rl.codebook_spread_after > 0
         meta, name = (meta.with_codebook_spread(run.config.rl.codebook_spread) if staged else meta), 'internal'
-    progress = torch.load(run.progress_path('rl', name), map_location = 'cpu', weights_only = True)
-    meta.load_state_dict(progress['module'])
-    return meta, codes, progress
+    last = run.progress_path('rl', name)
+    stages = [torch.load(path, map_location = 'cpu', weights_only = True)
+              for path in [rl_phase.exact_stage_file(last)] * staged + [last]]
+    meta.load_state_dict(stages[-1]['module'])
+    return meta, codes, stages
 
 
 def main():
@@ -98,21 +101,17 @@ def main():
                                        progress_file = run.progress_path(phase, 'random_codebook'))
         summary['codebook'] = codebook.tolist()
     elif args.mode == 'spread':
-        trained, codes, progress = trained_policy(run, model)
+        trained, codes, stages = trained_policy(run, model)
         summary, _ = rl_phase.internal(model, trained.with_codebook_spread(args.spread), make_envs, config.rl, run.seed, False,
                                        progress_file = run.progress_path(phase, f'spread_{args.spread}'))
-        summary.update(codes, spread = args.spread, trained_before = progress['episodes'])
+        summary.update(codes, spread = args.spread, trained_before = stages[-1]['episodes'])
     elif args.mode == 'beta1':
         meta, codes = rl_meta_controller(run, model)
         summary, _ = rl_phase.internal(model, meta, make_envs, config.rl, run.seed, False, force_beta = 1.,
                                        progress_file = run.progress_path(phase, 'beta1'))
         summary.update(codes)
     else:
-        meta, codes, progress = trained_policy(run, model, args.spread)
-        stages = [progress]
-        if args.spread is None and config.rl.codebook_spread_after:   # count both stages, and start at the first's
-            exact = rl_phase.exact_stage_file(run.progress_path(phase, 'internal'))
-            stages.insert(0, torch.load(exact, map_location = 'cpu', weights_only = True))
+        meta, codes, stages = trained_policy(run, model, args.spread)
         summary = dict(rl_phase.final_success(model, make_envs, config.rl, run.seed, meta.eval()), **codes,
                        episodes = sum(stage['episodes'] for stage in stages), initial_success = stages[0]['curve'][0][1],
                        controllers = controllers_success(run, model, make_envs, config.rl))
