@@ -162,6 +162,27 @@ def test_an_interrupted_pretraining_goes_on_from_its_progress_exactly(smoke_run,
         pretrain.train(fresh(), dataset.head(len(dataset) - 1), config, 0, 'cpu', False, progress_file = tmp_path / 'progress.pt')
 
 
+def test_a_cooldown_decays_the_rate_over_the_last_steps_and_ties_the_progress_to_its_budget(smoke_run, tmp_path, monkeypatch):
+    config = replace(smoke_config().pretrain, steps = 6, cooldown_steps = 3)
+    assert [pretrain.learning_rate(config, step) / config.lr for step in range(6)] == pytest.approx([1, 1, 1, 1, 2 / 3, 1 / 3])
+    assert {pretrain.learning_rate(replace(config, cooldown_steps = 0), step) for step in range(6)} == {config.lr}
+
+    rates, step = [], pretrain.train_step   # the rate each optimiser step actually took
+    monkeypatch.setattr(pretrain, 'train_step', lambda model, batch, optimizer, *rest: rates.append(optimizer.param_groups[0]['lr'])
+                        or step(model, batch, optimizer, *rest))
+    dataset = data.load(smoke_run[0] / 'run' / 'data', 'pretrain')
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_transformer(pinpad_adapter(), smoke_config().model)
+
+    pretrain.train(fresh(), dataset, config, 0, 'cpu', False, progress_file = tmp_path / 'progress.pt')
+    assert rates == pytest.approx([pretrain.learning_rate(config, step) for step in range(6)])
+    # a larger budget would have decayed later: the run is finished, not one to go on from
+    with pytest.raises(ValueError, match = r'other settings \(cooldown_ends_at: saved 6, now 8\)'):
+        pretrain.train(fresh(), dataset, replace(config, steps = 8), 0, 'cpu', False, progress_file = tmp_path / 'progress.pt')
+
+
 def test_an_interrupted_discovery_goes_on_from_its_progress_exactly(smoke_run, tmp_path, monkeypatch):
     smoke_tmp, _ = smoke_run
     model = Run(smoke_tmp / 'run', smoke_config(), pinpad_adapter()).load_model()
@@ -330,6 +351,7 @@ def test_changed_settings_need_force_or_a_new_folder(smoke_run):
     (['--pretrain.steps', '-1'], '--pretrain.steps must be >= 0, got -1'),
     (['--pretrain.steps', '0'], '--pretrain.steps 0 keeps the model untrained'),
     (['--pretrain.lr', 'nan'], '--pretrain.lr must be finite and > 0, got nan'),
+    (['--pretrain.steps', '20', '--pretrain.cooldown_steps', '21'], '--pretrain.cooldown_steps must be <= --pretrain.steps (20), got 21'),
     (['--discovery.alpha', '-0.1'], '--discovery.alpha must be finite and >= 0, got -0.1'),
     (['--discovery.sweep_alphas', '0.1,-1'], '--discovery.sweep_alphas must be finite and >= 0, got -1.0'),
     (['--discovery.hypernetwork_low_rank', '33'], '--discovery.hypernetwork_low_rank must be <= --model.dim (32), got 33'),

@@ -19,6 +19,10 @@ consistency and the ratio loss (action NLL of the episode and of its turned copy
 (`cotrained_meta_controller.pt`, for `--discovery.init`). `--kl-warmup N` raises the KL weight from 0 to
 ALPHA over the first N steps: at a constant ALPHA 0.05 the codes were unused within 900 steps (KL 0.000),
 the posterior collapse of a VAE whose decoder is strong enough without them.
+
+`--init RUN` goes on from a folder this script wrote (its base and its co-trained module; a fresh optimiser),
+and `--cooldown` decays the learning rate linearly to 0 over the run's steps: the constant-rate pretraining
+followed by a short decay (docs/reproduction.md, "A learning-rate cool-down of the P16 base").
 """
 import argparse
 import json
@@ -38,6 +42,7 @@ from metacontroller.pipeline.control import step_labels, subgoal_intervention
 from metacontroller.pipeline.data import bucketed_batches
 from metacontroller.pipeline.discover import kl_weight
 from metacontroller.pipeline.models import build_meta_controller, build_transformer
+from metacontroller.pipeline.phases import load_matching
 from metacontroller.rl import evaluate
 from metacontroller.subgoal_controller import SubgoalController
 
@@ -87,6 +92,8 @@ def main():
     parser.add_argument('--codes', type = float, metavar = 'ALPHA',
                         help = 'no labels: co-train a metacontroller on the rotation-consistent discovery objective with this KL weight')
     parser.add_argument('--kl-warmup', type = int, default = 0, metavar = 'N', help = 'with --codes: steps over which the KL weight rises from 0 to ALPHA')
+    parser.add_argument('--init', type = Path, metavar = 'RUN', help = 'go on from the base and co-trained module this script saved in RUN')
+    parser.add_argument('--cooldown', action = 'store_true', help = 'decay the learning rate linearly to 0 over the steps')
     parser.add_argument('--seed', type = int, default = 0)
     parser.add_argument('--threads', type = int, default = 1)
     args = parser.parse_args()
@@ -105,12 +112,18 @@ def main():
     else:
         module = build_meta_controller(config.model.dim, override(config, CODES_DISCOVERY).discovery)
         loss_fn, names = code_loss(model, module, args.codes, args.kl_warmup), ('action_nll', 'turned_action_nll', 'kl')
+    module_file = 'cotrained_controller.pt' if args.codes is None else 'cotrained_meta_controller.pt'
+    if args.init is not None:
+        model = load_matching(args.init / 'pretrain' / 'model.pt', model, '--init', 'default model')
+        module = load_matching(args.init / module_file, module, '--init', 'co-trained module')
     data = DemoDataset.load(args.data / 'pretrain.npz')
     rng = np.random.default_rng(args.seed)
     batches = bucketed_batches(data, config.pretrain.batch_size, rng)
     turns = np.random.default_rng([args.seed, 1])
     params = [*model.parameters(), *module.parameters()]
     optimizer = torch.optim.AdamW(params, lr = config.pretrain.lr, weight_decay = config.pretrain.weight_decay)
+    # the cool-down's last update is at lr / steps, so the saved weights are the decayed ones
+    decay = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / args.steps if args.cooldown else 1.0)
 
     start, trace = time.time(), []
     bar = tqdm(range(args.steps), desc = 'co-train')
@@ -122,6 +135,7 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.pretrain.max_grad_norm)
         optimizer.step()
+        decay.step()
         trace.append([value.item() for value in logged])
         if step % 20 == 0:
             bar.set_postfix(dict(zip(names, np.mean(trace[-50:], axis = 0).round(3))))
@@ -130,16 +144,14 @@ def main():
 
     shutil.copytree(args.data, args.out / 'data', dirs_exist_ok = True)
     model.save(args.out / 'pretrain' / 'model.pt')
-    record = dict(steps = args.steps, label_dropout = args.label_dropout, codes_alpha = args.codes, kl_warmup = args.kl_warmup,
+    record = dict(steps = args.steps, init = str(args.init or ''), cooldown = args.cooldown, label_dropout = args.label_dropout, codes_alpha = args.codes, kl_warmup = args.kl_warmup,
                   **{f'final_train_{name}': float(value) for name, value in zip(names, np.mean(trace[-50:], axis = 0))})
+    module.save(args.out / module_file)
     if args.codes is None:
-        module.save(args.out / 'cotrained_controller.pt')
         record.update({name: evaluate(model, adapter.make_envs(tasks), config.control.eval_episodes, seed = args.seed,
                                       intervention = subgoal_intervention(module))._asdict()
                        for name, tasks in (('post_task', (adapter.post_task,)), ('pretraining_tasks', adapter.pretraining_tasks))})
         print({name: round(record[name]['success'], 3) for name in ('post_task', 'pretraining_tasks')})
-    else:
-        module.save(args.out / 'cotrained_meta_controller.pt')
     record['wall_time_s'] = time.time() - start
     (args.out / 'cotrained.json').write_text(json.dumps(record, indent = 2))
     print({k: v for k, v in record.items() if k.startswith('final_train')})

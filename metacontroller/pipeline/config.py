@@ -58,6 +58,7 @@ class PretrainConfig:
     max_grad_norm: float = knob(1.0, 'gradient clipping')
     eval_episodes: int = knob(512, 'rollouts (sampled actions) per task set to measure BC success')
     init: str = knob('', 'start from this base-model checkpoint (e.g. pretrained on a GPU) and train `steps` more (0: use it as is)')
+    cooldown_steps: int = knob(0, 'the last N steps decay the learning rate linearly to 0 (0: constant throughout)')
 
 
 @dataclass(frozen = True)
@@ -285,6 +286,8 @@ def _check_together(config: PipelineConfig, flat: dict[str, Any]) -> list[str]:
     for flag, path in (('--pretrain.init', config.pretrain.init), ('--discovery.init', config.discovery.init)):
         if path and not Path(path).is_file():   # found now, not when its phase starts hours later
             problems.append(f'{flag} {path}: no such checkpoint file')
+    if config.pretrain.cooldown_steps > config.pretrain.steps:
+        problems.append(f'--pretrain.cooldown_steps must be <= --pretrain.steps ({config.pretrain.steps}), got {config.pretrain.cooldown_steps}')
     if config.pretrain.steps == 0 and not config.pretrain.init:
         problems.append('--pretrain.steps 0 keeps the model untrained: give steps >= 1, or a model with --pretrain.init')
     problems += [f'--{key} must be <= --model.dim ({config.model.dim}), got {value}'

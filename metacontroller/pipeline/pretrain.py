@@ -34,8 +34,10 @@ def train(model: Transformer, dataset: DemoDataset, config: PretrainConfig, seed
     trace, start = [], 0
     if progress_file is not None:
         # eval_episodes is read after training; init's file is in the starting weights, wherever it lies
+        # a cool-down ties every step's rate to the budget, so that run cannot go on to a larger one
         settings = run_settings(config, PRETRAIN_PROGRESS, next(model.parameters()).device, process, ignore = ('eval_episodes', 'init'),
-                                seed = seed, starting_weights_sha256 = starting_weights(model), data_sha256 = dataset.fingerprint())
+                                seed = seed, starting_weights_sha256 = starting_weights(model), data_sha256 = dataset.fingerprint(),
+                                cooldown_ends_at = config.steps if config.cooldown_steps else None)
         records = load_progress(progress_file, PRETRAIN_PROGRESS, settings, config.steps, model, optimizer, 'pretrain', process)
         if records is not None:
             trace, start = records['trace'], records['step']
@@ -47,6 +49,8 @@ def train(model: Transformer, dataset: DemoDataset, config: PretrainConfig, seed
         for step in bar:
             indices = next(batches)
             batch = to_device(dataset.batch(indices[process.shard(len(indices))]), device)
+            for group in optimizer.param_groups:
+                group['lr'] = learning_rate(config, step)
             trace.append(train_step(model, batch, optimizer, params, config, process).item())
             if step % 10 == 0:
                 bar.set_postfix(action_nll = f'{np.mean(trace[-50:]):.3f}')
@@ -55,6 +59,13 @@ def train(model: Transformer, dataset: DemoDataset, config: PretrainConfig, seed
                               dict(step = step + 1, trace = trace), process)
     model.eval()
     return trace
+
+
+def learning_rate(config: PretrainConfig, step: int) -> float:
+    """The rate of step `step` (from 0): constant, then over the last `cooldown_steps` a linear decay whose
+    last step takes lr / cooldown_steps (warmup-stable-decay without the warm-up)."""
+    left = config.steps - step   # this step included
+    return config.lr * min(1.0, left / config.cooldown_steps) if config.cooldown_steps else config.lr
 
 
 def train_step(model: Transformer, batch: DemoBatch, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
