@@ -28,6 +28,7 @@ import argparse
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ from metacontroller.pipeline.data import bucketed_batches
 from metacontroller.pipeline.discover import kl_weight
 from metacontroller.pipeline.models import build_meta_controller, build_transformer
 from metacontroller.pipeline.phases import load_matching
+from metacontroller.pipeline.pretrain import learning_rate
 from metacontroller.rl import evaluate
 from metacontroller.subgoal_controller import SubgoalController
 
@@ -122,8 +124,8 @@ def main():
     turns = np.random.default_rng([args.seed, 1])
     params = [*model.parameters(), *module.parameters()]
     optimizer = torch.optim.AdamW(params, lr = config.pretrain.lr, weight_decay = config.pretrain.weight_decay)
-    # the cool-down's last update is at lr / steps, so the saved weights are the decayed ones
-    decay = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / args.steps if args.cooldown else 1.0)
+    # the pipeline's schedule: with --cooldown, every step decays (the last at lr / steps)
+    schedule = replace(config.pretrain, steps = args.steps, cooldown_steps = args.steps if args.cooldown else 0)
 
     start, trace = time.time(), []
     bar = tqdm(range(args.steps), desc = 'co-train')
@@ -131,11 +133,12 @@ def main():
         batch = data.batch(next(batches))
         mask = lens_to_mask(batch.episode_lens, batch.actions.shape[1])
         loss, logged = loss_fn(step, batch, mask, turns)
+        for group in optimizer.param_groups:
+            group['lr'] = learning_rate(schedule, step)
         optimizer.zero_grad(set_to_none = True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.pretrain.max_grad_norm)
         optimizer.step()
-        decay.step()
         trace.append([value.item() for value in logged])
         if step % 20 == 0:
             bar.set_postfix(dict(zip(names, np.mean(trace[-50:], axis = 0).round(3))))

@@ -58,7 +58,7 @@ class PretrainConfig:
     max_grad_norm: float = knob(1.0, 'gradient clipping')
     eval_episodes: int = knob(512, 'rollouts (sampled actions) per task set to measure BC success')
     init: str = knob('', 'start from this base-model checkpoint (e.g. pretrained on a GPU) and train `steps` more (0: use it as is)')
-    cooldown_steps: int = knob(0, 'the last N steps decay the learning rate linearly to 0 (0: constant throughout)')
+    cooldown_steps: int = knob(0, 'the last N steps decay the learning rate linearly towards 0, the last at lr / N (0: constant throughout)')
 
 
 @dataclass(frozen = True)
