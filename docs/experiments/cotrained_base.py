@@ -22,7 +22,7 @@ the posterior collapse of a VAE whose decoder is strong enough without them.
 
 `--init RUN` goes on from a folder this script wrote (its base and its co-trained module; a fresh optimiser),
 and `--cooldown` decays the learning rate linearly to 0 over the run's steps: the constant-rate pretraining
-followed by a short decay (docs/reproduction.md, "A learning-rate cool-down of the P16 base").
+followed by a short decay (docs/reproduction.md, "P16 with 4,000 more steps: a cool-down, its control, and internal RL past 0.5").
 """
 import argparse
 import json
