@@ -134,32 +134,34 @@ def test_an_interrupted_rl_phase_goes_on_from_its_progress_and_force_drops_it(sm
     assert 'going on from' not in log.read_text()[len(before):] and progress.read_bytes() != b'unreadable'
 
 
+def seeded_base():
+    """A fresh smoke-size base with the same initial weights every call (its progress records them)."""
+    torch.manual_seed(0)
+    return build_transformer(pinpad_adapter(), smoke_config().model)
+
+
 def test_an_interrupted_pretraining_goes_on_from_its_progress_exactly(smoke_run, tmp_path, monkeypatch):
     smoke_tmp, _ = smoke_run
     config = replace(smoke_config().pretrain, steps = 6)
     dataset = data.load(smoke_tmp / 'run' / 'data', 'pretrain')
 
-    def fresh():
-        torch.manual_seed(0)
-        return build_transformer(pinpad_adapter(), smoke_config().model)
-
-    straight_model = fresh()
+    straight_model = seeded_base()
     straight = pretrain.train(straight_model, dataset, config, 0, 'cpu', False)
     step = pretrain.train_step
     monkeypatch.setattr(pretrain, 'train_step', killed_on_call(step, 5))   # killed in step 5; saves came after steps 2 and 4
     with pytest.raises(KeyboardInterrupt):
-        pretrain.train(fresh(), dataset, config, 0, 'cpu', False, progress_file = tmp_path / 'progress.pt', save_every = 2)
+        pretrain.train(seeded_base(), dataset, config, 0, 'cpu', False, progress_file = tmp_path / 'progress.pt', save_every = 2)
     monkeypatch.setattr(pretrain, 'train_step', step)
 
-    model = fresh()
+    model = seeded_base()
     with logged_messages() as messages:
         assert pretrain.train(model, dataset, config, 0, 'cpu', False, progress_file = tmp_path / 'progress.pt', save_every = 2) == straight
     assert any('pretrain: going on from' in m and 'at 4 of 6 steps' in m for m in messages)
     assert_same_weights(model, straight_model)
     with pytest.raises(ValueError, match = r'other settings \(lr: saved 0.001, now 0.002\)'):
-        pretrain.train(fresh(), dataset, replace(config, lr = 2e-3), 0, 'cpu', False, progress_file = tmp_path / 'progress.pt')
+        pretrain.train(seeded_base(), dataset, replace(config, lr = 2e-3), 0, 'cpu', False, progress_file = tmp_path / 'progress.pt')
     with pytest.raises(ValueError, match = r'other settings \(data_sha256: '):   # other data: another run
-        pretrain.train(fresh(), dataset.head(len(dataset) - 1), config, 0, 'cpu', False, progress_file = tmp_path / 'progress.pt')
+        pretrain.train(seeded_base(), dataset.head(len(dataset) - 1), config, 0, 'cpu', False, progress_file = tmp_path / 'progress.pt')
 
 
 def test_a_cooldown_decays_the_rate_over_the_last_steps_and_ties_the_progress_to_its_budget(smoke_run, tmp_path, monkeypatch):
@@ -172,15 +174,11 @@ def test_a_cooldown_decays_the_rate_over_the_last_steps_and_ties_the_progress_to
                         or step(model, batch, optimizer, *rest))
     dataset = data.load(smoke_run[0] / 'run' / 'data', 'pretrain')
 
-    def fresh():
-        torch.manual_seed(0)
-        return build_transformer(pinpad_adapter(), smoke_config().model)
-
-    pretrain.train(fresh(), dataset, config, 0, 'cpu', False, progress_file = tmp_path / 'progress.pt')
+    pretrain.train(seeded_base(), dataset, config, 0, 'cpu', False, progress_file = tmp_path / 'progress.pt')
     assert rates == pytest.approx([pretrain.learning_rate(config, step) for step in range(6)])
     # a larger budget would have decayed later: the run is finished, not one to go on from
     with pytest.raises(ValueError, match = r'other settings \(cooldown_ends_at: saved 6, now 8\)'):
-        pretrain.train(fresh(), dataset, replace(config, steps = 8), 0, 'cpu', False, progress_file = tmp_path / 'progress.pt')
+        pretrain.train(seeded_base(), dataset, replace(config, steps = 8), 0, 'cpu', False, progress_file = tmp_path / 'progress.pt')
 
 
 def test_an_interrupted_discovery_goes_on_from_its_progress_exactly(smoke_run, tmp_path, monkeypatch):
