@@ -331,6 +331,16 @@ def test_the_readers_of_a_longer_phase_are_redone():
     assert runner.readers(('pretrain', 'discover')) == ('probe', 'control', 'discover', 'rl', 'baselines', 'report')
 
 
+def test_a_cooled_down_pretraining_budget_cannot_rise(smoke_run, tmp_path):
+    smoke_tmp, _ = smoke_run
+    shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
+    steps = str(smoke_config().pretrain.steps)
+    run(tmp_path, '--phases', 'pretrain', '--pretrain.cooldown_steps', steps, '--force')
+    # refused before any phase runs, not logged as going on and then refused by the pretrain phase's progress
+    with pytest.raises(ValueError, match = rf'pretrain.steps cannot rise \(--pretrain.cooldown_steps {steps} decays the rate to 0 at the old budget'):
+        run(tmp_path, '--phases', 'pretrain', '--pretrain.cooldown_steps', steps, '--pretrain.steps', '40')
+
+
 def test_changed_settings_need_force_or_a_new_folder(smoke_run):
     smoke_tmp, _ = smoke_run
     with pytest.raises(ValueError, match = 'pretrain.steps'):

@@ -280,6 +280,16 @@ SHARDED = ('pretrain', 'control', 'discover', 'rl', 'baselines')   # run by ever
 BUDGETS = {'pretrain.steps': ('pretrain',), 'control.steps': ('control',), 'discovery.steps': ('discover',),
            'rl.total_episodes': ('rl', 'baselines')}
 
+
+def fixed_budgets(config: PipelineConfig) -> dict[str, str]:
+    """The budgets of `BUDGETS` that `config` ties to its run folder, each with why: they cannot rise without --force."""
+    # the pretrain phase's progress refuses it too (`cooldown_ends_at`); here it is refused before any phase runs
+    if not config.pretrain.cooldown_steps:
+        return {}
+    return {'pretrain.steps': f'--pretrain.cooldown_steps {config.pretrain.cooldown_steps} decays the rate to 0 at the old budget, '
+                              'and a longer run would have decayed later'}
+
+
 # phase -> files it reads (relative to the run folder), each written by the named phase
 NEEDS = dict(
     pretrain = {'data/pretrain.npz': 'data', 'data/heldout.npz': 'data'},

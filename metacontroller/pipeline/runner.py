@@ -26,7 +26,7 @@ from loguru import logger
 
 from metacontroller.pipeline.config import from_dict
 from metacontroller.pipeline.files import read_json, run_lock, write_json
-from metacontroller.pipeline.phases import BUDGETS, NEEDS, PHASES, SHARDED, Run, gather_results
+from metacontroller.pipeline.phases import BUDGETS, NEEDS, PHASES, SHARDED, Run, fixed_budgets, gather_results
 from metacontroller.rl.seeds import rank_seed
 
 CONFIG_FILE, RESULTS_FILE, LOG_FILE = 'config.json', 'results.json', 'run.log'
@@ -67,6 +67,10 @@ def check_config(run: Run, plan: Plan) -> tuple[str, ...]:
         logger.warning(f'settings changed ({names}); phases not redone keep their old results')
     if not changed or plan.force:
         return ()
+    fixed = {name: why for name, why in fixed_budgets(run.config).items() if name in changed and changed[name][1] > changed[name][0]}
+    if fixed:
+        raise ValueError(f'{run.run_dir}: {", ".join(fixed)} cannot rise ({"; ".join(fixed.values())}); '
+                         'use another --run-dir, or --force to redo the phase')
     if not all(name in BUDGETS and known and now > was for name, (was, now, known) in changed.items()):
         raise ValueError(f'{run.run_dir} was made with other settings ({names}); use another --run-dir, or --force '
                          f'to redo the selected phases with the new ones (only a larger {", ".join(BUDGETS)} may change '
