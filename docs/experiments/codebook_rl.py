@@ -10,9 +10,10 @@ with the RL settings of its config.json (issue 15; docs/reproduction.md, "Intern
   σ0 of noise on its codes, and the codes can then follow the state. `--spread 0` goes on with the exact
   centroids, the control with the same budget and a fresh optimiser. The pipeline's
   `--rl.codebook_spread_after N` runs both stages in one phase (on seed 0 it gives this mode's figures exactly);
-- `final`: the phase's final evaluation of an internal-RL run (stopped before its budget, or finished; of a
-  run in two stages, its second), on the policy its progress file holds, and the folder's ground-truth
-  controllers on the same episodes (sampled and greedy), for the ratio the issue sets its bar on.
+- `final`: the phase's final evaluation of an internal-RL run, with or without a codebook (stopped before
+  its budget, or finished; of a run in two stages, its second), on the policy its progress file holds, and
+  the folder's ground-truth controllers on the same episodes (sampled and greedy), for the ratio the issue
+  sets its bar on.
   `--episodes N` evaluates on N episodes instead of `--rl.final_eval_episodes` (5,000 puts a standard
   error of about 0.006 on a success near 0.2).
 
