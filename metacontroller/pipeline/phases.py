@@ -284,7 +284,7 @@ BUDGETS = {'pretrain.steps': ('pretrain',), 'control.steps': ('control',), 'disc
 def fixed_budgets(config: PipelineConfig) -> dict[str, str]:
     """The budgets of `BUDGETS` that `config` ties to its run folder, each with why: they cannot rise without --force."""
     # the pretrain phase's progress refuses it too (`cooldown_ends_at`); here it is refused before any phase runs
-    if not config.pretrain.cooldown_steps:
+    if pretrain.cooldown_end(config.pretrain) is None:
         return {}
     return {'pretrain.steps': f'--pretrain.cooldown_steps {config.pretrain.cooldown_steps} decays the rate to 0 at the old budget, '
                               'and a longer run would have decayed later'}

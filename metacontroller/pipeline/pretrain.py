@@ -34,10 +34,9 @@ def train(model: Transformer, dataset: DemoDataset, config: PretrainConfig, seed
     trace, start = [], 0
     if progress_file is not None:
         # eval_episodes is read after training; init's file is in the starting weights, wherever it lies
-        # a cool-down ties every step's rate to the budget, so that run cannot go on to a larger one
         settings = run_settings(config, PRETRAIN_PROGRESS, next(model.parameters()).device, process, ignore = ('eval_episodes', 'init'),
                                 seed = seed, starting_weights_sha256 = starting_weights(model), data_sha256 = dataset.fingerprint(),
-                                cooldown_ends_at = config.steps if config.cooldown_steps else None)
+                                cooldown_ends_at = cooldown_end(config))
         records = load_progress(progress_file, PRETRAIN_PROGRESS, settings, config.steps, model, optimizer, 'pretrain', process)
         if records is not None:
             trace, start = records['trace'], records['step']
@@ -59,6 +58,12 @@ def train(model: Transformer, dataset: DemoDataset, config: PretrainConfig, seed
                               dict(step = step + 1, trace = trace), process)
     model.eval()
     return trace
+
+
+def cooldown_end(config: PretrainConfig) -> int | None:
+    """The step a cool-down decays the rate to, the budget itself (None without one). Every late step's rate
+    depends on it, so a run with a cool-down cannot go on to a larger budget: its progress and the runner refuse."""
+    return config.steps if config.cooldown_steps else None
 
 
 def learning_rate(config: PretrainConfig, step: int) -> float:
