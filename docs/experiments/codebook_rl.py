@@ -1,7 +1,8 @@
 """The comparisons of internal RL over an action codebook (`--rl.codebook K`), run on a finished run folder
 with the RL settings of its config.json (issue 15; docs/reproduction.md, "Internal RL over a codebook"):
 
-- `beta1`: the β ≡ 1 baseline over the same k-means codebook (a fresh choice at every raw step);
+- `beta1`: the β ≡ 1 baseline of the folder's internal RL, a fresh choice at every raw step: over the same
+  k-means codebook, or on a folder without `--rl.codebook` a fresh z from the Gaussian policy (the paper's baseline);
 - `random`: internal RL over K random N(0, I) draws instead of the centroids (seeded by the run's seed);
 - `raw`: the raw-action baseline alone (the `baselines` phase runs it together with β ≡ 1);
 - `spread`: internal RL goes on from the phase's trained codebook policy, now drawing z from a Gaussian
