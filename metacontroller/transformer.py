@@ -297,7 +297,9 @@ class Transformer(Checkpointable, nn.Module):
         x = self.embed(state, actions)
         for body in (self.lower_body, self.upper_body):
             out, inter = body(x, return_hiddens = True, condition = condition)
-            streams += list(inter.hiddens)   # x-transformers keeps one hidden per block (attention + MLP)
+            # a layer is two sublayers (attention + MLP, or two MLPs above a feed-forward cut): the input of every other
+            # sublayer; x-transformers' `hiddens` would skip layers without attention
+            streams += list(inter.layer_hiddens[:-1:2])   # the last entry is the output
             x = inter.last_hidden if body is self.upper_body else out
         return streams + [x]
 

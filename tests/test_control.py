@@ -11,13 +11,15 @@ from metacontroller.demos import NO_SUBGOAL, DemoBatch
 from metacontroller.envs.pinpad import PRETRAINING_TASKS, VecPinpadEnv
 from metacontroller.envs.pinpad_expert import generate_pinpad_demos, pinpad_action_sets
 from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
-from metacontroller.pipeline.config import ControlConfig, smoke_config
+from metacontroller.pipeline.config import ControlConfig, override, smoke_config
 from metacontroller.pipeline.control import controlled_logits, step_labels, subgoal_intervention, train
 from metacontroller.pipeline.discover import precompute
 from metacontroller.pipeline.models import build_transformer
 from metacontroller.rl import evaluate
 from metacontroller.rl.rollout import run_episodes
 from metacontroller.subgoal_controller import SubgoalController
+
+from conftest import stepped_logits
 
 
 @pytest.fixture(scope = 'module')
@@ -177,3 +179,28 @@ def test_evaluate_switches_controllers_by_the_live_subgoal_in_every_batch(one_th
     with pytest.raises(ValueError, match = 'not both'):
         model.step(torch.zeros(1, 1, model.state_embed.num_continuous), meta_controller = tiny_meta(model.dim),
                    intervention = lambda e: e)
+
+
+def test_a_feed_forward_upper_body_reads_the_past_only_through_the_cut(tmp_path, one_thread, demos):
+    """`--model.upper_attention false`: the layers above the cut are MLPs (about as many parameters), so the action at t
+    depends on the stream at the cut at t alone; the model keeps L + 1 layer residuals, reloads and steps exactly."""
+    config = override(smoke_config(), {'model.upper_attention': False}).model
+    model, attending = (build_transformer(pinpad_adapter(), c).eval() for c in (config, smoke_config().model))
+    assert set(model.upper_body.layer_types) == {'f'}
+    sizes = [sum(p.numel() for p in m.upper_body.parameters()) for m in (model, attending)]
+    assert abs(sizes[0] - sizes[1]) < 0.05 * sizes[1]
+
+    stream = torch.randn(2, 6, model.dim)
+    edited = stream.clone()
+    edited[:, :3] += torch.randn(2, 3, model.dim)   # the past only
+    with torch.no_grad():
+        for body, reads_the_past in ((model.upper_body, False), (attending.upper_body, True)):
+            later = (body(stream) - body(edited))[:, 3:].abs().max()
+            assert (later > 1e-3) == reads_the_past
+
+    observations = demos.batch(torch.arange(2)).observations
+    assert len(model.layer_residuals(observations)) == smoke_config().model.depth + 1
+    model.save(tmp_path / 'model.pt')
+    loaded = type(model).init_and_load(tmp_path / 'model.pt').eval()
+    with torch.no_grad():
+        assert torch.allclose(stepped_logits(loaded, observations), model.action_logits(observations), atol = 1e-5)

@@ -35,6 +35,8 @@ class ModelConfig:
     dim_head: int = knob(32, 'width of one attention head')
     ff_mult: int = knob(2, 'MLP hidden width = ff_mult * dim (ReLU)')
     binary_state_readout: bool = knob(True, "next-observation head: Bernoulli logits over the 0/1 observation features (False: the readout's Gaussian)")
+    upper_attention: bool = knob(True, 'attention in the layers above the cut; False: feed-forward only (about the same parameter count), '
+                                       "so that whatever the actions read of the past passes through the cut (ours, not the paper's)")
     task_condition: bool = knob(False, "give the env's task to the base model as a condition vector (adaptive layer norms) "
                                        'instead of in the observation (BabyAI: the mission); not in the paper')
 

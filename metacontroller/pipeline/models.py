@@ -15,12 +15,14 @@ def build_transformer(adapter: EnvAdapter, config: ModelConfig) -> Transformer:
         depth = config.depth // 2, heads = config.heads, attn_dim_head = config.dim_head,
         rel_pos_bias = True, ff_mult = config.ff_mult, ff_custom_activation = nn.ReLU(),
     )
+    # without attention above the cut, each action reads the past only through e_t, which a controller edits
+    upper_body = body if config.upper_attention else {**body, 'custom_layers': ('f',) * config.depth}
     return Transformer(
         config.dim,
         action_embed_readout = dict(num_discrete = adapter.num_actions),
         state_embed_readout = dict(num_continuous = adapter.obs_dim),
         lower_body = body,
-        upper_body = body,
+        upper_body = upper_body,
         state_encoder = adapter.state_encoder(config.dim) if adapter.state_encoder is not None else None,
         binary_state_readout = config.binary_state_readout,
         dim_condition = adapter.dim_condition,
