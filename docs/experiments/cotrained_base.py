@@ -20,7 +20,7 @@ consistency and the ratio loss (action NLL of the episode and of its turned copy
 ALPHA over the first N steps: at a constant ALPHA 0.05 the codes were unused within 900 steps (KL 0.000),
 the posterior collapse of a VAE whose decoder is strong enough without them.
 
-`--next-colour WEIGHT` uses no labels either (docs/reproduction.md, "What the stream at the cut lacks"): the base is
+`--next-colour WEIGHT` uses no labels either (docs/reproduction.md, point 6: "What the stream at the cut lacks"): the base is
 pretrained alone, with an auxiliary head on its last layer that predicts the next colour the agent will enter, read
 from the episode's own later observations (8 classes; steps after the last entry seen are left out), weighted by
 WEIGHT beside the action NLL. Like the paper's next-observation loss it asks only for the future of the data; unlike

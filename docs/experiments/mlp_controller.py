@@ -1,5 +1,5 @@
-"""Is anything at the cut steerable? Ground-truth controllers of any form (docs/reproduction.md, "A base with no
-attention above the cut").
+"""Is anything at the cut steerable? Ground-truth controllers of any form (docs/reproduction.md, point 6: "What the
+stream at the cut lacks").
 
 The `control` phase's controllers are the paper's: ê = e + U(onehot(k)) e, linear and rank 16. On the label-free
 bases they barely move the choice of the next pair. This swaps them for an unconstrained one,
