@@ -62,10 +62,14 @@ from metacontroller.subgoal_controller import SubgoalController
 CODES_DISCOVERY = {'discovery.rotation_consistency': True, 'discovery.ratio_loss_weight': 1.0, 'discovery.target_segment_length': 10.5}
 
 
+def readout_nll(model, hidden, actions, mask):
+    """The action NLL, mean over valid steps, from the upper body's output (b, t, d)."""
+    return model.action_readout(hidden, targets = actions.masked_fill(~mask, 0), loss_mask = mask)
+
+
 def action_nll(model, controlled, actions, mask):
     """The upper body's action NLL, mean over valid steps, from the steered stream ê (b, t, d)."""
-    hidden = model.upper_body(controlled)
-    return model.action_readout(hidden, targets = actions.masked_fill(~mask, 0), loss_mask = mask)
+    return readout_nll(model, model.upper_body(controlled), actions, mask)
 
 
 def label_loss(model, controller, label_dropout):
@@ -101,7 +105,7 @@ def next_colour_loss(model, head, weight):
     """The action NLL plus WEIGHT · the cross-entropy of the next colour entered, read from the last layer."""
     def loss_fn(step, batch, mask, rng):
         hidden = model.upper_body(model.residual_stream(batch.observations))
-        nll = model.action_readout(hidden, targets = batch.actions.masked_fill(~mask, 0), loss_mask = mask)
+        nll = readout_nll(model, hidden, batch.actions, mask)   # the head reads the same hidden: one upper-body pass
         targets = next_colours(batch.observations)
         known = mask & (targets >= 0)
         colour_ce = F.cross_entropy(head(hidden[known]), targets[known])
