@@ -4,6 +4,7 @@
     e_t      = lower_body(tokens)_t              the residual stream at layer l = L/2
     h_t      = upper_body(ê_t)                   ê = e without a metacontroller
     p(a_t | o_{1:t}) = action_readout(h_t);  p(o_{t+1} | o_{1:t}) = state_readout(h_t)
+    p(next event | o_{1:t}) = event_readout(h_t)  optional (num_event_classes), not the paper's
 
 The bodies are x-transformers `Decoder`s (kwargs dicts or modules). The lower
 body has no final norm, so e is the raw residual stream. Because the
@@ -40,6 +41,12 @@ from metacontroller.readouts import BinaryReadout
 class BehaviourCloningLosses(NamedTuple):
     state: Tensor | None   # observation-prediction loss, mean over valid steps with a next observation; None unless predict_state
     action: Tensor   # action NLL, mean over valid steps
+
+
+class NextEventLosses(NamedTuple):
+    state: Tensor | None   # as in BehaviourCloningLosses
+    action: Tensor
+    event: Tensor    # next-event cross-entropy, mean over valid steps with an event ahead (0 in a batch with none)
 
 
 class DiscoveryLosses(NamedTuple):
@@ -138,16 +145,23 @@ class Transformer(Checkpointable, nn.Module):
         state_encoder: nn.Module | None = None,
         binary_state_readout: bool = False,
         dim_condition: int | None = None,
+        num_event_classes: int | None = None,
     ):
         """state_encoder: optional module (..., *obs) -> (..., dim) whose output is added to the
         observation embedding, e.g. `metacontroller.egocentric.EgocentricEncoder` for grids.
         binary_state_readout: the observations are 0/1 features; predict o_{t+1} with Bernoulli
         logits (`metacontroller.readouts.BinaryReadout`) instead of the readout's Gaussian.
         dim_condition: condition the model on one vector per episode of this width (a goal or
-        task embedding): every entry point then takes `condition`, (batch, dim_condition)."""
+        task embedding): every entry point then takes `condition`, (batch, dim_condition).
+        num_event_classes: an auxiliary head on the last layer that classifies, at each step, which of
+        this many events the episode shows next (the caller's `event_targets`; pinpad: the next colour
+        the agent enters, read from the episode's own later observations). Trained beside the action
+        NLL it asks the model to say where it is heading, which makes the stream at the cut steerable
+        (docs/reproduction.md, point 6); not the paper's. Off (None) by default."""
         super().__init__()
-        if dim_condition is not None and (not isinstance(dim_condition, int) or isinstance(dim_condition, bool) or dim_condition < 1):
-            raise ValueError(f'dim_condition must be a positive int (the width of the condition vector) or None, got {dim_condition!r}')
+        for name, value in (('dim_condition', dim_condition), ('num_event_classes', num_event_classes)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f'{name} must be a positive int or None, got {value!r}')
         self.dim = dim
         self.dim_condition = dim_condition
         self.embed_past_action = embed_past_action
@@ -162,6 +176,8 @@ class Transformer(Checkpointable, nn.Module):
             if self.state_embed.num_continuous == 0:
                 raise ValueError('binary_state_readout predicts 0/1 observation features: state_embed_readout must set num_continuous')
             self.state_readout = BinaryReadout(dim, self.state_embed.num_continuous)
+        # last too, for the same reason
+        self.event_readout = nn.Linear(dim, num_event_classes) if num_event_classes is not None else None
         self.meta_controller = None
         self._step_decoders = {}
         self._fused_bodies = {}
@@ -169,7 +185,7 @@ class Transformer(Checkpointable, nn.Module):
     def base_modules(self) -> list[nn.Module]:
         """Everything but an attached metacontroller: what discovery and internal RL keep frozen."""
         modules = [self.state_embed, self.state_readout, self.action_embed, self.action_readout, self.lower_body, self.upper_body]
-        return modules + ([self.state_encoder] if self.state_encoder is not None else [])
+        return modules + [module for module in (self.state_encoder, self.event_readout) if module is not None]
 
     # input checks: every message says what was expected and what was given
 
@@ -316,12 +332,30 @@ class Transformer(Checkpointable, nn.Module):
 
         `stream` may hold a precomputed residual stream e (it depends only on the data);
         `intervention` maps e (b, t, d) to the ê the upper body reads, as in `step`."""
+        return self.action_readout(self._last_hidden(state, actions, stream, intervention, condition))
+
+    def event_logits(
+        self,
+        state: Tensor,
+        actions: Tensor | None = None,
+        *,
+        stream: Tensor | None = None,
+        intervention: Callable[[Tensor], Tensor] | None = None,
+        condition: Tensor | None = None,
+    ) -> Tensor:
+        """The next-event head's logits (b, t, num_event_classes), as `action_logits` (e.g. under an intervention:
+        where the model says it is heading once its stream is steered)."""
+        if self.event_readout is None:
+            raise ValueError('this model has no next-event head: build it with Transformer(..., num_event_classes = n)')
+        return self.event_readout(self._last_hidden(state, actions, stream, intervention, condition))
+
+    def _last_hidden(self, state, actions, stream, intervention, condition) -> Tensor:
         if stream is None:
             stream = self.residual_stream(state, actions, condition)
         condition = self._check_condition(condition, stream.shape[0])
         if intervention is not None:
             stream = intervention(stream)
-        return self.action_readout(self._body('upper_body', condition)(stream))
+        return self._body('upper_body', condition)(stream)
 
     def _readout_losses(self, hidden, state, actions, mask) -> tuple[Tensor, Tensor]:
         action_loss = self.action_readout(hidden, targets = actions, loss_mask = mask)
@@ -343,10 +377,45 @@ class Transformer(Checkpointable, nn.Module):
                                  predict_state: bool = True, condition: Tensor | None = None) -> BehaviourCloningLosses:
         """predict_state = False skips the next-observation readout (its loss is None): at λ = 0 it is pure cost."""
         actions, mask, condition = self._prepare(state, actions, episode_lens, condition)
-        hidden = self._body('upper_body', condition)(self._body('lower_body', condition)(self.embed(state, actions)))
+        hidden = self._sequence_hidden(state, actions, condition)
+        return self._bc_losses(hidden, state, actions, mask, predict_state)
+
+    def next_event_losses(self, state: Tensor, actions: Tensor, event_targets: Tensor, episode_lens: Tensor | None = None,
+                          predict_state: bool = True, condition: Tensor | None = None) -> NextEventLosses:
+        """Behaviour cloning and the next-event head (num_event_classes) in one forward. event_targets (b, t): the
+        class of the next event each episode shows after each step, -1 where none follows (left out of the loss)."""
+        actions, mask, condition = self._prepare(state, actions, episode_lens, condition)
+        self._check_event_targets(event_targets, mask)
+        hidden = self._sequence_hidden(state, actions, condition)
+        return NextEventLosses(*self._bc_losses(hidden, state, actions, mask, predict_state),
+                               self._event_loss(hidden, event_targets, mask))
+
+    def _sequence_hidden(self, state, actions, condition) -> Tensor:
+        return self._body('upper_body', condition)(self._body('lower_body', condition)(self.embed(state, actions)))
+
+    def _bc_losses(self, hidden, state, actions, mask, predict_state) -> BehaviourCloningLosses:
         if not predict_state:
             return BehaviourCloningLosses(None, self.action_readout(hidden, targets = actions, loss_mask = mask))
         return BehaviourCloningLosses(*self._readout_losses(hidden, state, actions, mask))
+
+    def _check_event_targets(self, targets: Tensor, mask: Tensor):
+        if self.event_readout is None:
+            raise ValueError('event_targets train the next-event head, which this model lacks: build it with '
+                             'Transformer(..., num_event_classes = n)')
+        num = self.event_readout.out_features
+        if not torch.is_tensor(targets) or targets.dtype not in (torch.int64, torch.int32) or targets.shape != mask.shape:
+            given = f'{targets.dtype} {tuple(targets.shape)}' if torch.is_tensor(targets) else type(targets).__name__
+            raise ValueError(f'event_targets must be an integer tensor of shape {tuple(mask.shape)} (batch, time), got {given}')
+        valid = targets[mask]
+        if valid.numel() and (valid.min() < -1 or valid.max() >= num):
+            raise ValueError(f'event_targets must be class ids in [0, {num}) or -1 (no event ahead), '
+                             f'got values in [{valid.min().item()}, {valid.max().item()}]')
+
+    def _event_loss(self, hidden: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+        known = mask & (targets >= 0)   # the steps after an episode's last event have nothing to predict
+        if not known.any():
+            return hidden.sum() * 0.   # keeps the graph: a batch without events adds nothing
+        return nn.functional.cross_entropy(self.event_readout(hidden[known]).float(), targets[known].long())
 
     def discovery_losses(
         self,

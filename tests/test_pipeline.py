@@ -13,7 +13,7 @@ from metacontroller import MetaController
 from metacontroller.envs.pinpad_expert import generate_pinpad_demos, pinpad_action_sets
 from metacontroller.pipeline import control, data, discover, pretrain, runner, steering
 from metacontroller.pipeline.adapters.babyai import babyai_adapter
-from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
+from metacontroller.pipeline.adapters.pinpad import next_colours, pinpad_adapter
 from metacontroller.pipeline.aggregate import aggregate
 from metacontroller.pipeline.cli import main
 from metacontroller.pipeline.config import PRESETS, override, smoke_config, validate
@@ -382,6 +382,35 @@ def test_bad_flags_are_rejected_before_any_work(tmp_path, capsys, flags, message
         run(tmp_path, *flags)
     assert message in capsys.readouterr().err
     assert not (tmp_path / 'run').exists()   # no config.json, no phase ran
+
+
+def test_next_colours_name_the_next_stage_of_each_expert_subgoal():
+    """The next-event targets of pinpad are read from the observations alone, yet on expert episodes they name the
+    labelled subgoal (colours 2k and 2k + 1 form subgoal k); none after an episode's last entry, none in padding."""
+    demos = generate_pinpad_demos(8, seed = 5, num_envs = 8, progress = False)
+    batch = demos.batch(np.arange(len(demos)))
+    targets = next_colours(batch.observations)
+    valid = torch.arange(targets.shape[1]) < batch.episode_lens[:, None]
+    known = valid & (targets >= 0)
+    assert torch.equal(targets[known] // 2, batch.subgoals[known].long())
+    assert (targets[~valid] == -1).all() and (targets[torch.arange(len(demos)), batch.episode_lens - 1] == -1).all()
+    assert 0.5 < known[valid].float().mean() < 1
+
+
+def test_the_next_event_head_is_pretrained_reported_and_carried_downstream(tmp_path, capsys):
+    """--pretrain.next_event_weight: the base gets the head, pretraining trains it, results report it on the held-out
+    set, and the later phases run on that base; an env without next events is refused before any work."""
+    result = run(tmp_path, '--phases', 'data,pretrain,control', '--pretrain.next_event_weight', '0.5')
+    scores = result['pretrain']
+    assert 0 < scores['next_event_steps'] < 1 and 0 <= scores['next_event_accuracy'] <= 1 and scores['next_event_ce'] > 0
+    model = Run(tmp_path / 'run', smoke_config(), pinpad_adapter()).load_model()
+    assert model.event_readout.out_features == 8 and 0 <= result['control']['pretraining_tasks']['controlled']['success'] <= 1
+    with pytest.raises(ValueError, match = r"--pretrain.init .*: .*--pretrain.next_event_weight settings describe .*'event_readout.bias'"):
+        initial_model(smoke_settings(tmp_path, {'pretrain.init': str(tmp_path / 'run' / 'pretrain' / 'model.pt')}))
+    with pytest.raises(SystemExit):
+        main(babyai_adapter(), ['--preset', 'smoke', '--run-dir', str(tmp_path / 'babyai'), '--pretrain.next_event_weight', '0.3'])
+    assert '--pretrain.next_event_weight: babyai defines no next events to predict' in capsys.readouterr().err
+    assert not (tmp_path / 'babyai').exists()
 
 
 def test_another_held_out_task_runs_end_to_end(tmp_path):

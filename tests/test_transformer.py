@@ -21,6 +21,39 @@ def test_behaviour_cloning_losses_are_named_and_finite(model, batch):
     assert model.lower_body.layers[0][1].to_q.weight.grad is not None
 
 
+def test_next_event_head_trains_on_the_steps_with_an_event_ahead(tmp_path, batch):
+    """The optional head: cross-entropy over valid steps whose target is not -1, the rest (and padding) left out;
+    frozen with the base, saved and reloaded with it, and a clear error where targets and head do not fit."""
+    state, actions, lens = batch
+    model = tiny_transformer(num_event_classes = 5)
+    targets = torch.randint(0, 5, actions.shape)
+    targets[:, -2:] = -1                           # no event ahead
+    targets[1, 7:] = 99                            # padding may hold anything
+    losses = model.next_event_losses(state, actions, targets, episode_lens = lens)
+    known = (torch.arange(10) < lens[:, None]) & (targets >= 0)
+    logits = model.event_logits(state)
+    assert logits.shape == (3, 10, 5)
+    assert torch.allclose(losses.event, nn.functional.cross_entropy(logits[known], targets[known]), atol = 1e-6)
+    losses.event.backward()
+    assert model.event_readout.weight.grad is not None and model.event_readout in model.base_modules()
+
+    none_ahead = model.next_event_losses(state, actions, torch.full_like(targets, -1), episode_lens = lens).event
+    assert none_ahead.item() == 0 and none_ahead.requires_grad
+    assert torch.equal(model(state, actions, episode_lens = lens).action, losses.action)   # the head leaves BC as it is
+
+    model.save(tmp_path / 'model.pt')
+    with torch.no_grad():
+        assert torch.equal(Transformer.init_and_load(tmp_path / 'model.pt').event_logits(state), logits)
+    with pytest.raises(ValueError, match = r'event_targets must be class ids in \[0, 5\) or -1 \(no event ahead\), got values in \[-1, 5\]'):
+        model.next_event_losses(state, actions, targets.masked_fill(targets == 4, 5), episode_lens = lens)
+    with pytest.raises(ValueError, match = r'event_targets must be an integer tensor of shape \(3, 10\)'):
+        model.next_event_losses(state, actions, targets.float(), episode_lens = lens)
+    with pytest.raises(ValueError, match = r'lacks: build it with Transformer\(\.\.\., num_event_classes = n\)'):
+        tiny_transformer().next_event_losses(state, actions, targets, episode_lens = lens)
+    with pytest.raises(ValueError, match = 'num_event_classes must be a positive int or None, got 0'):
+        tiny_transformer(num_event_classes = 0)
+
+
 def test_padding_never_leaks_into_losses(model, batch, meta):
     state, actions, lens = batch
     dirty_state, dirty_actions = state.clone(), actions.clone()

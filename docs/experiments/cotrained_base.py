@@ -20,11 +20,8 @@ consistency and the ratio loss (action NLL of the episode and of its turned copy
 ALPHA over the first N steps: at a constant ALPHA 0.05 the codes were unused within 900 steps (KL 0.000),
 the posterior collapse of a VAE whose decoder is strong enough without them.
 
-`--next-colour WEIGHT` uses no labels either (docs/reproduction.md, point 6: "What the stream at the cut lacks"): the base is
-pretrained alone, with an auxiliary head on its last layer that predicts the next colour the agent will enter, read
-from the episode's own later observations (8 classes; steps after the last entry seen are left out), weighted by
-WEIGHT beside the action NLL. Like the paper's next-observation loss it asks only for the future of the data; unlike
-it, the future is the next event rather than the next step, so that the base must say where it is heading.
+(The label-free next-colour base of docs/reproduction.md, point 6, was first trained here with `--next-colour`; it is
+now the pipeline's `--pretrain.next_event_weight`.)
 
 `--init RUN` goes on from a folder this script wrote (its base and its co-trained module; a fresh optimiser),
 and `--cooldown` decays the learning rate linearly to 0 over the run's steps: the constant-rate pretraining
@@ -39,14 +36,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from einops import rearrange
-from torch import nn
 from torch_einops_utils import lens_to_mask
 from tqdm.auto import tqdm
 
 from metacontroller.demos import DemoDataset
-from metacontroller.envs.pinpad import AGENT_CHANNEL, NUM_CHANNELS, NUM_COLOURS
 from metacontroller.pipeline.adapters.pinpad import pinpad_adapter, turn_episodes
 from metacontroller.pipeline.config import default_config, override
 from metacontroller.pipeline.control import step_labels, subgoal_intervention
@@ -62,14 +55,9 @@ from metacontroller.subgoal_controller import SubgoalController
 CODES_DISCOVERY = {'discovery.rotation_consistency': True, 'discovery.ratio_loss_weight': 1.0, 'discovery.target_segment_length': 10.5}
 
 
-def readout_nll(model, hidden, actions, mask):
-    """The action NLL, mean over valid steps, from the upper body's output (b, t, d)."""
-    return model.action_readout(hidden, targets = actions.masked_fill(~mask, 0), loss_mask = mask)
-
-
 def action_nll(model, controlled, actions, mask):
     """The upper body's action NLL, mean over valid steps, from the steered stream ê (b, t, d)."""
-    return readout_nll(model, model.upper_body(controlled), actions, mask)
+    return model.action_readout(model.upper_body(controlled), targets = actions.masked_fill(~mask, 0), loss_mask = mask)
 
 
 def label_loss(model, controller, label_dropout):
@@ -82,34 +70,6 @@ def label_loss(model, controller, label_dropout):
             controlled = torch.where(labelled, controlled, stream)
         loss = action_nll(model, controlled, batch.actions, mask)
         return loss, (loss,)
-    return loss_fn
-
-
-def next_colours(observations: torch.Tensor) -> torch.Tensor:
-    """(b, t, cells · channels) pinpad observations -> (b, t): the colour the agent enters next after each step,
-    -1 where the episode shows no later entry (padding included: its all-zero steps stand on no colour)."""
-    grid = rearrange(observations, 'b t (cells channels) -> b t cells channels', channels = NUM_CHANNELS)
-    agent = grid[..., AGENT_CHANNEL].argmax(-1, keepdim = True)                                 # (b, t, 1)
-    under = grid[..., :NUM_COLOURS].gather(2, agent[..., None].expand(-1, -1, 1, NUM_COLOURS))[:, :, 0]   # (b, t, colours)
-    colour = torch.where(under.sum(-1) > 0, under.argmax(-1), -1)                               # (b, t); -1: no colour
-    entered = (colour >= 0) & (colour != torch.cat((torch.full_like(colour[:, :1], -1), colour[:, :-1]), 1))
-    # scan backwards: the target at t is the colour of the first entry at a later step
-    targets, upcoming = torch.full_like(colour, -1), torch.full_like(colour[:, 0], -1)
-    for t in range(colour.shape[1] - 1, -1, -1):
-        targets[:, t] = upcoming
-        upcoming = torch.where(entered[:, t], colour[:, t], upcoming)
-    return targets
-
-
-def next_colour_loss(model, head, weight):
-    """The action NLL plus WEIGHT · the cross-entropy of the next colour entered, read from the last layer."""
-    def loss_fn(step, batch, mask, rng):
-        hidden = model.upper_body(model.residual_stream(batch.observations))
-        nll = readout_nll(model, hidden, batch.actions, mask)   # the head reads the same hidden: one upper-body pass
-        targets = next_colours(batch.observations)
-        known = mask & (targets >= 0)
-        colour_ce = F.cross_entropy(head(hidden[known]), targets[known])
-        return nll + weight * colour_ce, (nll, colour_ce)
     return loss_fn
 
 
@@ -136,8 +96,6 @@ def main():
     parser.add_argument('--codes', type = float, metavar = 'ALPHA',
                         help = 'no labels: co-train a metacontroller on the rotation-consistent discovery objective with this KL weight')
     parser.add_argument('--kl-warmup', type = int, default = 0, metavar = 'N', help = 'with --codes: steps over which the KL weight rises from 0 to ALPHA')
-    parser.add_argument('--next-colour', type = float, metavar = 'WEIGHT',
-                        help = 'no labels: pretrain the base alone with an auxiliary next-colour head of this weight')
     parser.add_argument('--init', type = Path, metavar = 'RUN', help = 'go on from the base and co-trained module this script saved in RUN')
     parser.add_argument('--cooldown', action = 'store_true', help = 'decay the learning rate linearly to 0 over the steps')
     parser.add_argument('--seed', type = int, default = 0)
@@ -147,18 +105,12 @@ def main():
         parser.error(f'--label-dropout is a fraction of episodes, in [0, 1]; got {args.label_dropout}')
     if args.codes is not None and (args.codes < 0 or args.label_dropout > 0):
         parser.error(f'--codes takes a KL weight >= 0 and uses no labels (so no --label-dropout); got {args.codes}, {args.label_dropout}')
-    if args.next_colour is not None and (args.next_colour < 0 or args.label_dropout > 0 or args.codes is not None or args.init):
-        parser.error(f'--next-colour takes a weight >= 0 and trains the base alone from scratch (no --label-dropout, --codes or --init); '
-                     f'got {args.next_colour}')
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
     adapter, config = pinpad_adapter(), default_config()
     model = build_transformer(adapter, config.model)
-    if args.next_colour is not None:
-        module = nn.Linear(config.model.dim, NUM_COLOURS)
-        loss_fn, names = next_colour_loss(model, module, args.next_colour), ('action_nll', 'next_colour_ce')
-    elif args.codes is None:
+    if args.codes is None:
         module = SubgoalController(config.model.dim, adapter.num_subgoals, config.control.dim_hypernetwork_hidden, config.control.low_rank)
         loss_fn, names = label_loss(model, module, args.label_dropout), ('action_nll',)
     else:
@@ -198,11 +150,9 @@ def main():
     shutil.copytree(args.data, args.out / 'data', dirs_exist_ok = True)
     model.save(args.out / 'pretrain' / 'model.pt')
     record = dict(steps = args.steps, init = str(args.init or ''), cooldown = args.cooldown, label_dropout = args.label_dropout, codes_alpha = args.codes, kl_warmup = args.kl_warmup,
-                  next_colour_weight = args.next_colour,
                   **{f'final_train_{name}': float(value) for name, value in zip(names, np.mean(trace[-50:], axis = 0))})
-    if args.next_colour is None:
-        module.save(args.out / module_file)
-    if args.codes is None and args.next_colour is None:
+    module.save(args.out / module_file)
+    if args.codes is None:
         record.update({name: evaluate(model, adapter.make_envs(tasks), config.control.eval_episodes, seed = args.seed,
                                       intervention = subgoal_intervention(module))._asdict()
                        for name, tasks in (('post_task', (adapter.post_task,)), ('pretraining_tasks', adapter.pretraining_tasks))})

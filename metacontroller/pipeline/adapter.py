@@ -43,6 +43,10 @@ class EnvAdapter:
     # (observations (b, t, obs_dim), actions (b, t), numpy rng) -> the same episodes under a symmetry of the env drawn
     # from rng (pinpad: 1-3 quarter turns): valid episodes with every subgoal elsewhere, for --discovery.rotation_consistency
     rotate_episodes: Callable[..., tuple[Any, Any]] | None = None
+    # observations (b, t, obs_dim) -> (b, t) the class of the next event each episode shows after each step, -1 where
+    # none follows (pinpad: the next colour entered), and the number of classes, for --pretrain.next_event_weight
+    next_events: Callable[[Any], Any] | None = None
+    num_event_classes: int = 0
 
     def preset(self, name: str) -> PipelineConfig:
         """The pipeline's preset `name` with this environment's overrides."""
@@ -80,6 +84,13 @@ class EnvAdapter:
             raise ValueError(f'--discovery.rotation_consistency: {self.name} defines no episode rotations '
                              f'(symmetries that move its subgoals; pinpad turns its grid)')
         return self.rotate_episodes if on else None
+
+    def event_targets(self, on: bool) -> Callable[[Any], Any] | None:
+        """`next_events` for --pretrain.next_event_weight when `on`, else None; a clear error for an env without."""
+        if on and self.next_events is None:
+            raise ValueError(f'--pretrain.next_event_weight: {self.name} defines no next events to predict '
+                             f'(pinpad: the next colour the agent enters)')
+        return self.next_events if on else None
 
     def make_envs(self, tasks: Sequence[Task]) -> Callable[[int], object]:
         """make_envs(num_envs) -> a fresh batched env on `tasks` (the internal-RL contract)."""

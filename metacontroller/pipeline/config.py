@@ -61,6 +61,9 @@ class PretrainConfig:
     eval_episodes: int = knob(512, 'rollouts (sampled actions) per task set to measure BC success')
     init: str = knob('', 'start from this base-model checkpoint (e.g. pretrained on a GPU) and train `steps` more (0: use it as is)')
     cooldown_steps: int = knob(0, 'the last N steps decay the learning rate linearly towards 0, the last at lr / N (0: constant throughout)')
+    next_event_weight: float = knob(0., 'weight of an auxiliary head on the last layer that predicts the next event each episode shows '
+                                        '(pinpad: the next colour the agent enters), read from its own later observations: no labels, '
+                                        "but ours, not the paper's; it makes the stream at the cut steerable (0: off)")
 
 
 @dataclass(frozen = True)

@@ -8,7 +8,8 @@ from metacontroller.pipeline.adapter import EnvAdapter
 from metacontroller.pipeline.config import DiscoveryConfig, ModelConfig
 
 
-def build_transformer(adapter: EnvAdapter, config: ModelConfig) -> Transformer:
+def build_transformer(adapter: EnvAdapter, config: ModelConfig, next_event_head: bool = False) -> Transformer:
+    """The base model of `config` for `adapter`'s env; `next_event_head` adds the head --pretrain.next_event_weight trains."""
     if config.depth < 2 or config.depth % 2:
         raise ValueError(f'model.depth must be even and >= 2 (the metacontroller sits at L/2), got {config.depth}')
     body = dict(
@@ -26,6 +27,7 @@ def build_transformer(adapter: EnvAdapter, config: ModelConfig) -> Transformer:
         state_encoder = adapter.state_encoder(config.dim) if adapter.state_encoder is not None else None,
         binary_state_readout = config.binary_state_readout,
         dim_condition = adapter.dim_condition,
+        num_event_classes = adapter.num_event_classes if next_event_head else None,
     )
 
 

@@ -91,11 +91,11 @@ def load_matching(path: str, fresh: Checkpointable, flag: str, settings: str) ->
 def initial_model(run: Run) -> Transformer:
     """A fresh base model, or the checkpoint `--pretrain.init` names (e.g. pretrained on a GPU elsewhere),
     which must have the shape the model settings describe (they set the cut and the reports)."""
-    fresh = build_transformer(run.adapter, run.config.model)
+    fresh = build_transformer(run.adapter, run.config.model, next_event_head = run.config.pretrain.next_event_weight > 0)
     path = run.config.pretrain.init
     if not path:
         return fresh
-    model = load_matching(path, fresh, '--pretrain.init', '--model.*')
+    model = load_matching(path, fresh, '--pretrain.init', '--model.* and --pretrain.next_event_weight')
     logger.info(f'base model from {path}; {run.config.pretrain.steps} more pretraining steps')
     return model
 
@@ -111,13 +111,16 @@ def run_pretrain(run: Run) -> dict:
     config = run.config.pretrain
     model = initial_model(run).to(run.device)
     logger.info(f'base model: {sum(p.numel() for p in model.parameters()):,} parameters')
+    events = run.adapter.event_targets(config.next_event_weight > 0)
     trace = pretrain.train(model, data.load(run.data_dir, 'pretrain'), config, run.seed, run.device, run.progress, run.process,
-                           progress_file = run.progress_path('pretrain', 'pretrain'))
+                           progress_file = run.progress_path('pretrain', 'pretrain'), event_targets = events)
     run.save(model, 'pretrain', 'model.pt')
 
     heldout = data.load(run.data_dir, 'heldout')
     sets = run.adapter.expert_action_sets
     metrics = pretrain.imitation_metrics(model, heldout, run.device, action_sets = sets(heldout) if sets is not None else None)
+    if events is not None:
+        metrics.update(pretrain.next_event_metrics(model, heldout, events, run.device))
     for name, tasks in (('pretraining_tasks', run.adapter.pretraining_tasks), ('post_task', (run.adapter.post_task,))):
         stats = evaluate(model, run.adapter.make_envs(tasks), config.eval_episodes, seed = run.seed, process = run.process)
         metrics[f'success_{name}'] = stats.success

@@ -5,6 +5,7 @@ from functools import partial
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from metacontroller.egocentric import EgocentricEncoder
@@ -31,6 +32,8 @@ def pinpad_adapter() -> EnvAdapter:
         parse_task = pinpad.task_from_subgoals,
         reports_entered_subgoal = True,
         rotate_episodes = turn_episodes,
+        next_events = next_colours,
+        num_event_classes = pinpad.NUM_COLOURS,
     )
 
 
@@ -39,3 +42,21 @@ def turn_episodes(observations: Tensor, actions: Tensor, rng: np.random.Generato
     cells, moves = (torch.from_numpy(m).to(observations.device) for m in pinpad.quarter_turn(int(rng.integers(1, 4))))
     grid = observations.unflatten(-1, (pinpad.NUM_CELLS, pinpad.NUM_CHANNELS))[..., cells, :]
     return grid.flatten(-2), moves[actions]
+
+
+def next_colours(observations: Tensor) -> Tensor:
+    """(b, t, 637) one-hot grids -> (b, t): the colour the agent enters next after each step, -1 where the episode
+    shows no later entry (padding included: its all-zero steps stand on no colour). Read from the episode's own
+    observations, no labels: on expert episodes it is the next stage of the current subgoal."""
+    grid = rearrange(observations, 'b t (cells channels) -> b t cells channels', channels = pinpad.NUM_CHANNELS)
+    agent = grid[..., pinpad.AGENT_CHANNEL].argmax(-1)                                                  # (b, t)
+    under = grid[..., :pinpad.NUM_COLOURS].gather(2, agent[..., None, None].expand(-1, -1, 1, pinpad.NUM_COLOURS))[:, :, 0]
+    colour = torch.where(under.sum(-1) > 0, under.argmax(-1), -1)                                       # (b, t); -1: none
+    before = torch.cat((torch.full_like(colour[:, :1], -1), colour[:, :-1]), 1)
+    entered = (colour >= 0) & (colour != before)
+    # scan backwards: the target at t is the colour of the first entry after t
+    targets, upcoming = torch.full_like(colour, -1), torch.full_like(colour[:, 0], -1)
+    for t in range(colour.shape[1] - 1, -1, -1):
+        targets[:, t] = upcoming
+        upcoming = torch.where(entered[:, t], colour[:, t], upcoming)
+    return targets
