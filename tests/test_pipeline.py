@@ -252,7 +252,7 @@ def test_a_start_checkpoint_of_another_shape_names_its_flag_and_tensors(tmp_path
     config = smoke_config()
     build_transformer(pinpad_adapter(), override(config, {'model.ff_mult': 4}).model).save(tmp_path / 'model.pt')
     build_meta_controller(config.model.dim, override(config, {'discovery.dim_latent': 4}).discovery).save(tmp_path / 'meta.pt')
-    with pytest.raises(ValueError, match = r"--pretrain.init .*model.pt: .*the --model.\* settings describe "
+    with pytest.raises(ValueError, match = r"--pretrain.init .*model.pt: .*the --model.\* and --pretrain.next_event_weight settings describe "
                                            r"\(6 tensors differ, e.g. \['lower_body.layers.1.1.ff.0.0.bias', "):
         initial_model(smoke_settings(tmp_path, {'pretrain.init': str(tmp_path / 'model.pt')}))
     with pytest.raises(ValueError, match = r"--discovery.init .*meta.pt: .*the --discovery.\* settings describe "
