@@ -23,10 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from metacontroller import Transformer
-from metacontroller.pipeline import control, data, discover, pretrain
+from metacontroller.pipeline import control, data, discover
 from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 from metacontroller.pipeline.config import ControlConfig
-from metacontroller.rl import evaluate
 
 
 class MLPController(nn.Module):
@@ -76,20 +75,13 @@ def main():
     trace = control.train(model, controller, discover.precompute(model, demos, config.batch_size, args.seed, 'cpu'), config, args.seed)
     controller.eval()
 
-    heldout = data.load(data_dir, 'heldout')
-    sets = adapter.expert_action_sets(heldout)
-    scores = {name: pretrain.imitation_metrics(model, heldout, 'cpu', action_sets = sets, logits_fn = logits_fn)
-              for name, logits_fn in (('base', None), ('controlled', lambda m, batch: control.controlled_logits(m, controller, batch)))}
-    intervene = control.subgoal_intervention(controller)
-    success = {}
-    for name, tasks in (('post_task', (adapter.post_task,)), ('pretraining_tasks', adapter.pretraining_tasks)):
-        success[name] = {}
-        for kind, intervention in (('base', None), ('controlled', intervene)):
-            stats = evaluate(model, adapter.make_envs(tasks), args.episodes, seed = args.seed, intervention = intervention)._asdict()
-            success[name][kind] = dict(success = stats['success'], stages = stages(list(stats['reached'])))
-        print(f"{name}: success {success[name]['controlled']['success']:.3f} with the MLP controller "
-              f"({success[name]['base']['success']:.3f} without); stages {success[name]['controlled']['stages'][:6]} "
-              f"({success[name]['base']['stages'][:6]})")
+    scores, rollouts = control.score(model, controller, adapter, data.load(data_dir, 'heldout'), args.episodes, args.seed, 'cpu')
+    success = {name: {kind: dict(success = stats['success'], stages = stages(list(stats['reached']))) for kind, stats in by_kind.items()}
+               for name, by_kind in rollouts.items()}
+    for name, by_kind in success.items():
+        print(f"{name}: success {by_kind['controlled']['success']:.3f} with the MLP controller "
+              f"({by_kind['base']['success']:.3f} without; greedy {by_kind['controlled_greedy']['success']:.3f}, "
+              f"{by_kind['base_greedy']['success']:.3f}); stages {by_kind['controlled']['stages'][:6]} ({by_kind['base']['stages'][:6]})")
     keep = ('action_nll', 'p_optimal', 'p_fatal', 'p_fatal_onset')
     out = dict(heldout = {name: {k: s[k] for k in keep} for name, s in scores.items()}, **success,
                final_train_action_nll = sum(trace[-50:]) / len(trace[-50:]), args = {k: str(v) for k, v in vars(args).items()})

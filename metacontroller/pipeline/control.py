@@ -17,10 +17,13 @@ import torch
 from torch_einops_utils import lens_to_mask
 
 from metacontroller import Transformer
-from metacontroller.demos import NO_SUBGOAL, DemoBatch
+from metacontroller.demos import NO_SUBGOAL, DemoBatch, DemoDataset
 from metacontroller.distributed import SINGLE, Process
+from metacontroller.pipeline import pretrain
+from metacontroller.pipeline.adapter import EnvAdapter
 from metacontroller.pipeline.config import ControlConfig
 from metacontroller.pipeline.discover import Resume, StreamBatch, fit, fit_settings
+from metacontroller.rl import evaluate
 from metacontroller.subgoal_controller import SubgoalController
 from metacontroller.transformer import frozen
 
@@ -83,3 +86,21 @@ def subgoal_intervention(controller: SubgoalController):
         # a slot that has just finished reads -1 until the batch drops it; its action is ignored
         return controller(stream, torch.as_tensor(np.maximum(labels, 0), device = stream.device))
     return intervene
+
+
+def score(model: Transformer, controller: torch.nn.Module, adapter: EnvAdapter, heldout: DemoDataset, episodes: int, seed: int,
+          device: str, process: Process = SINGLE) -> tuple[dict, dict]:
+    """The base with and without `controller` (stream (b, t, d), labels (b, t) -> ê): held-out imitation metrics per
+    kind ('base', 'controlled'), and per task set ('post_task', 'pretraining_tasks') each kind's rollout statistics,
+    sampled and greedy ('_greedy'), the live subgoal switching the controller, on the same seeded episodes."""
+    sets = adapter.expert_action_sets(heldout) if adapter.expert_action_sets is not None else None
+    scores = {kind: pretrain.imitation_metrics(model, heldout, device, action_sets = sets, logits_fn = logits_fn)
+              for kind, logits_fn in (('base', None), ('controlled', lambda m, batch: controlled_logits(m, controller, batch)))}
+    # common random numbers: every variant meets the same seeded episodes; sampled actions are the headline
+    steer = subgoal_intervention(controller)
+    rollouts = dict(base = (None, False), controlled = (steer, False), base_greedy = (None, True), controlled_greedy = (steer, True))
+    success = {name: {kind: evaluate(model, adapter.make_envs(tasks), episodes, seed = seed, deterministic = greedy, process = process,
+                                     intervention = intervention)._asdict()
+                      for kind, (intervention, greedy) in rollouts.items()}
+               for name, tasks in (('post_task', (adapter.post_task,)), ('pretraining_tasks', adapter.pretraining_tasks))}
+    return scores, success

@@ -150,25 +150,12 @@ def run_control(run: Run) -> dict:
                           progress_file = run.progress_path('control', 'controllers'), data_sha256 = demos.fingerprint())
     run.save(controller, 'control', 'controller.pt')
 
-    heldout = data.load(run.data_dir, 'heldout')
-    sets = run.adapter.expert_action_sets
-    sets = sets(heldout) if sets is not None else None
-    scores = dict(
-        base = pretrain.imitation_metrics(model, heldout, run.device, action_sets = sets),
-        controlled = pretrain.imitation_metrics(model, heldout, run.device, action_sets = sets,
-                                                logits_fn = lambda m, batch: control.controlled_logits(m, controller, batch)),
-    )
-    # the same seeded episodes for every variant (common random numbers); sampled actions are the headline
-    intervene = control.subgoal_intervention(controller)
-    rollouts = dict(base = (None, False), controlled = (intervene, False), base_greedy = (None, True), controlled_greedy = (intervene, True))
-    success = {}
-    for name, tasks in (('post_task', (run.adapter.post_task,)), ('pretraining_tasks', run.adapter.pretraining_tasks)):
-        success[name] = {kind: evaluate(model, run.adapter.make_envs(tasks), config.eval_episodes, seed = run.seed,
-                                        deterministic = greedy, process = run.process, intervention = intervention)._asdict()
-                         for kind, (intervention, greedy) in rollouts.items()}
-        logger.info(f'control, {name}: success {success[name]["controlled"]["success"]:.3f} with ground-truth controllers, '
-                    f'{success[name]["base"]["success"]:.3f} without (sampled actions; greedy: '
-                    f'{success[name]["controlled_greedy"]["success"]:.3f}, {success[name]["base_greedy"]["success"]:.3f})')
+    scores, success = control.score(model, controller, run.adapter, data.load(run.data_dir, 'heldout'), config.eval_episodes,
+                                    run.seed, run.device, run.process)
+    for name, by_kind in success.items():
+        logger.info(f'control, {name}: success {by_kind["controlled"]["success"]:.3f} with ground-truth controllers, '
+                    f'{by_kind["base"]["success"]:.3f} without (sampled actions; greedy: '
+                    f'{by_kind["controlled_greedy"]["success"]:.3f}, {by_kind["base_greedy"]["success"]:.3f})')
     return dict(heldout = scores, **success, final_train_action_nll = float(np.mean(trace[-50:])), layer = run.config.model.depth // 2,
                 rank = config.low_rank, eval_episodes = config.eval_episodes, success_policy = 'sampled')
 
