@@ -332,24 +332,16 @@ class Transformer(Checkpointable, nn.Module):
 
         `stream` may hold a precomputed residual stream e (it depends only on the data);
         `intervention` maps e (b, t, d) to the ê the upper body reads, as in `step`."""
-        return self.action_readout(self._last_hidden(state, actions, stream, intervention, condition))
+        return self.action_readout(self._last_hidden(state, actions, stream = stream, intervention = intervention, condition = condition))
 
-    def event_logits(
-        self,
-        state: Tensor,
-        actions: Tensor | None = None,
-        *,
-        stream: Tensor | None = None,
-        intervention: Callable[[Tensor], Tensor] | None = None,
-        condition: Tensor | None = None,
-    ) -> Tensor:
-        """The next-event head's logits (b, t, num_event_classes), as `action_logits` (e.g. under an intervention:
-        where the model says it is heading once its stream is steered)."""
+    def event_logits(self, state: Tensor, actions: Tensor | None = None, **inputs) -> Tensor:
+        """The next-event head's logits (b, t, num_event_classes); `action_logits`' keywords (stream, intervention,
+        condition), e.g. under an intervention: where the model says it is heading once its stream is steered."""
         if self.event_readout is None:
             raise ValueError('this model has no next-event head: build it with Transformer(..., num_event_classes = n)')
-        return self.event_readout(self._last_hidden(state, actions, stream, intervention, condition))
+        return self.event_readout(self._last_hidden(state, actions, **inputs))
 
-    def _last_hidden(self, state, actions, stream, intervention, condition) -> Tensor:
+    def _last_hidden(self, state, actions = None, *, stream = None, intervention = None, condition = None) -> Tensor:
         if stream is None:
             stream = self.residual_stream(state, actions, condition)
         condition = self._check_condition(condition, stream.shape[0])
