@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -88,8 +89,13 @@ def subgoal_intervention(controller: SubgoalController):
     return intervene
 
 
+class ControlScores(NamedTuple):
+    heldout: dict   # kind ('base', 'controlled') -> imitation metrics on the held-out demonstrations
+    success: dict   # task set ('post_task', 'pretraining_tasks') -> kind (and kind + '_greedy') -> rollout statistics
+
+
 def score(model: Transformer, controller: torch.nn.Module, adapter: EnvAdapter, heldout: DemoDataset, episodes: int, seed: int,
-          device: str, process: Process = SINGLE) -> tuple[dict, dict]:
+          device: str, process: Process = SINGLE) -> ControlScores:
     """The base with and without `controller` (stream (b, t, d), labels (b, t) -> ê): held-out imitation metrics per
     kind ('base', 'controlled'), and per task set ('post_task', 'pretraining_tasks') each kind's rollout statistics,
     sampled and greedy ('_greedy'), the live subgoal switching the controller, on the same seeded episodes."""
@@ -103,4 +109,4 @@ def score(model: Transformer, controller: torch.nn.Module, adapter: EnvAdapter, 
                                      intervention = intervention)._asdict()
                       for kind, (intervention, greedy) in rollouts.items()}
                for name, tasks in (('post_task', (adapter.post_task,)), ('pretraining_tasks', adapter.pretraining_tasks))}
-    return scores, success
+    return ControlScores(scores, success)
