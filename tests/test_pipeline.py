@@ -70,6 +70,8 @@ def test_smoke_pipeline_writes_everything(smoke_run):
     steer = on_disk['discovery']['steering']   # first subgoal entered: base alone, then each subgoal's code held
     assert all(len(steer[row]) == 5 and abs(sum(steer[row]) - 1) < 1e-6 for row in ('base', *'ABCD'))
     assert steer['hit_rate'] == np.mean([steer[x][i] for i, x in enumerate('ABCD')])
+    transfer = steer['code_transfer']   # an episode's first code, in its own layout and in the next episode's
+    assert set(transfer) == {'own_layout', 'other_layout', 'base'} and all(0 <= v <= 1 for v in transfer.values())
     sweep = on_disk['discovery']['alpha_sweep']   # the rate-distortion table: --discovery.alpha, then the sweep
     assert [p['alpha'] for p in sweep] == [0.05, 0.5] and on_disk['discovery']['alpha'] == 0.05
     assert all({'action_nll', 'kl', 'switch_f1', 'switches_per_episode'} <= set(p) for p in sweep)
@@ -473,6 +475,23 @@ def test_steering_rows_share_their_episodes():
                                     adapter.make_envs(adapter.pretraining_tasks), 24, seed = 3)
     assert all(table[x] == table['base'] for x in 'ABCD') and table['hit_rate'] == table['base_rate']
     assert abs(sum(table['base']) - 1) < 1e-6 and table['base'][-1] < 1   # some episodes entered a subgoal
+
+
+def test_code_transfer_rebuilds_each_recorded_episode(smoke_run):
+    """The own-layout row replays each held-out episode's env from its seed: the first observation is the
+    recorded one, and with the control switched off (c = 0) the row is the base's, hit for hit."""
+    smoke_tmp, _ = smoke_run
+    adapter, config = pinpad_adapter(), smoke_config()
+    heldout = data.load(smoke_tmp / 'run' / 'data', 'heldout')
+    make_envs = adapter.make_envs([tuple(task) for task in heldout.metadata['tasks']])
+    n = 12
+    observations, _ = make_envs(n).reset(seed = [int(s) for s in heldout.seeds[:n]])
+    assert np.array_equal(observations, heldout.batch(np.arange(n)).observations[:, 0].numpy())
+    model = build_transformer(adapter, config.model).eval()
+    meta = build_meta_controller(config.model.dim, config.discovery).eval()
+    meta.control_scale = 0.
+    transfer = steering.code_transfer(model, meta, heldout, make_envs, n, seed = 3)
+    assert transfer.own_layout == transfer.base and 0 <= transfer.other_layout <= 1
 
 
 def test_a_fixed_held_out_task_cannot_be_changed():

@@ -8,31 +8,20 @@ non-causal encoder's posterior mean μ_0, or the sampled z_0 with --sampled) is 
 - the next episode's layout (a code moved to another layout, as the steering check does),
 
 and the first pair entered is compared with the subgoal the code was taken from. The base alone
-runs on the same seeds.
+runs on the same seeds. The discover phase now reports the same check (`steering.code_transfer`, under
+`steering` in results.json); this runs it on a finished folder, e.g. one from before.
 
     python docs/experiments/code_transfer.py --run-dir runs/study/cotrained --episodes 256
 """
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from metacontroller import MetaController, Transformer
-from metacontroller.envs.pinpad import VecPinpadEnv
 from metacontroller.pipeline import data
-from metacontroller.pipeline.steering import first_subgoals
-from metacontroller.rl.seeds import seeded
-
-
-def first_pairs(model, dataset, seeds, tasks, codes, meta, seed):
-    """First subgoal entered per episode (-1: none), `codes[i]` held in the env of seeds[i] (None: the base alone)."""
-    env = VecPinpadEnv(len(seeds), tasks = tasks, max_steps = dataset.metadata['max_steps'])
-    hold = None
-    if codes is not None:
-        def hold(stream, rows):
-            return meta.decoder.control(codes[rows].to(stream.dtype), stream, meta.control_scale)
-    return first_subgoals(model, env, [int(s) for s in seeds], seed, hold)
+from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
+from metacontroller.pipeline.steering import code_transfer
 
 
 def main():
@@ -48,24 +37,12 @@ def main():
     model = Transformer.init_and_load(args.run_dir / 'pretrain' / 'model.pt').eval()
     meta = MetaController.init_and_load(args.run_dir / 'discover' / 'meta_controller.pt').eval()
     dataset = data.load(args.run_dir / 'data', 'heldout')
-    n = min(args.episodes, len(dataset.episode_lens))
-    batch = dataset.batch(np.arange(n))
-    with torch.no_grad(), seeded(args.seed, torch.device('cpu')):   # the sampled z_0 too
-        stream = model.residual_stream(batch.observations)
-        out = meta(stream, batch.episode_lens)
-        codes = (out.latent if args.sampled else out.mean)[:, 0]                   # (n, n_z): each episode's first code
-    own = batch.subgoals[:, 0].numpy()                                             # the subgoal z_0 was taken from
-    seeds = dataset.seeds[:n]
-    tasks = [tuple(task) for task in dataset.metadata['tasks']]
-    moved = np.roll(np.arange(n), -1)                                              # layout i gets episode i+1's code
-
-    rows = {
-        'base alone, own layout': (first_pairs(model, dataset, seeds, tasks, None, meta, args.seed), own),
-        'own code, own layout': (first_pairs(model, dataset, seeds, tasks, codes, meta, args.seed), own),
-        "next episode's code, this layout": (first_pairs(model, dataset, seeds, tasks, codes[moved], meta, args.seed), own[moved]),
-    }
-    for name, (first, target) in rows.items():
-        print(f"{name:34s} P(first pair = the code's subgoal) {np.mean(first == target):.3f}   none entered {np.mean(first < 0):.3f}")
+    make_envs = pinpad_adapter().make_envs([tuple(task) for task in dataset.metadata['tasks']])
+    transfer = code_transfer(model, meta, dataset, make_envs, args.episodes, args.seed, args.sampled)
+    rows = {'base alone, own layout': transfer.base, 'own code, own layout': transfer.own_layout,
+            "next episode's code, this layout": transfer.other_layout}
+    for name, rate in rows.items():
+        print(f"{name:34s} P(first pair = the code's subgoal) {rate:.3f}")
 
 
 if __name__ == '__main__':

@@ -205,6 +205,11 @@ def run_discover(run: Run) -> dict:
                                                       config.steering_episodes, run.seed)
         logger.info(f'steering: first subgoal entered is the injected code\'s {metrics["steering"]["hit_rate"]:.3f} of the time '
                     f'(base alone: {metrics["steering"]["base_rate"]:.3f} per subgoal)')
+        tasks = [tuple(task) for task in heldout.metadata['tasks']]
+        transfer = steering.code_transfer(model, meta, heldout, run.adapter.make_envs(tasks), config.steering_episodes, run.seed)
+        metrics['steering']['code_transfer'] = transfer._asdict()
+        logger.info(f"codes: an episode's first code sends the agent to its subgoal {transfer.own_layout:.3f} of the time in its own "
+                    f"layout, {transfer.other_layout:.3f} in another's (colour codes carry, place codes do not; base alone {transfer.base:.3f})")
     return metrics
 
 

@@ -10,7 +10,7 @@ on pinpad: entering either colour of pair X first counts as heading to X.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ import torch
 from metacontroller import MetaController, Transformer
 from metacontroller.demos import DemoDataset
 from metacontroller.pipeline.codebook import held_code_batches
+from metacontroller.pipeline.data import to_device
 from metacontroller.rl.rollout import run_episodes
 from metacontroller.rl.seeds import eval_seed, seeded
 
@@ -88,3 +89,38 @@ def steering_table(model: Transformer, meta_controller: MetaController, codes: t
     table['hit_rate'] = float(np.mean([table[name][x] for x, name in enumerate(subgoal_names)]))
     table['base_rate'] = float(np.mean(table['base'][:num_subgoals]))
     return table
+
+
+class CodeTransfer(NamedTuple):
+    """P(the first pair entered is the subgoal an episode's first code was taken from), the code held from the first step."""
+    own_layout: float     # the episode's own code, in its own layout and task
+    other_layout: float   # the next episode's code, in this episode's layout: only a code that names the subgoal hits
+    base: float           # the base alone in its own layout, against the episode's first subgoal
+
+
+@torch.no_grad()
+def code_transfer(model: Transformer, meta_controller: MetaController, dataset: DemoDataset, make_envs: Callable[[int], object],
+                  episodes: int, seed: int, sampled: bool = False) -> CodeTransfer:
+    """Do the codes name subgoals or places? The mean-code steering check cannot tell a code that names a place
+    (it steers only in its own layout) from one that names nothing; this can. Each of the first `episodes` recorded
+    episodes of `dataset` is rebuilt from its seed by `make_envs` (its env on the dataset's tasks) and run with its
+    own first code z_0 held (the encoder's posterior mean, or the sampled z_0 with `sampled`), then with the next
+    episode's z_0 in its layout."""
+    n = min(episodes, len(dataset.episode_lens))
+    device = next(model.parameters()).device
+    batch = to_device(dataset.batch(np.arange(n)), device)
+    with seeded(seed, device):   # the sampled z_0 too
+        out = meta_controller(model.residual_stream(batch.observations, condition = batch.condition), batch.episode_lens)
+    codes = (out.latent if sampled else out.mean)[:, 0]                      # (n, n_z): each episode's first code
+    own = batch.subgoals[:, 0].cpu().numpy()                                # the subgoal z_0 was taken from
+    moved = np.roll(np.arange(n), -1)                                       # layout i gets episode i + 1's code
+    seeds = [int(s) for s in dataset.seeds[:n]]
+
+    def hit(codes, target):
+        hold = None
+        if codes is not None:
+            def hold(stream, rows):
+                return meta_controller.decoder.control(codes[rows].to(stream.dtype), stream, meta_controller.control_scale)
+        return float(np.mean(first_subgoals(model, make_envs(n), seeds, seed, hold) == target))
+
+    return CodeTransfer(own_layout = hit(codes, own), other_layout = hit(codes[moved], own[moved]), base = hit(None, own))
