@@ -7,6 +7,9 @@ subgoal the agent enters says where it headed. The base alone on the same seeded
 reference: at the first step it cannot know the task, so it heads to each pair about equally.
 The env reports what was entered as info['entered_subgoal'] ((N,) ints, -1 none). It is pair-level
 on pinpad: entering either colour of pair X first counts as heading to X.
+
+`code_transfer` asks the question a mean code cannot answer: whether a code names the subgoal (it steers in
+any layout) or a place (it steers only in the layout of the episode it was read from).
 """
 from __future__ import annotations
 
@@ -116,11 +119,11 @@ def code_transfer(model: Transformer, meta_controller: MetaController, dataset: 
     moved = np.roll(np.arange(n), -1)                                       # layout i gets episode i + 1's code
     seeds = [int(s) for s in dataset.seeds[:n]]
 
-    def hit(codes, target):
+    def hit(held, target):   # held: (n, n_z), row i held in episode i's env; None: the base alone
         hold = None
-        if codes is not None:
+        if held is not None:
             def hold(stream, rows):
-                return meta_controller.decoder.control(codes[rows].to(stream.dtype), stream, meta_controller.control_scale)
+                return meta_controller.decoder.control(held[rows].to(stream.dtype), stream, meta_controller.control_scale)
         return float(np.mean(first_subgoals(model, make_envs(n), seeds, seed, hold) == target))
 
     return CodeTransfer(own_layout = hit(codes, own), other_layout = hit(codes[moved], own[moved]), base = hit(None, own))
