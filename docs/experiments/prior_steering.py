@@ -39,7 +39,7 @@ from metacontroller.codes import GaussianCode
 from metacontroller.envs.pinpad import task_from_subgoals
 from metacontroller.pipeline import data
 from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
-from metacontroller.pipeline.steering import first_subgoals, subgoal_codes
+from metacontroller.pipeline.steering import first_subgoals, holding, subgoal_codes
 from metacontroller.rl.rollout import decision_mask, run_episodes
 from metacontroller.rl.seeds import eval_seed, seeded
 
@@ -48,12 +48,8 @@ def first_entered_per_code(model, meta, codes: torch.Tensor, make_envs, episodes
     """(M, E): per code, the first subgoal entered in each of `episodes` fresh episodes (K: none).
     All codes run in one batch, each on the same env seeds."""
     per_slot = codes.repeat_interleave(episodes, dim = 0)                        # (M * E, n_z)
-
-    def hold(stream, rows):
-        return meta.decoder.control(per_slot[rows].to(stream.dtype), stream, meta.control_scale)
-
     seeds = list(range(seed, seed + episodes)) * len(codes)
-    first = first_subgoals(model, make_envs(len(seeds)), seeds, seed, hold)
+    first = first_subgoals(model, make_envs(len(seeds)), seeds, seed, holding(meta, per_slot))
     return np.where(first >= 0, first, num_subgoals).reshape(len(codes), episodes)
 
 

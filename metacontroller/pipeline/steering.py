@@ -63,6 +63,14 @@ class FirstEntered:
         return obs, reward, terminated, truncated, info
 
 
+def holding(meta_controller: MetaController, codes: torch.Tensor) -> Callable:
+    """The intervention that holds codes[i] (codes: (N, n_z)) in env slot i at every step, never switched:
+    ê = e + c·U(z_i) e, as the metacontroller's decoder applies it."""
+    def hold(stream, rows):
+        return meta_controller.decoder.control(codes[rows].to(stream.dtype), stream, meta_controller.control_scale)
+    return hold
+
+
 def first_subgoals(model: Transformer, env, seeds, torch_seed: int, intervention = None) -> np.ndarray:
     """(N,) the first subgoal each episode enters (-1: none), the env reset to `seeds`, sampling under `torch_seed`."""
     env = FirstEntered(env)
@@ -86,8 +94,7 @@ def steering_table(model: Transformer, meta_controller: MetaController, codes: t
     num_subgoals, first_seed = len(codes), eval_seed(seed)
     table = dict(base = first_entered(model, make_envs, episodes, num_subgoals, first_seed))
     for name, code in zip(subgoal_names, codes):
-        def hold(stream, rows, code = code):
-            return meta_controller.decoder.control(code.expand(len(rows), -1).to(stream.dtype), stream, meta_controller.control_scale)
+        hold = holding(meta_controller, code.expand(episodes, -1))   # the same code in every slot
         table[name] = first_entered(model, make_envs, episodes, num_subgoals, first_seed, hold)
     table['hit_rate'] = float(np.mean([table[name][x] for x, name in enumerate(subgoal_names)]))
     table['base_rate'] = float(np.mean(table['base'][:num_subgoals]))
@@ -120,10 +127,7 @@ def code_transfer(model: Transformer, meta_controller: MetaController, dataset: 
     seeds = [int(s) for s in dataset.seeds[:n]]
 
     def hit(held, target):   # held: (n, n_z), row i held in episode i's env; None: the base alone
-        hold = None
-        if held is not None:
-            def hold(stream, rows):
-                return meta_controller.decoder.control(held[rows].to(stream.dtype), stream, meta_controller.control_scale)
+        hold = None if held is None else holding(meta_controller, held)
         return float(np.mean(first_subgoals(model, make_envs(n), seeds, seed, hold) == target))
 
     return CodeTransfer(own_layout = hit(codes, own), other_layout = hit(codes[moved], own[moved]), base = hit(None, own))
