@@ -13,7 +13,7 @@ from metacontroller import MetaController
 from metacontroller.envs.pinpad_expert import generate_pinpad_demos, pinpad_action_sets
 from metacontroller.pipeline import control, data, discover, pretrain, runner, steering
 from metacontroller.pipeline.adapters.babyai import babyai_adapter
-from metacontroller.pipeline.adapters.pinpad import next_colours, pinpad_adapter
+from metacontroller.pipeline.adapters.pinpad import colour_entries, colours_underfoot, next_colours, pinpad_adapter
 from metacontroller.pipeline.aggregate import aggregate
 from metacontroller.pipeline.cli import main
 from metacontroller.pipeline.config import PRESETS, override, smoke_config, validate
@@ -67,6 +67,8 @@ def test_smoke_pipeline_writes_everything(smoke_run):
     for tasks in ('post_task', 'pretraining_tasks'):
         assert {kind: 0 <= control[tasks][kind]['success'] <= 1 for kind in ('base', 'controlled')} == {'base': True, 'controlled': True}
     assert set(on_disk['discovery']) >= {'switch_f1', 'switches_per_episode', 'beta_binary_fraction', 'action_nll', 'kl'}
+    events = ('switches_on_events', 'inner_event_switch_f1', 'inner_event_switch_precision', 'inner_event_switch_recall')
+    assert all(0 <= on_disk['discovery'][k] <= 1 and 0 <= on_disk['discovery']['post_task'][k] <= 1 for k in events)
     steer = on_disk['discovery']['steering']   # first subgoal entered: base alone, then each subgoal's code held
     assert all(len(steer[row]) == 5 and abs(sum(steer[row]) - 1) < 1e-6 for row in ('base', *'ABCD'))
     assert steer['hit_rate'] == np.mean([steer[x][i] for i, x in enumerate('ABCD')])
@@ -397,6 +399,26 @@ def test_next_colours_name_the_next_stage_of_each_expert_subgoal():
     assert torch.equal(targets[known] // 2, batch.subgoals[known].long())
     assert (targets[~valid] == -1).all() and (targets[torch.arange(len(demos)), batch.episode_lens - 1] == -1).all()
     assert 0.5 < known[valid].float().mean() < 1
+
+
+def test_colour_entries_are_each_pairs_two_colours_and_score_a_shifted_segmentation():
+    """Pinpad's events, read from the observations alone: on expert episodes every boundary after the first step is the
+    entry of a pair's second colour, and the entries inside a subgoal are its first colour, one per subgoal. Switches on
+    those first colours (half a pair early) score F1 1 against the inner events, where the boundary F1 misses them."""
+    demos = generate_pinpad_demos(16, seed = 5, num_envs = 8, progress = False)
+    batch = demos.batch(np.arange(len(demos)))
+    entries, colour = colour_entries(batch.observations), colours_underfoot(batch.observations)
+    valid = torch.arange(entries.shape[1]) < batch.episode_lens[:, None]
+    later = batch.boundaries.clone()
+    later[:, 0] = False                                          # t = 0 is a boundary by construction, not an entry
+    assert (entries[later]).all() and (colour[later] % 2 == 1).all() and not (entries & ~valid).any()
+    inner = entries & ~batch.boundaries
+    assert torch.equal(colour[inner] // 2, batch.subgoals[inner].long()) and (colour[inner] % 2 == 0).all()
+    assert torch.equal(inner.sum(1), batch.boundaries.sum(1))   # one first colour per subgoal
+    shifted = inner.float()
+    assert switch_counts(shifted, inner, batch.episode_lens).f1 == 1
+    assert switch_counts(shifted, batch.boundaries, batch.episode_lens).f1 < 0.5
+    assert switch_counts(shifted, entries, batch.episode_lens, tolerance = 0).precision == 1
 
 
 def test_the_next_event_head_is_pretrained_reported_and_carried_downstream(tmp_path, capsys):

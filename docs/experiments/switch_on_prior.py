@@ -41,7 +41,7 @@ def main():
     episodes = len(heldout)
     for name, c in counts.items():
         print(f'{name:8s} codes: {c.predicted / episodes + 1:.2f} switches per episode '
-              f'({c.actual / episodes + 1:.2f} subgoals), switch F1 {c.f1:.2f}, recall {c.true_positives / max(c.actual, 1):.2f}')
+              f'({c.actual / episodes + 1:.2f} subgoals), switch F1 {c.f1:.2f}, recall {c.recall:.2f}')
 
 
 def switching_beta(meta: MetaController, stream: torch.Tensor, proposal: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,9 @@ class EnvAdapter:
     # none follows (pinpad: the next colour entered), and the number of classes, for --pretrain.next_event_weight
     next_events: Callable[[Any], Any] | None = None
     num_event_classes: int = 0
+    # observations (b, t, obs_dim) -> (b, t) bool: the steps at which an episode shows an event (pinpad: a colour
+    # entered), so that discovery reports whether its switches fall on events, and on which (`discover.analyse`)
+    events: Callable[[Any], Any] | None = None
 
     def preset(self, name: str) -> PipelineConfig:
         """The pipeline's preset `name` with this environment's overrides."""

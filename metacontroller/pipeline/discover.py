@@ -198,12 +198,16 @@ class SwitchAnalysis(NamedTuple):
     switches_per_episode: float    # β ≥ 0.5 at steps 1 .. len - 1, plus the forced switch at t = 0
     subgoals_per_episode: float
     beta_binary_fraction: float
+    # with the env's events (None without): switches on an event's own step, and matched (±1) against the events
+    # inside a subgoal (pinpad: each pair's first colour), the other place a switch per subgoal can fall
+    on_events: SwitchCounts | None = None
+    inner_events: SwitchCounts | None = None
 
     def summary(self) -> dict:
-        return dict(
+        summary = dict(
             switch_f1 = self.counts.f1,
-            switch_precision = self.counts.true_positives / max(self.counts.predicted, 1),
-            switch_recall = self.counts.true_positives / max(self.counts.actual, 1),
+            switch_precision = self.counts.precision,
+            switch_recall = self.counts.recall,
             switches_per_episode = self.switches_per_episode,
             subgoals_per_episode = self.subgoals_per_episode,
             switches_per_subgoal = self.switches_per_episode / self.subgoals_per_episode,
@@ -211,13 +215,20 @@ class SwitchAnalysis(NamedTuple):
             action_nll = self.action_nll,
             kl = self.kl,
         )
+        if self.on_events is not None:
+            summary.update(switches_on_events = self.on_events.precision, inner_event_switch_f1 = self.inner_events.f1,
+                           inner_event_switch_precision = self.inner_events.precision, inner_event_switch_recall = self.inner_events.recall)
+        return summary
 
 
 @torch.no_grad()
-def analyse(model: Transformer, meta_controller: MetaController, dataset: DemoDataset, device: str, batch_size: int = 256) -> SwitchAnalysis:
-    """Losses and switch statistics over clean episodes (one posterior sample per step, as in training)."""
+def analyse(model: Transformer, meta_controller: MetaController, dataset: DemoDataset, device: str, batch_size: int = 256,
+            events: Callable[[torch.Tensor], torch.Tensor] | None = None) -> SwitchAnalysis:
+    """Losses and switch statistics over clean episodes (one posterior sample per step, as in training); with
+    `events` (observations -> (b, t) bool, the adapter's), where the switches fall against them too."""
     nll = kl = 0.
     counts, betas, lens_all = SwitchCounts(0, 0, 0), [], []
+    on_events = inner_events = SwitchCounts(0, 0, 0) if events is not None else None
     for batch in ordered_batches(dataset, batch_size, device):
         stream = model.residual_stream(batch.observations, condition = batch.condition)
         losses = model.discovery_losses(batch.observations, batch.actions, meta_controller, batch.episode_lens, stream = stream,
@@ -226,6 +237,10 @@ def analyse(model: Transformer, meta_controller: MetaController, dataset: DemoDa
         nll, kl = nll + losses.action_recon.item() * steps, kl + losses.kl.item() * steps
         beta = meta_controller(stream, batch.episode_lens).beta
         counts = counts + switch_counts(beta, batch.boundaries, batch.episode_lens)
+        if events is not None:
+            marked = events(batch.observations)                                           # (b, t) bool
+            on_events = on_events + switch_counts(beta, marked, batch.episode_lens, tolerance = 0)
+            inner_events = inner_events + switch_counts(beta, marked & ~batch.boundaries, batch.episode_lens)
         betas.append(beta.flatten(1).cpu())
         lens_all.append(batch.episode_lens.cpu())
     total_steps = int(dataset.episode_lens.sum())
@@ -239,6 +254,8 @@ def analyse(model: Transformer, meta_controller: MetaController, dataset: DemoDa
         switches_per_episode = counts.predicted / episodes + 1,
         subgoals_per_episode = counts.actual / episodes + 1,
         beta_binary_fraction = float(binary),
+        on_events = on_events,
+        inner_events = inner_events,
     )
 
 

@@ -26,6 +26,14 @@ class SwitchCounts(NamedTuple):
     def f1(self) -> float:
         return 2 * self.true_positives / max(self.predicted + self.actual, 1)
 
+    @property
+    def precision(self) -> float:
+        return self.true_positives / max(self.predicted, 1)
+
+    @property
+    def recall(self) -> float:
+        return self.true_positives / max(self.actual, 1)
+
 
 def match_switches(predicted: np.ndarray, actual: np.ndarray, tolerance: int = 1) -> SwitchCounts:
     """Greedy one-to-one matching of switch steps to boundary steps (both sorted):

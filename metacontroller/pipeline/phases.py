@@ -174,7 +174,7 @@ def run_discover(run: Run) -> dict:
         meta = initial_meta_controller(run, model.dim).to(run.device)
         trace = discover.train(model, meta, streams, alpha, config, run.seed, run.progress, run.process, rotations,
                                progress_file = run.progress_path('discover', f'alpha_{alpha:g}'), data_sha256 = fingerprint)
-        summary = discover.analyse(model, meta, heldout, run.device).summary()
+        summary = discover.analyse(model, meta, heldout, run.device, events = run.adapter.events).summary()
         # training action NLL (and on the turned episodes, with rotations), last 50 steps: the trace's columns but the KL
         summary.update(zip(('final_train_action_nll', 'final_train_turned_action_nll'), np.mean(trace[-50:], axis = 0)[:-1].tolist()))
         sweep.append(dict(alpha = alpha, **summary))
@@ -194,7 +194,7 @@ def run_discover(run: Run) -> dict:
     })
     if run.process.is_main:
         write_json(run.path('discover', 'figures.json'), figures, indent = None)
-    post_summary = discover.analyse(model, meta, post, run.device).summary()
+    post_summary = discover.analyse(model, meta, post, run.device, events = run.adapter.events).summary()
     # with 'switch_f1' the α is picked on the held-out episodes its figures come from: they are then
     # the best of the sweep, not an unbiased estimate (alpha_sweep keeps every α's, --discovery.alpha's first)
     metrics = dict(summary, alpha = sweep[best]['alpha'], selected_by = config.select_alpha, post_task = post_summary, alpha_sweep = sweep,

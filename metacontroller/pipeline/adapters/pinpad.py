@@ -33,6 +33,7 @@ def pinpad_adapter() -> EnvAdapter:
         reports_entered_subgoal = True,
         rotate_episodes = turn_episodes,
         next_events = next_colours,
+        events = colour_entries,
         num_event_classes = pinpad.NUM_COLOURS,
     )
 
@@ -44,16 +45,28 @@ def turn_episodes(observations: Tensor, actions: Tensor, rng: np.random.Generato
     return grid.flatten(-2), moves[actions]
 
 
-def next_colours(observations: Tensor) -> Tensor:
-    """(b, t, 637) one-hot grids -> (b, t): the colour the agent enters next after each step, -1 where the episode
-    shows no later entry (padding included: its all-zero steps stand on no colour). Read from the episode's own
-    observations, no labels: on expert episodes it is the next stage of the current subgoal."""
+def colours_underfoot(observations: Tensor) -> Tensor:
+    """(b, t, 637) one-hot grids -> (b, t): the colour of the agent's cell, -1 where it stands on none."""
     grid = rearrange(observations, 'b t (cells channels) -> b t cells channels', channels = pinpad.NUM_CHANNELS)
     agent = grid[..., pinpad.AGENT_CHANNEL].argmax(-1)                                                  # (b, t)
     under = grid[..., :pinpad.NUM_COLOURS].gather(2, agent[..., None, None].expand(-1, -1, 1, pinpad.NUM_COLOURS))[:, :, 0]
-    colour = torch.where(under.sum(-1) > 0, under.argmax(-1), -1)                                       # (b, t); -1: none
+    return torch.where(under.sum(-1) > 0, under.argmax(-1), -1)
+
+
+def colour_entries(observations: Tensor) -> Tensor:
+    """(b, t, 637) one-hot grids -> (b, t) bool: the steps at which the agent has entered a colour (padding's
+    all-zero steps stand on none). On expert episodes these are each pair's two colours: its second colour
+    ends the subgoal (a boundary), its first lies inside it."""
+    colour = colours_underfoot(observations)
     before = torch.cat((torch.full_like(colour[:, :1], -1), colour[:, :-1]), 1)
-    entered = (colour >= 0) & (colour != before)
+    return (colour >= 0) & (colour != before)
+
+
+def next_colours(observations: Tensor) -> Tensor:
+    """(b, t, 637) one-hot grids -> (b, t): the colour the agent enters next after each step, -1 where the episode
+    shows no later entry (padding included). Read from the episode's own observations, no labels: on expert
+    episodes it is the next stage of the current subgoal."""
+    colour, entered = colours_underfoot(observations), colour_entries(observations)
     # scan backwards: the target at t is the colour of the first entry after t
     targets, upcoming = torch.full_like(colour, -1), torch.full_like(colour[:, 0], -1)
     for t in range(colour.shape[1] - 1, -1, -1):
