@@ -24,10 +24,11 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    events = pinpad_adapter().events
     for run_dir in args.run_dirs:
         model = Transformer.init_and_load(run_dir / 'pretrain' / 'model.pt').eval()
         meta = MetaController.init_and_load(run_dir / 'discover' / 'meta_controller.pt').eval()
-        s = discover.analyse(model, meta, data.load(run_dir / 'data', 'heldout'), 'cpu', events = pinpad_adapter().events).summary()
+        s = discover.analyse(model, meta, data.load(run_dir / 'data', 'heldout'), 'cpu', events = events).summary()
         print(f"{run_dir}: {s['switches_per_subgoal']:.2f} switches per subgoal, {s['switches_on_events']:.3f} of them on a colour entry; "
               f"F1 against the boundaries {s['switch_f1']:.3f} (P {s['switch_precision']:.3f}, R {s['switch_recall']:.3f}), "
               f"against each pair's first colour {s['inner_event_switch_f1']:.3f} "

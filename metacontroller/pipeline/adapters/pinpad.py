@@ -57,7 +57,11 @@ def colour_entries(observations: Tensor) -> Tensor:
     """(b, t, 637) one-hot grids -> (b, t) bool: the steps at which the agent has entered a colour (padding's
     all-zero steps stand on none). On expert episodes these are each pair's two colours: its second colour
     ends the subgoal (a boundary), its first lies inside it."""
-    colour = colours_underfoot(observations)
+    return entries(colours_underfoot(observations))
+
+
+def entries(colour: Tensor) -> Tensor:
+    """(b, t) colour underfoot (-1: none) -> (b, t) bool: where it changes to a colour."""
     before = torch.cat((torch.full_like(colour[:, :1], -1), colour[:, :-1]), 1)
     return (colour >= 0) & (colour != before)
 
@@ -66,7 +70,8 @@ def next_colours(observations: Tensor) -> Tensor:
     """(b, t, 637) one-hot grids -> (b, t): the colour the agent enters next after each step, -1 where the episode
     shows no later entry (padding included). Read from the episode's own observations, no labels: on expert
     episodes it is the next stage of the current subgoal."""
-    colour, entered = colours_underfoot(observations), colour_entries(observations)
+    colour = colours_underfoot(observations)
+    entered = entries(colour)
     # scan backwards: the target at t is the colour of the first entry after t
     targets, upcoming = torch.full_like(colour, -1), torch.full_like(colour[:, 0], -1)
     for t in range(colour.shape[1] - 1, -1, -1):
