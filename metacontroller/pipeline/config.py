@@ -112,6 +112,10 @@ class DiscoveryConfig:
     rotation_consistency: bool = knob(False, "each code must also steer its episode turned by a symmetry of the env (pinpad: "
                                              '1-3 quarter turns, one per step): the loss is the mean of the two action NLLs + alpha KL. '
                                              "Not the paper's objective: it finds codes that name colours, not places (docs/reproduction.md)")
+    cut_history: bool = knob(False, "each code must also steer with its episode's past cut off (the lower body sees the "
+                                    'rest of the episode from a step after one of its switches as an episode of its own): the '
+                                    "loss is the mean of the action NLLs + alpha KL. Not the paper's objective: a code that "
+                                    'steers relative to the last subgoal pays for it (docs/reproduction.md)')
     init: str = knob('', 'start every alpha from this metacontroller checkpoint (its shape must match the --discovery.* '
                          "settings) instead of fresh weights, e.g. to train a previous discovery on; '': fresh")
 

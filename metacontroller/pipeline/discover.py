@@ -5,7 +5,8 @@ body never sees the intervention), so it is computed once per dataset and
 reused every epoch: each step then costs the metacontroller plus the upper body.
 With several processes, each rank keeps the streams of its part of every batch.
 With --discovery.rotation_consistency a step also runs the lower body on the
-turned batch (a fresh turn each step) and the upper body on it.
+turned batch (a fresh turn each step) and the upper body on it; with
+--discovery.cut_history, on the batch cut at one of each episode's switches.
 """
 from __future__ import annotations
 
@@ -135,22 +136,29 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
     subgoals (pinpad: quarter turns), so that a code naming a place rather than a subgoal pays for it: the action
     NLL is the mean of the episode's and the turned episode's. Returns (nll, turned nll, kl) per step then.
 
+    With `config.cut_history` (not the paper's objective either) each code must also steer its segment with the
+    episode's past cut off (`cut_action_nll`), so that a code naming a branch relative to the last subgoal pays for
+    it; the action NLL is then the mean over the episode and each of these variants, and each is logged.
+
     With a `progress_file` path the run saves its progress there and goes on from it (`fit`); `data_sha256`, the
     fingerprint of the episodes `batches` hold, tells a run on other data from this one."""
     turns = np.random.default_rng([seed, 1])   # the symmetry of each step, apart from the batch draws
+    cuts = np.random.default_rng([seed, 2])    # where each episode is cut, apart from both
 
     def loss_fn(step, batch, stream):
         with recorded_outputs(meta_controller) as outputs:
             losses = model.discovery_losses(batch.observations, batch.actions, meta_controller, batch.episode_lens, stream = stream,
                                             condition = batch.condition)
-        logged, nll = [losses.action_recon], losses.action_recon
+        logged = [losses.action_recon]
         if rotate_episodes is not None:
-            turned = turned_action_nll(model, meta_controller, outputs[0].latent, batch, rotate_episodes, turns)
-            logged, nll = [nll, turned], (nll + turned) / 2
+            logged.append(turned_action_nll(model, meta_controller, outputs[0].latent, batch, rotate_episodes, turns))
+        if config.cut_history:
+            logged.append(cut_action_nll(model, meta_controller, outputs[0].latent, outputs[0].beta, batch, cuts))
+        nll = torch.stack(logged).mean()
         loss = nll + kl_weight(alpha, step, config.kl_warmup_steps) * losses.kl + losses.aux_ratio
         return loss, torch.stack((*logged, losses.kl))
 
-    formats = dict(action_nll = '.3f', **(dict(turned_nll = '.3f') if rotate_episodes else {}), kl = '.2f')
+    formats = dict(action_nll = '.3f', **trained_nll_names(config.cut_history, rotate_episodes is not None), kl = '.2f')
     resume = None
     if progress_file is not None:
         # the sweep, the pick, the steering check and the RL policy's width do not change this training;
@@ -158,9 +166,14 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
         ignore = ('alpha', 'sweep_alphas', 'select_alpha', 'steering_episodes', 'dim_policy', 'init')
         settings = fit_settings(config, 'discovery', seed, data_sha256, next(model.parameters()).device, process, ignore, alpha = alpha)
         resume = Resume(progress_file, settings, f'discovery α={alpha:g}', reads = (model,))
-    return fit(meta_controller, batches, loss_fn, config.steps, config.lr, config.weight_decay, seed,
-               f'discover α={alpha:g}' + (', rotation-consistent' if rotate_episodes else ''), formats, progress, process,
-               resume, streams = (turns,))
+    desc = f'discover α={alpha:g}' + (', rotation-consistent' if rotate_episodes else '') + (', history cut' if config.cut_history else '')
+    return fit(meta_controller, batches, loss_fn, config.steps, config.lr, config.weight_decay, seed, desc, formats, progress, process,
+               resume, streams = (turns, cuts) if config.cut_history else (turns,))
+
+
+def trained_nll_names(cut_history: bool, rotations: bool) -> dict[str, str]:
+    """The action NLLs a discovery step logs besides the episode's own, in order (name -> progress-bar format)."""
+    return dict(**(dict(turned_nll = '.3f') if rotations else {}), **(dict(cut_nll = '.3f') if cut_history else {}))
 
 
 @contextmanager
@@ -186,6 +199,38 @@ def turned_action_nll(model: Transformer, meta_controller: MetaController, laten
         turned = model.residual_stream(observations, condition = batch.condition)
     with torch.autocast(observations.device.type, enabled = False):
         controlled = meta_controller.decoder.control(latent, turned, meta_controller.control_scale)
+    with frozen(*model.base_modules()):
+        logits = model.action_logits(observations, stream = controlled, condition = batch.condition)
+    return F.cross_entropy(logits[mask].float(), actions[mask])
+
+
+def history_cuts(beta: torch.Tensor, lens: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Where each episode is cut (b,): the step after one of its switches (β ≥ 0.5 at a step t ≥ 1 with t + 1 inside
+    the episode), drawn uniformly; 0 (the whole episode) for an episode without one."""
+    t = beta.shape[1]
+    steps = torch.arange(t, device = beta.device)
+    eligible = decisions(beta.detach(), lens) & (steps >= 1) & (steps + 1 < lens[:, None].to(beta.device))
+    scores = torch.from_numpy(rng.random(eligible.shape)).to(beta.device).masked_fill(~eligible, -1.)
+    return torch.where(eligible.any(-1), scores.argmax(-1) + 1, 0)
+
+
+def cut_action_nll(model: Transformer, meta_controller: MetaController, latent: torch.Tensor, beta: torch.Tensor, batch: DemoBatch,
+                   rng: np.random.Generator) -> torch.Tensor:
+    """-log p(a_t | e_t of the episode cut at `history_cuts`, steered by z_t), mean over the steps after the cuts, for
+    the codes z (b, t, n_z) read from the *whole* episodes: the lower body sees the rest of each episode as an
+    episode of its own, so a code that steers by where the agent has been (a branch of the task graph relative
+    to the last subgoal) loses its reference, and one that names the subgoal itself does not. fp32 but the upper
+    body, as in `turned_action_nll`."""
+    start = history_cuts(beta, batch.episode_lens, rng)                                  # (b,)
+    t = batch.actions.shape[1]
+    rows = torch.arange(len(start), device = start.device)[:, None]
+    steps = (torch.arange(t, device = start.device) + start[:, None]).clamp(max = t - 1)  # (b, t): gathered shifted left
+    observations, actions, latent = batch.observations[rows, steps], batch.actions[rows, steps], latent[rows, steps]
+    mask = lens_to_mask(batch.episode_lens.to(start.device) - start, t)
+    with torch.no_grad(), torch.autocast(observations.device.type, enabled = False):
+        cut = model.residual_stream(observations, condition = batch.condition)
+    with torch.autocast(observations.device.type, enabled = False):
+        controlled = meta_controller.decoder.control(latent, cut, meta_controller.control_scale)
     with frozen(*model.base_modules()):
         logits = model.action_logits(observations, stream = controlled, condition = batch.condition)
     return F.cross_entropy(logits[mask].float(), actions[mask])

@@ -175,8 +175,10 @@ def run_discover(run: Run) -> dict:
         trace = discover.train(model, meta, streams, alpha, config, run.seed, run.progress, run.process, rotations,
                                progress_file = run.progress_path('discover', f'alpha_{alpha:g}'), data_sha256 = fingerprint)
         summary = discover.analyse(model, meta, heldout, run.device, events = run.adapter.events).summary()
-        # training action NLL (and on the turned episodes, with rotations), last 50 steps: the trace's columns but the KL
-        summary.update(zip(('final_train_action_nll', 'final_train_turned_action_nll'), np.mean(trace[-50:], axis = 0)[:-1].tolist()))
+        # training action NLLs (the episode's, then the turned and the cut episodes' with those flags), last 50 steps:
+        # the trace's columns but the KL
+        names = ['action_nll', *(name.replace('_nll', '_action_nll') for name in discover.trained_nll_names(config.cut_history, rotations is not None))]
+        summary.update(zip([f'final_train_{name}' for name in names], np.mean(trace[-50:], axis = 0)[:-1].tolist(), strict = True))
         sweep.append(dict(alpha = alpha, **summary))
         trained.append(meta)
         logger.info(f'discovery α={alpha:g}: ' + ', '.join(f'{k} {v:.3f}' for k, v in summary.items()))
@@ -198,7 +200,7 @@ def run_discover(run: Run) -> dict:
     # with 'switch_f1' the α is picked on the held-out episodes its figures come from: they are then
     # the best of the sweep, not an unbiased estimate (alpha_sweep keeps every α's, --discovery.alpha's first)
     metrics = dict(summary, alpha = sweep[best]['alpha'], selected_by = config.select_alpha, post_task = post_summary, alpha_sweep = sweep,
-                   init = config.init, rotation_consistency = config.rotation_consistency)
+                   init = config.init, rotation_consistency = config.rotation_consistency, cut_history = config.cut_history)
     if run.adapter.reports_entered_subgoal and run.process.is_main:
         codes = steering.subgoal_codes(model, meta, demos, run.adapter.num_subgoals, run.device)
         metrics['steering'] = steering.steering_table(model, meta, codes, run.adapter.subgoal_names, run.adapter.make_envs(run.adapter.pretraining_tasks),
