@@ -2,12 +2,11 @@
 are cut, the cut episodes' loss, and the flag through the pipeline."""
 import numpy as np
 import torch
+from test_rotation_consistency import tiny_case
 
 from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 from metacontroller.pipeline.cli import main
 from metacontroller.pipeline.discover import cut_action_nll, history_cuts, recorded_outputs
-
-from test_rotation_consistency import tiny_case
 
 
 def test_cuts_fall_after_a_switch_inside_the_episode():
