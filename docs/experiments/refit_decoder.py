@@ -10,7 +10,10 @@ switch frozen; no labels), and writes a copy of the run folder whose metacontrol
 `decoder_ceiling.py`. If the fresh decoder's fitted codes then take ABCDAB, discovery's joint training was the
 limit; if not, what the codes carry is. `--inputs labels` is the check of the method: the same training on the
 one-hot ground-truth subgoal of each step (padded to n_z) in place of z, which is the controllers' training, so
-its fitted codes should take ABCDAB about as often as the controllers.
+its fitted codes should take ABCDAB about as often as the controllers. `--inputs branches` is the same with
+labels that name a branch instead: which of the two successors of the previous subgoal in the pretraining graph
+comes next (A -> {C, D}, ...; two codes), and the subgoal itself only for an episode's first segment, where there
+is no previous one (four more): a branch code by construction.
 
     python docs/experiments/refit_decoder.py runs/f20c_2s runs/f20c_2s_refit
     python docs/experiments/decoder_ceiling.py runs/f20c_2s_refit --controllers runs/f20c --task ABCDAB
@@ -25,18 +28,39 @@ from policy_noise import load
 from torch_einops_utils import lens_to_mask
 
 from metacontroller import MetaController
+from metacontroller.envs import pinpad
 from metacontroller.hypernetwork import ControllerDecoder
 from metacontroller.pipeline import control, data, discover
 from metacontroller.rl.seeds import seeded
 from metacontroller.transformer import frozen
 
 
+def successors() -> list[list[int]]:
+    """Each subgoal's two successors in the pretraining graph, in order (A -> [C, D], ...)."""
+    names = pinpad.SUBGOAL_NAMES
+    pairs = {(task[i], task[i + 1]) for task in pinpad.PRETRAINING_TASK_NAMES for i in range(len(task) - 1)}
+    return [sorted(names.index(b) for a, b in pairs if a == name) for name in names]
+
+
+def branch_labels(labels: torch.Tensor) -> torch.Tensor:
+    """(b, t) subgoal ids -> (b, t) ids of `--inputs branches`: 0 or 1, which successor of the previous segment's
+    subgoal this one is; 2 + the subgoal in an episode's first segment."""
+    after = successors()
+    out, previous = torch.empty_like(labels), torch.full_like(labels[:, 0], -1)
+    for t in range(labels.shape[1]):
+        changed = (labels[:, t] != labels[:, t - 1]) if t else torch.zeros_like(previous, dtype = torch.bool)
+        previous = torch.where(changed, labels[:, t - 1], previous)
+        branch = [after[p].index(s) if p >= 0 and s in after[p] else 2 + s for p, s in zip(previous.tolist(), labels[:, t].tolist())]
+        out[:, t] = torch.tensor(branch)
+    return out
+
+
 def inputs(meta: MetaController, batch, stream: torch.Tensor, kind: str) -> torch.Tensor:
-    """(b, t, n_z): one posterior sample of the discovered z per step, or the one-hot subgoal label padded with zeros."""
+    """(b, t, n_z): one posterior sample of the discovered z per step, or a one-hot label padded with zeros."""
     if kind == 'discovered':
         return meta(stream, batch.episode_lens).latent
-    n_z = meta.decoder.hidden[0].in_features
-    return F.one_hot(control.step_labels(batch), n_z).float()
+    labels = control.step_labels(batch)
+    return F.one_hot(labels if kind == 'labels' else branch_labels(labels), meta.decoder.hidden[0].in_features).float()
 
 
 def main():
@@ -44,8 +68,9 @@ def main():
     parser.add_argument('run_dir', type = Path, help = 'a pinpad run folder whose discover phase has run')
     parser.add_argument('out', type = Path, help = 'the copy of run_dir (without rl, baselines) to write, replaced if there')
     parser.add_argument('--steps', type = int, default = None, help = "AdamW steps (default: the run's --control.steps)")
-    parser.add_argument('--inputs', choices = ('discovered', 'labels'), default = 'discovered',
-                        help = "the decoder's input at each step: the discovered z, or the one-hot subgoal label (the check)")
+    parser.add_argument('--inputs', choices = ('discovered', 'labels', 'branches'), default = 'discovered',
+                        help = "the decoder's input at each step: the discovered z, the one-hot subgoal label (the check) "
+                               'or the branch of the pretraining graph taken (labels that name a branch)')
     parser.add_argument('--threads', type = int, default = 1, help = 'torch threads')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
