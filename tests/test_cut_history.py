@@ -2,11 +2,11 @@
 are cut, the cut episodes' loss, and the flag through the pipeline."""
 import numpy as np
 import torch
-from test_rotation_consistency import tiny_case
+from test_rotation_consistency import assert_is_the_paper_nll_training_codes_only, tiny_case
 
 from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
 from metacontroller.pipeline.cli import main
-from metacontroller.pipeline.discover import cut_action_nll, history_cuts, recorded_outputs
+from metacontroller.pipeline.discover import cut_action_nll, history_cuts
 
 
 def test_cuts_fall_after_a_switch_inside_the_episode():
@@ -23,15 +23,8 @@ def test_cuts_fall_after_a_switch_inside_the_episode():
 
 def test_uncut_episodes_give_the_discovery_nll_of_the_same_code_sample():
     """With no switch to cut at, each episode is its own cut: the term is the paper's action NLL on the same z."""
-    model, meta, batch, stream = tiny_case()
-    with recorded_outputs(meta) as outputs:
-        paper = model.discovery_losses(batch.observations, batch.actions, meta, batch.episode_lens, stream = stream).action_recon
-    no_switch = torch.zeros_like(outputs[0].beta)
-    cut = cut_action_nll(model, meta, outputs[0].latent, no_switch, batch, np.random.default_rng(0))
-    torch.testing.assert_close(cut, paper)
-    cut.backward()
-    assert all(p.grad is None for p in model.parameters())   # the base stays frozen
-    assert meta.encoder[0].weight.grad is not None          # the codes learn from the cut episodes
+    assert_is_the_paper_nll_training_codes_only(lambda model, meta, batch, output: cut_action_nll(
+        model, meta, output.latent, torch.zeros_like(output.beta), batch, np.random.default_rng(0)))
 
 
 def test_a_cut_episode_is_scored_as_an_episode_of_its_own():

@@ -55,17 +55,24 @@ def tiny_case():
     return model, meta, batch, stream
 
 
-def test_turned_nll_under_no_turn_is_the_discovery_nll_of_the_same_code_sample():
-    """With the identity for a symmetry, the turned term is the paper's action NLL on the sample of z it drew."""
+def assert_is_the_paper_nll_training_codes_only(term):
+    """`term(model, meta, batch, output)`, a discovery term on the metacontroller output `discovery_losses` drew,
+    equals the paper's action NLL on that sample of z, and its gradient reaches the codes but not the base."""
     model, meta, batch, stream = tiny_case()
     with recorded_outputs(meta) as outputs:
         paper = model.discovery_losses(batch.observations, batch.actions, meta, batch.episode_lens, stream = stream).action_recon
     assert len(outputs) == 1
-    turned = turned_action_nll(model, meta, outputs[0].latent, batch, lambda obs, act, rng: (obs, act), np.random.default_rng(0))
-    torch.testing.assert_close(turned, paper)
-    turned.backward()
+    loss = term(model, meta, batch, outputs[0])
+    torch.testing.assert_close(loss, paper)
+    loss.backward()
     assert all(p.grad is None for p in model.parameters())   # the base stays frozen
-    assert meta.encoder[0].weight.grad is not None          # the codes learn from the turned episodes
+    assert meta.encoder[0].weight.grad is not None          # the codes learn from the term's episodes
+
+
+def test_turned_nll_under_no_turn_is_the_discovery_nll_of_the_same_code_sample():
+    """With the identity for a symmetry, the turned term is the paper's action NLL on the sample of z it drew."""
+    assert_is_the_paper_nll_training_codes_only(lambda model, meta, batch, output: turned_action_nll(
+        model, meta, output.latent, batch, lambda obs, act, rng: (obs, act), np.random.default_rng(0)))
 
 
 def test_turned_nll_under_bf16_autocast_stays_near_fp32():

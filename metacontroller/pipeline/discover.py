@@ -191,16 +191,23 @@ def recorded_outputs(module: torch.nn.Module) -> Iterator[list]:
 def turned_action_nll(model: Transformer, meta_controller: MetaController, latent: torch.Tensor, batch: DemoBatch,
                       rotate_episodes: Callable, rng: np.random.Generator) -> torch.Tensor:
     """-log p(turned a_t | turned e_t steered by z_t), mean over valid steps, for codes z (b, t, n_z) read from the
-    *original* episodes: a code that names a subgoal steers both alike, one that names a place does not.
-    As in `discovery_losses` (and `precompute`), the lower body and the control run in fp32; only the upper body autocasts."""
+    *original* episodes: a code that names a subgoal steers both alike, one that names a place does not."""
     observations, actions = rotate_episodes(batch.observations, batch.actions, rng)
     mask = lens_to_mask(batch.episode_lens, actions.shape[1])
+    return steered_action_nll(model, meta_controller, latent, observations, actions, mask, batch.condition)
+
+
+def steered_action_nll(model: Transformer, meta_controller: MetaController, latent: torch.Tensor, observations: torch.Tensor,
+                       actions: torch.Tensor, mask: torch.Tensor, condition: torch.Tensor | None) -> torch.Tensor:
+    """-log p(a_t | e_t of `observations` steered by z_t), mean over the `mask`ed steps: the lower body runs afresh (no
+    grad) on episodes the precomputed streams do not hold. The lower body and the control run in fp32, only the upper
+    body autocasts, as in `discovery_losses` (and `precompute`)."""
     with torch.no_grad(), torch.autocast(observations.device.type, enabled = False):
-        turned = model.residual_stream(observations, condition = batch.condition)
+        stream = model.residual_stream(observations, condition = condition)
     with torch.autocast(observations.device.type, enabled = False):
-        controlled = meta_controller.decoder.control(latent, turned, meta_controller.control_scale)
+        controlled = meta_controller.decoder.control(latent, stream, meta_controller.control_scale)
     with frozen(*model.base_modules()):
-        logits = model.action_logits(observations, stream = controlled, condition = batch.condition)
+        logits = model.action_logits(observations, stream = controlled, condition = condition)
     return F.cross_entropy(logits[mask].float(), actions[mask])
 
 
@@ -219,21 +226,14 @@ def cut_action_nll(model: Transformer, meta_controller: MetaController, latent: 
     """-log p(a_t | e_t of the episode cut at `history_cuts`, steered by z_t), mean over the steps after the cuts, for
     the codes z (b, t, n_z) read from the *whole* episodes: the lower body sees the rest of each episode as an
     episode of its own, so a code that steers by where the agent has been (a branch of the task graph relative
-    to the last subgoal) loses its reference, and one that names the subgoal itself does not. fp32 but the upper
-    body, as in `turned_action_nll`."""
+    to the last subgoal) loses its reference, and one that names the subgoal itself does not."""
     start = history_cuts(beta, batch.episode_lens, rng)                                  # (b,)
     t = batch.actions.shape[1]
     rows = torch.arange(len(start), device = start.device)[:, None]
     steps = (torch.arange(t, device = start.device) + start[:, None]).clamp(max = t - 1)  # (b, t): gathered shifted left
     observations, actions, latent = batch.observations[rows, steps], batch.actions[rows, steps], latent[rows, steps]
     mask = lens_to_mask(batch.episode_lens.to(start.device) - start, t)
-    with torch.no_grad(), torch.autocast(observations.device.type, enabled = False):
-        cut = model.residual_stream(observations, condition = batch.condition)
-    with torch.autocast(observations.device.type, enabled = False):
-        controlled = meta_controller.decoder.control(latent, cut, meta_controller.control_scale)
-    with frozen(*model.base_modules()):
-        logits = model.action_logits(observations, stream = controlled, condition = batch.condition)
-    return F.cross_entropy(logits[mask].float(), actions[mask])
+    return steered_action_nll(model, meta_controller, latent, observations, actions, mask, batch.condition)
 
 
 class SwitchAnalysis(NamedTuple):
