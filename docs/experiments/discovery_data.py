@@ -56,10 +56,12 @@ def main():
     args = parser.parse_args()
     if args.length < 2:
         raise SystemExit(f'--length must be at least 2 (a walk needs a transition), got {args.length}')
+    extra = transitions(args.transitions)
+    if not (args.run_dir / CONFIG_FILE).is_file():
+        raise SystemExit(f'{args.run_dir} is not a run folder: no {CONFIG_FILE} (run train_pinpad.py --phases data there first)')
     record = read_json(args.run_dir / CONFIG_FILE)
     config = from_dict(record['config'])
     adapter = pinpad_adapter().for_config(config)
-    extra = transitions(args.transitions)
     names = walks(args.length, extra)
     tasks = [pinpad.task_from_subgoals(name) for name in names]
     # the data phase's seed for D*: the same layouts as the D* it replaces, apart from the held-out episodes'
