@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from discovery_data import graph
 from policy_noise import load
 from torch_einops_utils import lens_to_mask
 
@@ -38,8 +39,7 @@ from metacontroller.transformer import frozen
 def successors() -> list[list[int]]:
     """Each subgoal's two successors in the pretraining graph, in order (A -> [C, D], ...)."""
     names = pinpad.SUBGOAL_NAMES
-    pairs = {(task[i], task[i + 1]) for task in pinpad.PRETRAINING_TASK_NAMES for i in range(len(task) - 1)}
-    return [sorted(names.index(b) for a, b in pairs if a == name) for name in names]
+    return [sorted(names.index(b) for a, b in graph() if a == name) for name in names]
 
 
 def branch_labels(labels: torch.Tensor) -> torch.Tensor:
