@@ -88,10 +88,10 @@ class EnvAdapter:
                              f'(symmetries that move its subgoals; pinpad turns its grid)')
         return self.rotate_episodes if on else None
 
-    def event_targets(self, on: bool) -> Callable[[Any], Any] | None:
-        """`next_events` for --pretrain.next_event_weight when `on`, else None; a clear error for an env without."""
+    def event_targets(self, on: bool, flag: str = '--pretrain.next_event_weight') -> Callable[[Any], Any] | None:
+        """`next_events` for `flag` when `on`, else None; a clear error for an env without."""
         if on and self.next_events is None:
-            raise ValueError(f'--pretrain.next_event_weight: {self.name} defines no next events to predict '
+            raise ValueError(f'{flag}: {self.name} defines no next events to predict '
                              f'(pinpad: the next colour the agent enters)')
         return self.next_events if on else None
 

@@ -97,6 +97,7 @@ def main(adapter: EnvAdapter, argv: list[str] | None = None) -> dict:
         adapter = adapter.for_config(config)
         adapter.episode_rotations(config.discovery.rotation_consistency)   # an env without them fails here, before any work
         adapter.event_targets(config.pretrain.next_event_weight > 0)        # likewise
+        adapter.event_targets(config.discovery.next_event_weight > 0, '--discovery.next_event_weight')
         torch.device(args.device)
     except (ValueError, RuntimeError) as error:
         parser.error(str(error))

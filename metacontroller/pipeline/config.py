@@ -116,6 +116,10 @@ class DiscoveryConfig:
                                     'rest of the episode from a step after one of its switches as an episode of its own): the '
                                     "loss is the mean of the action NLLs + alpha KL. Not the paper's objective: a code that "
                                     'steers relative to the last subgoal pays for it (docs/reproduction.md)')
+    next_event_weight: float = knob(0., 'weight of a head on the held code z_t that predicts the next event the episode shows '
+                                        "after step t (pinpad: the next colour the agent enters), read from its later observations: "
+                                        "no labels, but not the paper's objective; a code must then say where it leads whatever came "
+                                        'before it (0: off; docs/reproduction.md)')
     init: str = knob('', 'start every alpha from this metacontroller checkpoint (its shape must match the --discovery.* '
                          "settings) instead of fresh weights, e.g. to train a previous discovery on; '': fresh")
 

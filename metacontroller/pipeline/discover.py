@@ -6,7 +6,8 @@ reused every epoch: each step then costs the metacontroller plus the upper body.
 With several processes, each rank keeps the streams of its part of every batch.
 With --discovery.rotation_consistency a step also runs the lower body on the
 turned batch (a fresh turn each step) and the upper body on it; with
---discovery.cut_history, on the batch cut at one of each episode's switches.
+--discovery.cut_history, on the batch cut at one of each episode's switches; with
+--discovery.next_event_weight, a head on the codes predicts each step's next event.
 """
 from __future__ import annotations
 
@@ -30,6 +31,14 @@ from metacontroller.pipeline.metrics import SwitchCounts, beta_binary_fraction, 
 from metacontroller.progress import ProgressFormat, load_progress, run_settings, save_progress, starting_weights
 from metacontroller.switching import decisions
 from metacontroller.transformer import frozen
+
+
+class NextEvents(NamedTuple):
+    """--discovery.next_event_weight (ours, not the paper's objective): a head on the held code z_t predicts the next
+    event the episode shows after step t (the adapter's `next_events`; pinpad: the next colour the agent enters), so
+    that a code must say where it leads by itself, whatever came before it. Trained with the metacontroller, then dropped."""
+    targets: Callable[[torch.Tensor], torch.Tensor]   # observations (b, t, ...) -> (b, t) class ids, -1 where none follows
+    head: torch.nn.Linear                              # n_z -> number of event classes
 
 
 class StreamBatch(NamedTuple):
@@ -127,7 +136,8 @@ def fit(module: torch.nn.Module, batches: list[StreamBatch], loss_fn: Callable, 
 
 def train(model: Transformer, meta_controller: MetaController, batches: list[StreamBatch], alpha: float,
           config: DiscoveryConfig, seed: int, progress: bool = True, process: Process = SINGLE,
-          rotate_episodes: Callable | None = None, progress_file: Path | None = None, data_sha256: str = '') -> list[tuple[float, ...]]:
+          rotate_episodes: Callable | None = None, progress_file: Path | None = None, data_sha256: str = '',
+          next_events: NextEvents | None = None) -> list[tuple[float, ...]]:
     """AdamW on action NLL + α·KL (α applied here and only here, warmed up over `config.kl_warmup_steps`
     counted by this loop's step); returns (nll, kl) per step. Data parallel, as `fit`.
 
@@ -140,8 +150,15 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
     episode's past cut off (`cut_action_nll`), so that a code naming a branch relative to the last subgoal pays for
     it; the action NLL is then the mean over the episode and each of these variants, and each is logged.
 
+    With `config.next_event_weight` > 0 (`next_events` then required; not the paper's objective) the loss adds that
+    weight times the cross-entropy of `next_events.head(z_t)` against the next event after each step, trained with
+    the metacontroller; its cross-entropy is logged after the KL.
+
     With a `progress_file` path the run saves its progress there and goes on from it (`fit`); `data_sha256`, the
     fingerprint of the episodes `batches` hold, tells a run on other data from this one."""
+    if (config.next_event_weight > 0) != (next_events is not None):
+        raise ValueError(f'--discovery.next_event_weight > 0 takes next_events (targets and a head), 0 takes none; '
+                         f'got weight {config.next_event_weight}, next_events {next_events is not None}')
     turns = np.random.default_rng([seed, 1])   # the symmetry of each step, apart from the batch draws
     cuts = np.random.default_rng([seed, 2])    # where each episode is cut, apart from both
 
@@ -156,9 +173,15 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
             logged.append(cut_action_nll(model, meta_controller, outputs[0].latent, outputs[0].beta, batch, cuts))
         nll = torch.stack(logged).mean()
         loss = nll + kl_weight(alpha, step, config.kl_warmup_steps) * losses.kl + losses.aux_ratio
-        return loss, torch.stack((*logged, losses.kl))
+        if next_events is None:
+            return loss, torch.stack((*logged, losses.kl))
+        event = next_event_ce(next_events, outputs[0].latent, batch)
+        return loss + config.next_event_weight * event, torch.stack((*logged, losses.kl, event))
 
-    formats = dict(action_nll = '.3f', **trained_nll_names(config.cut_history, rotate_episodes is not None), kl = '.2f')
+    formats = dict(action_nll = '.3f', **trained_nll_names(config.cut_history, rotate_episodes is not None), kl = '.2f',
+                   **(dict(next_event_ce = '.3f') if next_events is not None else {}))
+    # the head trains beside the metacontroller (and is saved in its progress) but is not part of it
+    trained = meta_controller if next_events is None else torch.nn.ModuleList((meta_controller, next_events.head))
     resume = None
     if progress_file is not None:
         # the sweep, the pick, the steering check and the RL policy's width do not change this training;
@@ -166,9 +189,18 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
         ignore = ('alpha', 'sweep_alphas', 'select_alpha', 'steering_episodes', 'dim_policy', 'init')
         settings = fit_settings(config, 'discovery', seed, data_sha256, next(model.parameters()).device, process, ignore, alpha = alpha)
         resume = Resume(progress_file, settings, f'discovery α={alpha:g}', reads = (model,))
-    desc = f'discover α={alpha:g}' + (', rotation-consistent' if rotate_episodes else '') + (', history cut' if config.cut_history else '')
-    return fit(meta_controller, batches, loss_fn, config.steps, config.lr, config.weight_decay, seed, desc, formats, progress, process,
+    desc = f'discover α={alpha:g}' + (', rotation-consistent' if rotate_episodes else '') + (', history cut' if config.cut_history else '') + (', next event' if next_events else '')
+    return fit(trained, batches, loss_fn, config.steps, config.lr, config.weight_decay, seed, desc, formats, progress, process,
                resume, streams = (turns, cuts) if config.cut_history else (turns,))
+
+
+def next_event_ce(next_events: NextEvents, latent: torch.Tensor, batch: DemoBatch) -> torch.Tensor:
+    """Cross-entropy of the head on the codes z (b, t, n_z) against the next event after each step, mean over the
+    valid steps that have one (0 where none has)."""
+    targets = next_events.targets(batch.observations)                                     # (b, t), -1: none ahead
+    known = lens_to_mask(batch.episode_lens, targets.shape[1]) & (targets >= 0)
+    logits = next_events.head(latent[known].float())
+    return F.cross_entropy(logits, targets[known], reduction = 'sum') / known.sum().clamp(min = 1)
 
 
 def trained_nll_names(cut_history: bool, rotations: bool) -> dict[str, str]:

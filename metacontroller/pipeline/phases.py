@@ -168,17 +168,25 @@ def run_discover(run: Run) -> dict:
     heldout, post = data.load(run.data_dir, 'heldout'), data.load(run.data_dir, 'post_task')
 
     rotations = run.adapter.episode_rotations(config.rotation_consistency)
+    event_targets = run.adapter.event_targets(config.next_event_weight > 0, '--discovery.next_event_weight')
     fingerprint = demos.fingerprint()
     sweep, trained = [], []
     for alpha in dict.fromkeys((config.alpha, *config.sweep_alphas)):   # --discovery.alpha first, no repeats
         meta = initial_meta_controller(run, model.dim).to(run.device)
+        # a fresh head per α, beside the metacontroller (not saved with it)
+        next_events = None if event_targets is None else discover.NextEvents(
+            event_targets, torch.nn.Linear(config.dim_latent, run.adapter.num_event_classes).to(run.device))
         trace = discover.train(model, meta, streams, alpha, config, run.seed, run.progress, run.process, rotations,
-                               progress_file = run.progress_path('discover', f'alpha_{alpha:g}'), data_sha256 = fingerprint)
+                               progress_file = run.progress_path('discover', f'alpha_{alpha:g}'), data_sha256 = fingerprint,
+                               next_events = next_events)
         summary = discover.analyse(model, meta, heldout, run.device, events = run.adapter.events).summary()
         # training action NLLs (the episode's, then the turned and the cut episodes' with those flags), last 50 steps:
         # the trace's columns but the KL
         names = ['action_nll', *(name.replace('_nll', '_action_nll') for name in discover.trained_nll_names(config.cut_history, rotations is not None))]
-        summary.update(zip([f'final_train_{name}' for name in names], np.mean(trace[-50:], axis = 0)[:-1].tolist(), strict = True))
+        final = np.mean(trace[-50:], axis = 0).tolist()   # the NLLs, the KL, then the next-event CE with its head
+        summary.update(zip([f'final_train_{name}' for name in names], final[:len(names)], strict = True))
+        if next_events is not None:
+            summary['final_train_next_event_ce'] = final[-1]
         sweep.append(dict(alpha = alpha, **summary))
         trained.append(meta)
         logger.info(f'discovery α={alpha:g}: ' + ', '.join(f'{k} {v:.3f}' for k, v in summary.items()))
@@ -200,7 +208,8 @@ def run_discover(run: Run) -> dict:
     # with 'switch_f1' the α is picked on the held-out episodes its figures come from: they are then
     # the best of the sweep, not an unbiased estimate (alpha_sweep keeps every α's, --discovery.alpha's first)
     metrics = dict(summary, alpha = sweep[best]['alpha'], selected_by = config.select_alpha, post_task = post_summary, alpha_sweep = sweep,
-                   init = config.init, rotation_consistency = config.rotation_consistency, cut_history = config.cut_history)
+                   init = config.init, rotation_consistency = config.rotation_consistency, cut_history = config.cut_history,
+                   next_event_weight = config.next_event_weight)
     if run.adapter.reports_entered_subgoal and run.process.is_main:
         codes = steering.subgoal_codes(model, meta, demos, run.adapter.num_subgoals, run.device)
         metrics['steering'] = steering.steering_table(model, meta, codes, run.adapter.subgoal_names, run.adapter.make_envs(run.adapter.pretraining_tasks),
