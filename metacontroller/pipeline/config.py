@@ -20,6 +20,7 @@ from metacontroller.codes import CODES
 from metacontroller.rl.config import RLConfig
 
 SELECT_ALPHA = ('fixed', 'switch_f1')   # how discovery picks the metacontroller that goes downstream
+NEXT_EVENT_AT = ('step', 'segment')   # --discovery.next_event_at: the event after each step, or after each code's choice
 
 
 def knob(default, help: str):
@@ -120,6 +121,9 @@ class DiscoveryConfig:
                                         "after step t (pinpad: the next colour the agent enters), read from its later observations: "
                                         "no labels, but not the paper's objective; a code must then say where it leads whatever came "
                                         'before it (0: off; docs/reproduction.md)')
+    next_event_at: str = knob('step', "with --discovery.next_event_weight, z_t's target: 'step', the next event after step t; "
+                                      "'segment', the next event after the step z_t was chosen (its segment's first), so that a "
+                                      'switch at an event inside a subgoal earns nothing from the head')
     init: str = knob('', 'start every alpha from this metacontroller checkpoint (its shape must match the --discovery.* '
                          "settings) instead of fresh weights, e.g. to train a previous discovery on; '': fresh")
 
@@ -282,6 +286,8 @@ def _check_together(config: PipelineConfig, flat: dict[str, Any]) -> list[str]:
         problems.append(f'--data.pretrain_epsilon must be a probability, <= 1, got {config.data.pretrain_epsilon}')
     if config.discovery.latent_code not in CODES:
         problems.append(f'--discovery.latent_code must be one of {", ".join(CODES)}, got {config.discovery.latent_code!r}')
+    if config.discovery.next_event_at not in NEXT_EVENT_AT:
+        problems.append(f'--discovery.next_event_at must be one of {", ".join(NEXT_EVENT_AT)}, got {config.discovery.next_event_at!r}')
     if config.discovery.target_segment_length <= 1:
         problems.append(f'--discovery.target_segment_length must be > 1 (steps per segment), got {config.discovery.target_segment_length}')
     if config.rl.codebook == 1:

@@ -39,6 +39,9 @@ class NextEvents(NamedTuple):
     that a code must say where it leads by itself, whatever came before it. Trained with the metacontroller, then dropped."""
     targets: Callable[[torch.Tensor], torch.Tensor]   # observations (b, t, ...) -> (b, t) class ids, -1 where none follows
     head: torch.nn.Linear                              # n_z -> number of event classes
+    # --discovery.next_event_at segment: the target of z_t is the next event after the step z_t was chosen, the same
+    # over its segment, so that a switch inside a subgoal (at one of its own events) earns nothing from the head
+    from_segment_start: bool = False
 
 
 class StreamBatch(NamedTuple):
@@ -175,7 +178,7 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
         loss = nll + kl_weight(alpha, step, config.kl_warmup_steps) * losses.kl + losses.aux_ratio
         if next_events is None:
             return loss, torch.stack((*logged, losses.kl))
-        event = next_event_ce(next_events, outputs[0].latent, batch)
+        event = next_event_ce(next_events, outputs[0].latent, batch, outputs[0].beta)
         return loss + config.next_event_weight * event, torch.stack((*logged, losses.kl, event))
 
     formats = dict(action_nll = '.3f', **trained_nll_names(config.cut_history, rotate_episodes is not None), kl = '.2f',
@@ -194,13 +197,22 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
                resume, streams = (turns, cuts) if config.cut_history else (turns,))
 
 
-def next_event_ce(next_events: NextEvents, latent: torch.Tensor, batch: DemoBatch) -> torch.Tensor:
-    """Cross-entropy of the head on the codes z (b, t, n_z) against the next event after each step, mean over the
-    valid steps that have one (0 where none has)."""
+def next_event_ce(next_events: NextEvents, latent: torch.Tensor, batch: DemoBatch, beta: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the head on the codes z (b, t, n_z) against the next event after each step (or after the
+    step each code was chosen, by the switches β (b, t)), mean over the valid steps that have one (0 where none has)."""
     targets = next_events.targets(batch.observations)                                     # (b, t), -1: none ahead
+    if next_events.from_segment_start:
+        targets = targets.gather(1, segment_starts(beta, batch.episode_lens))
     known = lens_to_mask(batch.episode_lens, targets.shape[1]) & (targets >= 0)
     logits = next_events.head(latent[known].float())
     return F.cross_entropy(logits, targets[known], reduction = 'sum') / known.sum().clamp(min = 1)
+
+
+def segment_starts(beta: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """β (b, t) -> (b, t): the step at which each step's code was chosen, the last decision (β ≥ 0.5) at or before
+    it; 0 before the first (the first step always chooses)."""
+    steps = torch.arange(beta.shape[1], device = beta.device)
+    return torch.where(decisions(beta.detach(), lens), steps, 0).cummax(-1).values
 
 
 def trained_nll_names(cut_history: bool, rotations: bool) -> dict[str, str]:

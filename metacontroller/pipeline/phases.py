@@ -175,7 +175,8 @@ def run_discover(run: Run) -> dict:
         meta = initial_meta_controller(run, model.dim).to(run.device)
         # a fresh head per α, beside the metacontroller (not saved with it)
         next_events = None if event_targets is None else discover.NextEvents(
-            event_targets, torch.nn.Linear(config.dim_latent, run.adapter.num_event_classes).to(run.device))
+            event_targets, torch.nn.Linear(config.dim_latent, run.adapter.num_event_classes).to(run.device),
+            from_segment_start = config.next_event_at == 'segment')
         trace = discover.train(model, meta, streams, alpha, config, run.seed, run.progress, run.process, rotations,
                                progress_file = run.progress_path('discover', f'alpha_{alpha:g}'), data_sha256 = fingerprint,
                                next_events = next_events)
@@ -209,7 +210,7 @@ def run_discover(run: Run) -> dict:
     # the best of the sweep, not an unbiased estimate (alpha_sweep keeps every α's, --discovery.alpha's first)
     metrics = dict(summary, alpha = sweep[best]['alpha'], selected_by = config.select_alpha, post_task = post_summary, alpha_sweep = sweep,
                    init = config.init, rotation_consistency = config.rotation_consistency, cut_history = config.cut_history,
-                   next_event_weight = config.next_event_weight)
+                   next_event_weight = config.next_event_weight, next_event_at = config.next_event_at)
     if run.adapter.reports_entered_subgoal and run.process.is_main:
         codes = steering.subgoal_codes(model, meta, demos, run.adapter.num_subgoals, run.device)
         metrics['steering'] = steering.steering_table(model, meta, codes, run.adapter.subgoal_names, run.adapter.make_envs(run.adapter.pretraining_tasks),
