@@ -43,7 +43,7 @@ def test_from_the_segment_start_each_code_is_scored_against_its_segment_first_ev
     head = torch.nn.Linear(latent.shape[-1], 3)
     beta = torch.zeros(batch.actions.shape)
     beta[:, 0], beta[0, 5] = 1., 1.
-    ce = next_event_ce(NextEvents(fixed_targets(targets), head, from_segment_start = True), latent, batch, beta)
+    ce = next_event_ce(NextEvents(fixed_targets(targets), head), latent, batch, beta, from_segment_start = True)
     segment = torch.zeros_like(targets)
     segment[:, :] = targets[:, :1]
     segment[0, 5:] = targets[0, 5]

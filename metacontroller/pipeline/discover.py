@@ -39,9 +39,6 @@ class NextEvents(NamedTuple):
     that a code must say where it leads by itself, whatever came before it. Trained with the metacontroller, then dropped."""
     targets: Callable[[torch.Tensor], torch.Tensor]   # observations (b, t, ...) -> (b, t) class ids, -1 where none follows
     head: torch.nn.Linear                              # n_z -> number of event classes
-    # --discovery.next_event_at segment: the target of z_t is the next event after the step z_t was chosen, the same
-    # over its segment, so that a switch inside a subgoal (at one of its own events) earns nothing from the head
-    from_segment_start: bool = False
 
 
 class StreamBatch(NamedTuple):
@@ -154,8 +151,8 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
     it; the action NLL is then the mean over the episode and each of these variants, and each is logged.
 
     With `config.next_event_weight` > 0 (`next_events` then required; not the paper's objective) the loss adds that
-    weight times the cross-entropy of `next_events.head(z_t)` against the next event after each step, trained with
-    the metacontroller; its cross-entropy is logged after the KL.
+    weight times the cross-entropy of `next_events.head(z_t)` against the next event after step t (`config.next_event_at`
+    'step') or after the step z_t was chosen ('segment'), trained with the metacontroller; it is logged after the KL.
 
     With a `progress_file` path the run saves its progress there and goes on from it (`fit`); `data_sha256`, the
     fingerprint of the episodes `batches` hold, tells a run on other data from this one."""
@@ -178,7 +175,7 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
         loss = nll + kl_weight(alpha, step, config.kl_warmup_steps) * losses.kl + losses.aux_ratio
         if next_events is None:
             return loss, torch.stack((*logged, losses.kl))
-        event = next_event_ce(next_events, outputs[0].latent, batch, outputs[0].beta)
+        event = next_event_ce(next_events, outputs[0].latent, batch, outputs[0].beta, config.next_event_at == 'segment')
         return loss + config.next_event_weight * event, torch.stack((*logged, losses.kl, event))
 
     formats = dict(action_nll = '.3f', **trained_nll_names(config.cut_history, rotate_episodes is not None), kl = '.2f',
@@ -192,16 +189,20 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
         ignore = ('alpha', 'sweep_alphas', 'select_alpha', 'steering_episodes', 'dim_policy', 'init')
         settings = fit_settings(config, 'discovery', seed, data_sha256, next(model.parameters()).device, process, ignore, alpha = alpha)
         resume = Resume(progress_file, settings, f'discovery α={alpha:g}', reads = (model,))
-    desc = f'discover α={alpha:g}' + (', rotation-consistent' if rotate_episodes else '') + (', history cut' if config.cut_history else '') + (', next event' if next_events else '')
+    desc = (f'discover α={alpha:g}' + (', rotation-consistent' if rotate_episodes else '') + (', history cut' if config.cut_history else '')
+            + (', next event' if next_events else ''))
     return fit(trained, batches, loss_fn, config.steps, config.lr, config.weight_decay, seed, desc, formats, progress, process,
                resume, streams = (turns, cuts) if config.cut_history else (turns,))
 
 
-def next_event_ce(next_events: NextEvents, latent: torch.Tensor, batch: DemoBatch, beta: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the head on the codes z (b, t, n_z) against the next event after each step (or after the
-    step each code was chosen, by the switches β (b, t)), mean over the valid steps that have one (0 where none has)."""
+def next_event_ce(next_events: NextEvents, latent: torch.Tensor, batch: DemoBatch, beta: torch.Tensor,
+                  from_segment_start: bool = False) -> torch.Tensor:
+    """Cross-entropy of the head on the codes z (b, t, n_z) against the next event after each step, mean over the
+    valid steps that have one (0 where none has). `from_segment_start`: after the step each code was chosen instead,
+    by the switches β (b, t), the same target over a segment, so that a switch inside a subgoal (at one of its own
+    events) earns nothing from the head."""
     targets = next_events.targets(batch.observations)                                     # (b, t), -1: none ahead
-    if next_events.from_segment_start:
+    if from_segment_start:
         targets = targets.gather(1, segment_starts(beta, batch.episode_lens))
     known = lens_to_mask(batch.episode_lens, targets.shape[1]) & (targets >= 0)
     logits = next_events.head(latent[known].float())

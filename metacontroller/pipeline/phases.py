@@ -175,8 +175,7 @@ def run_discover(run: Run) -> dict:
         meta = initial_meta_controller(run, model.dim).to(run.device)
         # a fresh head per α, beside the metacontroller (not saved with it)
         next_events = None if event_targets is None else discover.NextEvents(
-            event_targets, torch.nn.Linear(config.dim_latent, run.adapter.num_event_classes).to(run.device),
-            from_segment_start = config.next_event_at == 'segment')
+            event_targets, torch.nn.Linear(config.dim_latent, run.adapter.num_event_classes).to(run.device))
         trace = discover.train(model, meta, streams, alpha, config, run.seed, run.progress, run.process, rotations,
                                progress_file = run.progress_path('discover', f'alpha_{alpha:g}'), data_sha256 = fingerprint,
                                next_events = next_events)
