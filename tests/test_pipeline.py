@@ -283,6 +283,29 @@ def test_discovery_init_keeps_the_runs_settings_that_change_no_shape(tmp_path):
     assert initial_meta_controller(run, config.model.dim).switching.gumbel_temperature == 1.
 
 
+def test_two_stage_discovery_starts_every_alpha_from_the_papers_objective(smoke_run, tmp_path):
+    smoke_tmp, _ = smoke_run
+    shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
+    # a second stage too slow to move its weights: the metacontroller it saves is the first stage's
+    settings = {'discovery.first_stage_steps': 3, 'discovery.first_stage_alpha': 0.2, 'discovery.rotation_consistency': True,
+                'discovery.switch_gumbel_temperature': 1., 'discovery.lr': 1e-12}
+    first = override(smoke_config(), settings).discovery.first_stage()
+    assert (first.steps, first.alpha, first.rotation_consistency, first.switch_gumbel_temperature) == (3, 0.2, False, 0.)
+
+    result = run(tmp_path, '--phases', 'discover', '--force', *(f for key, value in settings.items() for f in (f'--{key}', str(value))))
+    stage = result['discovery']['first_stage']
+    assert (stage['alpha'], stage['steps']) == (0.2, 3) and 0 <= stage['switch_f1'] <= 1
+    folder = smoke_settings(tmp_path, settings)
+    saved = MetaController.init_and_load(tmp_path / 'run' / 'discover' / 'first_stage_meta_controller.pt')
+    second = initial_meta_controller(folder, smoke_config().model.dim, start = saved)
+    assert_same_weights(second, saved)
+    assert second.switching.gumbel_temperature == 1. and saved.switching.gumbel_temperature is None   # each stage's own settings
+    downstream = MetaController.init_and_load(tmp_path / 'run' / 'discover' / 'meta_controller.pt').state_dict()
+    assert all(torch.allclose(downstream[k], v, atol = 1e-6) for k, v in saved.state_dict().items())
+    fresh = build_meta_controller(smoke_config().model.dim, smoke_config().discovery).state_dict()
+    assert not all(torch.allclose(fresh[k], v, atol = 1e-3) for k, v in saved.state_dict().items())   # the first stage trained
+
+
 def test_the_ratio_loss_settings_reach_the_metacontroller():
     config = override(smoke_config(), {'discovery.ratio_loss_weight': 0.5, 'discovery.target_segment_length': 10.})
     meta = build_meta_controller(config.model.dim, config.discovery)

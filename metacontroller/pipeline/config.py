@@ -126,6 +126,18 @@ class DiscoveryConfig:
                                       'switch at an event inside a subgoal earns nothing from the head')
     init: str = knob('', 'start every alpha from this metacontroller checkpoint (its shape must match the --discovery.* '
                          "settings) instead of fresh weights, e.g. to train a previous discovery on; '': fresh")
+    first_stage_steps: int = knob(0, "first train the paper's objective alone for this many steps at --discovery.first_stage_alpha "
+                                     '(rotation consistency, the cut history, the next-event head, the ratio loss, the KL warm-up and '
+                                     'the Gumbel switch off), then start every alpha '
+                                     'from its weights: two-stage discovery, where the first stage finds when to switch and the second '
+                                     '(e.g. --discovery.rotation_consistency) what the codes name (docs/reproduction.md); 0: one stage')
+    first_stage_alpha: float = knob(0.1, 'KL weight of the first stage (with --discovery.first_stage_steps)')
+
+    def first_stage(self) -> DiscoveryConfig:
+        """The first stage's settings: the paper's objective at this run's sizes (it starts from --discovery.init if given)."""
+        return replace(self, steps = self.first_stage_steps, alpha = self.first_stage_alpha, sweep_alphas = (), rotation_consistency = False,
+                       cut_history = False, next_event_weight = 0., ratio_loss_weight = 0., switch_gumbel_temperature = 0.,
+                       kl_warmup_steps = 0, first_stage_steps = 0)
 
 
 @dataclass(frozen = True)

@@ -17,7 +17,7 @@ from metacontroller.checkpoint import Checkpointable
 from metacontroller.distributed import SINGLE, Process
 from metacontroller.pipeline import codebook, control, data, discover, pretrain, probe, report, rl_phase, steering
 from metacontroller.pipeline.adapter import EnvAdapter
-from metacontroller.pipeline.config import PipelineConfig
+from metacontroller.pipeline.config import DiscoveryConfig, PipelineConfig
 from metacontroller.pipeline.files import read_json, write_json
 from metacontroller.pipeline.models import build_meta_controller, build_transformer
 from metacontroller.rl import evaluate
@@ -100,11 +100,32 @@ def initial_model(run: Run) -> Transformer:
     return model
 
 
-def initial_meta_controller(run: Run, dim_model: int) -> MetaController:
-    """A fresh metacontroller, or a copy of the checkpoint `--discovery.init` names (each α starts from it)."""
-    fresh = build_meta_controller(dim_model, run.config.discovery)
-    path = run.config.discovery.init
-    return load_matching(path, fresh, '--discovery.init', '--discovery.*') if path else fresh
+def initial_meta_controller(run: Run, dim_model: int, config: DiscoveryConfig | None = None,
+                            start: MetaController | None = None) -> MetaController:
+    """A metacontroller with `config`'s settings (the run's discovery settings by default): a copy of `start`'s
+    weights (a first stage's), else of the checkpoint `--discovery.init` names, else fresh. Each α starts from it."""
+    config = config or run.config.discovery
+    fresh = build_meta_controller(dim_model, config)
+    if start is not None:
+        fresh.load_state_dict(start.state_dict())   # the same sizes: only settings that change no shape differ
+        return fresh
+    return load_matching(config.init, fresh, '--discovery.init', '--discovery.*') if config.init else fresh
+
+
+def first_stage(run: Run, model: Transformer, streams: list, data_sha256: str) -> tuple[MetaController | None, dict]:
+    """--discovery.first_stage_steps: the paper's objective alone at --discovery.first_stage_alpha, saved and
+    summarised on the held-out episodes; (None, {}) without it."""
+    config = run.config.discovery.first_stage()
+    if not run.config.discovery.first_stage_steps:
+        return None, {}
+    meta = initial_meta_controller(run, model.dim, config).to(run.device)
+    trace = discover.train(model, meta, streams, config.alpha, config, run.seed, run.progress, run.process,
+                           progress_file = run.progress_path('discover', 'first_stage'), data_sha256 = data_sha256)
+    run.save(meta, 'discover', 'first_stage_meta_controller.pt')
+    summary = discover.analyse(model, meta, data.load(run.data_dir, 'heldout'), run.device, events = run.adapter.events).summary()
+    summary.update(alpha = config.alpha, steps = config.steps, final_train_action_nll = float(np.mean(trace[-50:], axis = 0)[0]))
+    logger.info('discovery, first stage: ' + ', '.join(f'{k} {v:.3f}' for k, v in summary.items()))
+    return meta.eval(), summary
 
 
 def run_pretrain(run: Run) -> dict:
@@ -170,9 +191,10 @@ def run_discover(run: Run) -> dict:
     rotations = run.adapter.episode_rotations(config.rotation_consistency)
     event_targets = run.adapter.event_targets(config.next_event_weight > 0, '--discovery.next_event_weight')
     fingerprint = demos.fingerprint()
+    start, first_summary = first_stage(run, model, streams, fingerprint)
     sweep, trained = [], []
     for alpha in dict.fromkeys((config.alpha, *config.sweep_alphas)):   # --discovery.alpha first, no repeats
-        meta = initial_meta_controller(run, model.dim).to(run.device)
+        meta = initial_meta_controller(run, model.dim, start = start).to(run.device)
         # a fresh head per α, beside the metacontroller (not saved with it)
         next_events = None if event_targets is None else discover.NextEvents(
             event_targets, torch.nn.Linear(config.dim_latent, run.adapter.num_event_classes).to(run.device))
@@ -208,7 +230,7 @@ def run_discover(run: Run) -> dict:
     # with 'switch_f1' the α is picked on the held-out episodes its figures come from: they are then
     # the best of the sweep, not an unbiased estimate (alpha_sweep keeps every α's, --discovery.alpha's first)
     metrics = dict(summary, alpha = sweep[best]['alpha'], selected_by = config.select_alpha, post_task = post_summary, alpha_sweep = sweep,
-                   init = config.init, rotation_consistency = config.rotation_consistency, cut_history = config.cut_history,
+                   init = config.init, first_stage = first_summary, rotation_consistency = config.rotation_consistency, cut_history = config.cut_history,
                    next_event_weight = config.next_event_weight, next_event_at = config.next_event_at)
     if run.adapter.reports_entered_subgoal and run.process.is_main:
         codes = steering.subgoal_codes(model, meta, demos, run.adapter.num_subgoals, run.device)
