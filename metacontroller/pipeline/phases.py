@@ -115,9 +115,9 @@ def initial_meta_controller(run: Run, dim_model: int, config: DiscoveryConfig | 
 def first_stage(run: Run, model: Transformer, streams: list, data_sha256: str) -> tuple[MetaController | None, dict]:
     """--discovery.first_stage_steps: the paper's objective alone at --discovery.first_stage_alpha, saved and
     summarised on the held-out episodes; (None, {}) without it."""
-    config = run.config.discovery.first_stage()
     if not run.config.discovery.first_stage_steps:
         return None, {}
+    config = run.config.discovery.first_stage()
     meta = initial_meta_controller(run, model.dim, config).to(run.device)
     trace = discover.train(model, meta, streams, config.alpha, config, run.seed, run.progress, run.process,
                            progress_file = run.progress_path('discover', 'first_stage'), data_sha256 = data_sha256)
