@@ -14,6 +14,7 @@ from loguru import logger
 
 from metacontroller import MetaController, Transformer
 from metacontroller.checkpoint import Checkpointable
+from metacontroller.demos import DemoDataset
 from metacontroller.distributed import SINGLE, Process
 from metacontroller.pipeline import codebook, control, data, discover, pretrain, probe, report, rl_phase, steering
 from metacontroller.pipeline.adapter import EnvAdapter
@@ -112,9 +113,9 @@ def initial_meta_controller(run: Run, dim_model: int, config: DiscoveryConfig | 
     return load_matching(config.init, fresh, '--discovery.init', '--discovery.*') if config.init else fresh
 
 
-def first_stage(run: Run, model: Transformer, streams: list, data_sha256: str) -> tuple[MetaController | None, dict]:
+def first_stage(run: Run, model: Transformer, streams: list, data_sha256: str, heldout: DemoDataset) -> tuple[MetaController | None, dict]:
     """--discovery.first_stage_steps: the paper's objective alone at --discovery.first_stage_alpha, saved and
-    summarised on the held-out episodes; (None, {}) without it."""
+    summarised on the `heldout` episodes; (None, {}) without it."""
     if not run.config.discovery.first_stage_steps:
         return None, {}
     config = run.config.discovery.first_stage()
@@ -122,7 +123,7 @@ def first_stage(run: Run, model: Transformer, streams: list, data_sha256: str) -
     trace = discover.train(model, meta, streams, config.alpha, config, run.seed, run.progress, run.process,
                            progress_file = run.progress_path('discover', 'first_stage'), data_sha256 = data_sha256)
     run.save(meta, 'discover', 'first_stage_meta_controller.pt')
-    summary = discover.analyse(model, meta, data.load(run.data_dir, 'heldout'), run.device, events = run.adapter.events).summary()
+    summary = discover.analyse(model, meta, heldout, run.device, events = run.adapter.events).summary()
     summary.update(alpha = config.alpha, steps = config.steps, final_train_action_nll = float(np.mean(trace[-50:], axis = 0)[0]))
     logger.info('discovery, first stage: ' + ', '.join(f'{k} {v:.3f}' for k, v in summary.items()))
     return meta.eval(), summary
@@ -191,7 +192,7 @@ def run_discover(run: Run) -> dict:
     rotations = run.adapter.episode_rotations(config.rotation_consistency)
     event_targets = run.adapter.event_targets(config.next_event_weight > 0, '--discovery.next_event_weight')
     fingerprint = demos.fingerprint()
-    start, first_summary = first_stage(run, model, streams, fingerprint)
+    start, first_summary = first_stage(run, model, streams, fingerprint, heldout)
     sweep, trained = [], []
     for alpha in dict.fromkeys((config.alpha, *config.sweep_alphas)):   # --discovery.alpha first, no repeats
         meta = initial_meta_controller(run, model.dim, start = start).to(run.device)
