@@ -552,6 +552,16 @@ def test_every_preset_is_valid(adapter):
         validate(adapter.preset(name))
 
 
+def test_the_labelfree_preset_passes_pinpads_start_up_checks_and_names_itself_on_babyai(tmp_path, capsys):
+    config = pinpad_adapter().preset('labelfree')
+    assert config.discovery.first_stage_steps > 0 and config.rl.codebook > 0   # the recipe, not the default
+    with pytest.raises(FileNotFoundError):   # past the env checks (next events, rotations): the empty folder has no base
+        main(pinpad_adapter(), ['--preset', 'labelfree', '--run-dir', str(tmp_path / 'run'), '--phases', 'discover'])
+    with pytest.raises(SystemExit):
+        main(babyai_adapter(), ['--preset', 'labelfree', '--run-dir', str(tmp_path / 'babyai')])
+    assert 'babyai defines no episode rotations (symmetries that move its subgoals; pinpad turns its grid) (--preset labelfree)' in capsys.readouterr().err
+
+
 def test_threads_flag_is_restored(tmp_path):
     threads = torch.get_num_threads()
     with pytest.raises(FileNotFoundError):   # fails once the flag has taken effect, before any phase

@@ -63,7 +63,8 @@ def build_parser(adapter: EnvAdapter) -> argparse.ArgumentParser:
         formatter_class = argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument('--preset', choices = sorted(PRESETS), default = 'default',
-                        help = "smoke: < 3 min on 2 CPU cores (tests); default: the CPU reproduction; paper: the paper's sizes (GPU)")
+                        help = "smoke: < 3 min on 2 CPU cores (tests); default: the CPU reproduction; labelfree: the default "
+                               "sizes with the study's recipe (ours; pinpad; ABCDAB learned without labels); paper: the paper's sizes (GPU)")
     parser.add_argument('--phases', type = parse_phases, default = ','.join(PHASES), help = 'comma-separated subset, run in pipeline order')
     parser.add_argument('--force', action = 'store_true', help = 'redo the selected phases even if finished')
     parser.add_argument('--seed', type = int, default = 0, help = 'first seed')
@@ -100,7 +101,8 @@ def main(adapter: EnvAdapter, argv: list[str] | None = None) -> dict:
         adapter.event_targets(config.discovery.next_event_weight > 0, '--discovery.next_event_weight')
         torch.device(args.device)
     except (ValueError, RuntimeError) as error:
-        parser.error(str(error))
+        # a preset's own setting can be what the env lacks (labelfree on babyai): say which preset set it
+        parser.error(str(error) + (f' (--preset {args.preset})' if args.preset != 'default' else ''))
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         parser.error(f'--device {args.device}: CUDA is not available on this machine')
 
