@@ -26,10 +26,8 @@ import torch
 from prior_steering import first_entered_per_code, subgoal_counts
 
 from metacontroller import MetaController, Transformer
-from metacontroller.codes import kmeans
-from metacontroller.pipeline import data
+from metacontroller.pipeline import codebook, data
 from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
-from metacontroller.pipeline.codebook import held_codes
 from metacontroller.pipeline.phases import CODEBOOK_EPISODES
 from metacontroller.rl.seeds import eval_seed
 
@@ -58,9 +56,8 @@ def main():
         run_dir = Path(run_dir)
         model = Transformer.init_and_load(run_dir / 'pretrain' / 'model.pt').eval()
         meta = MetaController.init_and_load(run_dir / 'discover' / 'meta_controller.pt').eval()
-        torch.manual_seed(args.seed)   # the held codes come from sampled proposals
-        held = held_codes(model, meta, data.load(run_dir / 'data', 'discovery').head(CODEBOOK_EPISODES), 'cpu')
-        centroids = kmeans(held.codes, args.k, seed = args.seed)
+        fitted, _ = codebook.fit(model, meta, data.load(run_dir / 'data', 'discovery').head(CODEBOOK_EPISODES), args.k, args.seed, 'cpu')
+        centroids = fitted.action_codebook   # (k, n_z): the centroids `--rl.codebook` would choose among
         first = first_entered_per_code(model, meta, centroids, make_envs, args.episodes, adapter.num_subgoals, eval_seed(args.seed))
         rate, covered = commitment(first, adapter.num_subgoals)
         print(f'{label:28s} commitment {rate:.3f}, pairs covered {covered} of {adapter.num_subgoals}, '
