@@ -382,6 +382,17 @@ class Transformer(Checkpointable, nn.Module):
         return NextEventLosses(*self._bc_losses(hidden, state, actions, mask, predict_state),
                                self._event_loss(hidden, event_targets, mask))
 
+    def action_nll(self, state: Tensor, actions: Tensor, episode_lens: Tensor | None = None, *, stream: Tensor | None = None,
+                   condition: Tensor | None = None) -> Tensor:
+        """The base's NLL of each recorded action (b, t) in nats, 0 past each episode's end: where the model alone is
+        surprised by what the agent does next. `stream` may hold the precomputed residual stream."""
+        actions, mask, condition = self._prepare(state, actions, episode_lens, condition)
+        if stream is None:
+            stream = self._body('lower_body', condition)(self.embed(state, actions))
+        hidden = self._body('upper_body', condition)(stream)
+        nll = self.action_readout(hidden, targets = actions, return_unreduced_loss = True)   # (b, t, ...) per action part
+        return nll.reshape(*mask.shape, -1).sum(-1) * mask
+
     def _sequence_hidden(self, state, actions, condition) -> Tensor:
         return self._body('upper_body', condition)(self._body('lower_body', condition)(self.embed(state, actions)))
 

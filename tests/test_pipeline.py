@@ -306,6 +306,41 @@ def test_two_stage_discovery_starts_every_alpha_from_the_papers_objective(smoke_
     assert progress['step'] == 3 and len(progress['trace']) == 3   # the first stage trained its own steps
 
 
+def test_switch_surprise_is_the_base_nll_at_the_switches_over_its_mean():
+    """Steps 1 .. len - 1 only: the first step always chooses and padding is not a step."""
+    nll = torch.tensor([[9., 1., 4., 1., 9.], [9., 1., 1., 4., 9.]])
+    beta = torch.tensor([[1., 0., 1., 0., 1.], [1., 0., 0., 0.7, 0.]])
+    sums = discover.base_surprise(nll, beta, torch.tensor([4, 5]))   # row 0's last step is padding
+    assert sums.tolist() == [8., 2., 21., 7.]
+    at_switches, everywhere = 8. / 2, 21. / 7
+    assert at_switches / everywhere == pytest.approx(4 / 3)
+
+
+def test_first_stage_restarts_go_on_from_the_start_the_base_is_most_surprised_at(smoke_run, tmp_path):
+    smoke_tmp, _ = smoke_run
+    shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
+    settings = {'discovery.first_stage_steps': 4, 'discovery.first_stage_restarts': 3, 'discovery.first_stage_restart_steps': 2}
+    result = run(tmp_path, '--phases', 'discover', '--force', *(f for key, value in settings.items() for f in (f'--{key}', str(value))))
+    stage = result['discovery']['first_stage']
+    starts = stage['restarts']
+    assert [start['seed'] for start in starts] == [0, 1000, 2000] and stage['restart_steps'] == 2
+    scores = [-math.inf if math.isnan(start['switch_surprise']) else start['switch_surprise'] for start in starts]
+    assert stage['restart'] == scores.index(max(scores)) and stage['seed'] == starts[stage['restart']]['seed']
+    folder = smoke_settings(tmp_path, settings)
+    steps = [torch.load(folder.progress_path('discover', f'first_stage_start_{r}'), map_location = 'cpu', weights_only = True)['step']
+             for r in range(3)]
+    assert steps == [4 if r == stage['restart'] else 2 for r in range(3)]   # the picked start went on to the full stage
+    saved = MetaController.init_and_load(tmp_path / 'run' / 'discover' / 'first_stage_meta_controller.pt')
+    progress = torch.load(folder.progress_path('discover', f'first_stage_start_{stage["restart"]}'), map_location = 'cpu', weights_only = True)
+    assert all(torch.equal(progress['module'][k], v) for k, v in saved.state_dict().items())
+    # start 0 is the run's own first stage: as many steps of a run without restarts give the same weights
+    shutil.copytree(smoke_tmp / 'run', tmp_path / 'plain' / 'run')
+    run(tmp_path / 'plain', '--phases', 'discover', '--force', '--discovery.first_stage_steps', str(steps[0]))
+    plain = torch.load(smoke_settings(tmp_path / 'plain', {}).progress_path('discover', 'first_stage'), map_location = 'cpu', weights_only = True)
+    start = torch.load(folder.progress_path('discover', 'first_stage_start_0'), map_location = 'cpu', weights_only = True)
+    assert all(torch.equal(plain['module'][k], v) for k, v in start['module'].items())
+
+
 def test_the_ratio_loss_settings_reach_the_metacontroller():
     config = override(smoke_config(), {'discovery.ratio_loss_weight': 0.5, 'discovery.target_segment_length': 10.})
     meta = build_meta_controller(config.model.dim, config.discovery)
@@ -400,6 +435,8 @@ def test_changed_settings_need_force_or_a_new_folder(smoke_run):
     (['--rl.codebook', '-2'], '--rl.codebook must be >= 0, got -2'),
     (['--rl.codebook_spread', '0.2'], '--rl.codebook_spread 0.2 needs a codebook to draw around: give --rl.codebook K >= 2'),
     (['--rl.codebook', '2', '--rl.codebook_spread', '-1'], '--rl.codebook_spread must be finite and >= 0, got -1.0'),
+    (['--discovery.first_stage_restarts', '2'], '--discovery.first_stage_restarts 2 picks among first-stage starts: it needs '
+                                                 '0 < --discovery.first_stage_restart_steps <= --discovery.first_stage_steps, got 3200 and 0'),
     (['--rl.codebook', '2', '--rl.codebook_spread_after', '16'], '--rl.codebook_spread_after 16 starts a spread: give --rl.codebook_spread'),
     (['--rl.codebook', '2', '--rl.codebook_spread', '0.2', '--rl.codebook_spread_after', '32'],
      '--rl.codebook_spread_after must leave episodes for the spread: less than --rl.total_episodes (32), got 32'),

@@ -21,6 +21,17 @@ def test_behaviour_cloning_losses_are_named_and_finite(model, batch):
     assert model.lower_body.layers[0][1].to_q.weight.grad is not None
 
 
+def test_action_nll_is_behaviour_clonings_action_loss_step_by_step(model, batch):
+    state, actions, lens = batch
+    nll = model.action_nll(state, actions, lens)
+    valid = torch.arange(state.shape[1]) < lens[:, None]
+    assert nll.shape == valid.shape and (nll[~valid] == 0).all() and (nll[valid] > 0).all()
+    mean = model.behaviour_cloning_losses(state, actions, lens, predict_state = False).action
+    assert nll[valid].mean().item() == pytest.approx(mean.item(), rel = 1e-5)
+    stream = model.residual_stream(state, actions)
+    assert torch.allclose(model.action_nll(state, actions, lens, stream = stream), nll)
+
+
 def test_next_event_head_trains_on_the_steps_with_an_event_ahead(tmp_path, batch):
     """The optional head: cross-entropy over valid steps whose target is not -1, the rest (and padding) left out;
     frozen with the base, saved and reloaded with it, and a clear error where targets and head do not fit."""

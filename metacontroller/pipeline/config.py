@@ -135,6 +135,12 @@ class DiscoveryConfig:
                                      'from its weights: two-stage discovery, where the first stage finds when to switch and the second '
                                      '(e.g. --discovery.rotation_consistency) what the codes name (docs/reproduction.md); 0: one stage')
     first_stage_alpha: float = knob(0.1, 'KL weight of the first stage (with --discovery.first_stage_steps)')
+    first_stage_restarts: int = knob(1, 'start the first stage N times (start r: first weights and batches from the seed + '
+                                        "r * 1000; start 0 is the run seed's own), train each --discovery.first_stage_restart_steps, "
+                                        'and go on with the start whose switches fall where the base is most surprised by the next '
+                                        'action (switch_surprise, on the discovery episodes: no labels; not the paper); 1: one start')
+    first_stage_restart_steps: int = knob(3_200, 'steps each first-stage start trains before the pick (with --discovery.first_stage_restarts '
+                                                 '> 1; at most --discovery.first_stage_steps, which the picked start goes on to)')
 
     def first_stage(self) -> DiscoveryConfig:
         """The first stage's settings: the paper's objective at this run's sizes (it starts from --discovery.init if given)."""
@@ -324,6 +330,11 @@ def _check_together(config: PipelineConfig, flat: dict[str, Any]) -> list[str]:
         problems.append(f'--discovery.next_event_at must be one of {", ".join(NEXT_EVENT_AT)}, got {config.discovery.next_event_at!r}')
     if config.discovery.target_segment_length <= 1:
         problems.append(f'--discovery.target_segment_length must be > 1 (steps per segment), got {config.discovery.target_segment_length}')
+    discovery = config.discovery
+    if discovery.first_stage_restarts > 1 and not 0 < discovery.first_stage_restart_steps <= discovery.first_stage_steps:
+        problems.append(f'--discovery.first_stage_restarts {discovery.first_stage_restarts} picks among first-stage starts: it needs '
+                        f'0 < --discovery.first_stage_restart_steps <= --discovery.first_stage_steps, got '
+                        f'{discovery.first_stage_restart_steps} and {discovery.first_stage_steps}')
     if config.rl.codebook == 1:
         problems.append('--rl.codebook must be 0 (off: a Gaussian over z, the paper) or >= 2 codes to choose among, got 1')
     if config.rl.codebook_spread and not config.rl.codebook:

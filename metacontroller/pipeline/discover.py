@@ -185,8 +185,9 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
     resume = None
     if progress_file is not None:
         # the sweep, the pick, the steering check and the RL policy's width do not change this training;
-        # init's file is in the starting weights, wherever it lies
-        ignore = ('alpha', 'sweep_alphas', 'select_alpha', 'steering_episodes', 'dim_policy', 'init')
+        # init's file is in the starting weights, wherever it lies; a first stage's starts differ by seed and first weights
+        ignore = ('alpha', 'sweep_alphas', 'select_alpha', 'steering_episodes', 'dim_policy', 'init', 'first_stage_restarts',
+                  'first_stage_restart_steps')
         settings = fit_settings(config, 'discovery', seed, data_sha256, next(model.parameters()).device, process, ignore, alpha = alpha)
         resume = Resume(progress_file, settings, f'discovery α={alpha:g}', reads = (model,))
     desc = (f'discover α={alpha:g}' + (', rotation-consistent' if rotate_episodes else '') + (', history cut' if config.cut_history else '')
@@ -288,6 +289,9 @@ class SwitchAnalysis(NamedTuple):
     switches_per_episode: float    # β ≥ 0.5 at steps 1 .. len - 1, plus the forced switch at t = 0
     subgoals_per_episode: float
     beta_binary_fraction: float
+    # the base's mean action NLL at the switch steps (β ≥ 0.5, steps 1 .. len - 1) over its mean at every such step: read
+    # without labels, above 1 where codes start where the base alone cannot tell what comes next; nan without a switch
+    switch_surprise: float
     # with the env's events (None without): switches on an event's own step, and matched (±1) against the events
     # inside a subgoal (pinpad: each pair's first colour), the other place a switch per subgoal can fall
     on_events: SwitchCounts | None = None
@@ -302,6 +306,7 @@ class SwitchAnalysis(NamedTuple):
             subgoals_per_episode = self.subgoals_per_episode,
             switches_per_subgoal = self.switches_per_episode / self.subgoals_per_episode,
             beta_binary_fraction = self.beta_binary_fraction,
+            switch_surprise = self.switch_surprise,
             action_nll = self.action_nll,
             kl = self.kl,
         )
@@ -317,6 +322,7 @@ def analyse(model: Transformer, meta_controller: MetaController, dataset: DemoDa
     """Losses and switch statistics over clean episodes (one posterior sample per step, as in training); with
     `events` (observations -> (b, t) bool, the adapter's), where the switches fall against them too."""
     nll = kl = 0.
+    surprise = torch.zeros(4, dtype = torch.float64)   # base NLL summed at the switch steps, their count, summed at every step, their count
     counts, betas, lens_all = SwitchCounts(0, 0, 0), [], []
     on_events = inner_events = SwitchCounts(0, 0, 0) if events is not None else None
     for batch in ordered_batches(dataset, batch_size, device):
@@ -327,6 +333,8 @@ def analyse(model: Transformer, meta_controller: MetaController, dataset: DemoDa
         nll, kl = nll + losses.action_recon.item() * steps, kl + losses.kl.item() * steps
         beta = meta_controller(stream, batch.episode_lens).beta
         counts = counts + switch_counts(beta, batch.boundaries, batch.episode_lens)
+        surprise += base_surprise(model.action_nll(batch.observations, batch.actions, batch.episode_lens, stream = stream,
+                                                   condition = batch.condition), beta, batch.episode_lens)
         if events is not None:
             marked = events(batch.observations)                                           # (b, t) bool
             on_events = on_events + switch_counts(beta, marked, batch.episode_lens, tolerance = 0)
@@ -344,9 +352,19 @@ def analyse(model: Transformer, meta_controller: MetaController, dataset: DemoDa
         switches_per_episode = counts.predicted / episodes + 1,
         subgoals_per_episode = counts.actual / episodes + 1,
         beta_binary_fraction = float(binary),
+        switch_surprise = float((surprise[0] / surprise[1]) / (surprise[2] / surprise[3])) if surprise[1] else float('nan'),
         on_events = on_events,
         inner_events = inner_events,
     )
+
+
+def base_surprise(base_nll: torch.Tensor, beta: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """base_nll, beta (b, t), lens (b,) -> (4,): the base's NLL summed over the switch steps, their number, the NLL
+    summed over every step, their number; steps 1 .. len - 1 (the first step always chooses)."""
+    steps = torch.arange(beta.shape[1], device = beta.device)
+    valid = (steps >= 1) & lens_to_mask(lens.to(beta.device), beta.shape[1])
+    switched = decisions(beta) & valid
+    return torch.stack([base_nll[switched].sum(), switched.sum(), base_nll[valid].sum(), valid.sum()]).double().cpu()
 
 
 @torch.no_grad()

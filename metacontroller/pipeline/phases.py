@@ -5,7 +5,10 @@ With several processes, the training phases (`SHARDED`) run on every rank,
 data parallel, and only rank 0 writes their files; the others run on rank 0 alone."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import math
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +25,12 @@ from metacontroller.pipeline.config import DiscoveryConfig, PipelineConfig
 from metacontroller.pipeline.files import read_json, write_json
 from metacontroller.pipeline.models import build_meta_controller, build_transformer
 from metacontroller.rl import evaluate
+from metacontroller.rl.seeds import rank_seed
 from metacontroller.subgoal_controller import SubgoalController
 
 CODEBOOK_EPISODES = 2_000      # discovery episodes whose held codes k-means reads for --rl.codebook
+SURPRISE_EPISODES = 1_024      # discovery episodes the first stage's pick among its starts reads switch_surprise on
+RESTART_SEED_STRIDE = 1_000    # start r of a first stage seeds its draws with the run's seed + r * this
 PROGRESS_PREFIX = 'progress_'   # <phase>/progress_<run>.pt: a run's progress (every training loop), kept until --force redoes the phase
 
 
@@ -113,20 +119,66 @@ def initial_meta_controller(run: Run, dim_model: int, config: DiscoveryConfig | 
     return load_matching(config.init, fresh, '--discovery.init', '--discovery.*') if config.init else fresh
 
 
-def first_stage(run: Run, model: Transformer, streams: list, data_sha256: str, heldout: DemoDataset) -> tuple[MetaController | None, dict]:
+def first_stage(run: Run, model: Transformer, streams: list, data_sha256: str, demos: DemoDataset,
+                heldout: DemoDataset) -> tuple[MetaController | None, dict]:
     """--discovery.first_stage_steps: the paper's objective alone at --discovery.first_stage_alpha, saved and
-    summarised on the `heldout` episodes; (None, {}) without it."""
+    summarised on the `heldout` episodes; (None, {}) without it. With --discovery.first_stage_restarts it goes on
+    from the best of several short starts (`pick_first_stage_start`)."""
     if not run.config.discovery.first_stage_steps:
         return None, {}
     config = run.config.discovery.first_stage()
+    seed, name, picked, weights = run.seed, 'first_stage', {}, None
+    if config.first_stage_restarts > 1:
+        restart, weights, picked = pick_first_stage_start(run, model, streams, data_sha256, demos, config)
+        seed, name = picked['restarts'][restart]['seed'], f'first_stage_start_{restart}'
     meta = initial_meta_controller(run, model.dim, config).to(run.device)
-    trace = discover.train(model, meta, streams, config.alpha, config, run.seed, run.progress, run.process,
-                           progress_file = run.progress_path('discover', 'first_stage'), data_sha256 = data_sha256)
+    if weights is not None:
+        meta.load_state_dict(weights)   # the picked start's first weights: the progress it goes on from names them
+    trace = discover.train(model, meta, streams, config.alpha, config, seed, run.progress, run.process,
+                           progress_file = run.progress_path('discover', name), data_sha256 = data_sha256)
     run.save(meta, 'discover', 'first_stage_meta_controller.pt')
     summary = discover.analyse(model, meta, heldout, run.device, events = run.adapter.events).summary()
-    summary.update(alpha = config.alpha, steps = config.steps, final_train_action_nll = float(np.mean(trace[-50:], axis = 0)[0]))
+    summary.update(alpha = config.alpha, steps = config.steps, seed = seed, final_train_action_nll = float(np.mean(trace[-50:], axis = 0)[0]))
     logger.info('discovery, first stage: ' + ', '.join(f'{k} {v:.3f}' for k, v in summary.items()))
-    return meta.eval(), summary
+    return meta.eval(), dict(summary, **picked)
+
+
+def pick_first_stage_start(run: Run, model: Transformer, streams: list, data_sha256: str, demos: DemoDataset,
+                           config: DiscoveryConfig) -> tuple[int, dict, dict]:
+    """The first stage's N starts (not the paper): start r draws its first weights and batches from seed s + r·stride
+    (r = 0: the run's own start, as without restarts) and trains --discovery.first_stage_restart_steps. The paper's
+    objective is nearly indifferent to where one switch per subgoal falls (pinpad: on the boundaries, or on each pair's
+    first colour, where the base already knows the next step), and a start keeps the place it first takes; the start
+    whose switches fall where the base is most surprised by the next action goes on (`switch_surprise` on the discovery
+    episodes, read without labels). Returns (its index, its first weights, the starts' table)."""
+    short = replace(config, steps = config.first_stage_restart_steps)
+    episodes = demos.head(SURPRISE_EPISODES)
+    starts, table = [], []
+    for restart in range(config.first_stage_restarts):
+        seed = run.seed + restart * RESTART_SEED_STRIDE
+        with nullcontext() if restart == 0 else own_rng(rank_seed(seed, run.process.rank), run.device):
+            meta = initial_meta_controller(run, model.dim, config).to(run.device)
+            starts.append(copy.deepcopy(meta.state_dict()))
+            discover.train(model, meta, streams, short.alpha, short, seed, run.progress, run.process,
+                           progress_file = run.progress_path('discover', f'first_stage_start_{restart}'), data_sha256 = data_sha256)
+        with own_rng(seed, run.device):   # the scoring draws leave the run's own stream as a run without restarts has it
+            summary = discover.analyse(model, meta, episodes, run.device).summary()
+        table.append({'seed': seed, **{key: summary[key] for key in ('switch_surprise', 'switches_per_episode', 'action_nll', 'kl')}})
+        logger.info(f'discovery, first-stage start {restart} (seed {seed}, {short.steps} steps): ' +
+                    ', '.join(f'{k} {v:.3f}' for k, v in table[-1].items() if k != 'seed'))
+    # no switch after the first step scores nan: last; ties to the earlier start
+    score = lambda r: (-math.inf if math.isnan(table[r]['switch_surprise']) else table[r]['switch_surprise'], -r)
+    best = run.process.broadcast_object(max(range(len(table)), key = score))   # each rank drew its own posterior samples
+    logger.info(f'discovery, first stage: start {best} (seed {table[best]["seed"]}) goes on, the highest switch surprise')
+    return best, starts[best], dict(restarts = table, restart = best, restart_steps = short.steps)
+
+
+@contextmanager
+def own_rng(seed: int, device: str):
+    """Torch's random draws inside come from `seed`, and those outside go on as if none had been drawn."""
+    with torch.random.fork_rng(devices = range(torch.cuda.device_count()) if device.startswith('cuda') else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def run_pretrain(run: Run) -> dict:
@@ -192,7 +244,7 @@ def run_discover(run: Run) -> dict:
     rotations = run.adapter.episode_rotations(config.rotation_consistency)
     event_targets = run.adapter.event_targets(config.next_event_weight > 0, '--discovery.next_event_weight')
     fingerprint = demos.fingerprint()
-    start, first_summary = first_stage(run, model, streams, fingerprint, heldout)
+    start, first_summary = first_stage(run, model, streams, fingerprint, demos, heldout)
     sweep, trained = [], []
     for alpha in dict.fromkeys((config.alpha, *config.sweep_alphas)):   # --discovery.alpha first, no repeats
         meta = initial_meta_controller(run, model.dim, start = start).to(run.device)
