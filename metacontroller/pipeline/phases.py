@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from metacontroller.pipeline.config import DiscoveryConfig, PipelineConfig
 from metacontroller.pipeline.files import read_json, write_json
 from metacontroller.pipeline.models import build_meta_controller, build_transformer
 from metacontroller.rl import evaluate
-from metacontroller.rl.seeds import rank_seed
+from metacontroller.rl.seeds import rank_seed, seeded
 from metacontroller.subgoal_controller import SubgoalController
 
 CODEBOOK_EPISODES = 2_000      # discovery episodes whose held codes k-means reads for --rl.codebook
@@ -123,7 +122,7 @@ def first_stage(run: Run, model: Transformer, streams: list, data_sha256: str, d
                 heldout: DemoDataset) -> tuple[MetaController | None, dict]:
     """--discovery.first_stage_steps: the paper's objective alone at --discovery.first_stage_alpha, saved and
     summarised on the `heldout` episodes; (None, {}) without it. With --discovery.first_stage_restarts it goes on
-    from the best of several short starts (`pick_first_stage_start`)."""
+    from the best of several starts (`pick_first_stage_start`)."""
     if not run.config.discovery.first_stage_steps:
         return None, {}
     config = run.config.discovery.first_stage()
@@ -156,12 +155,12 @@ def pick_first_stage_start(run: Run, model: Transformer, streams: list, data_sha
     starts, table = [], []
     for restart in range(config.first_stage_restarts):
         seed = run.seed + restart * RESTART_SEED_STRIDE
-        with nullcontext() if restart == 0 else own_rng(rank_seed(seed, run.process.rank), run.device):
+        with seeded(None if restart == 0 else rank_seed(seed, run.process.rank), torch.device(run.device)):
             meta = initial_meta_controller(run, model.dim, config).to(run.device)
             starts.append(copy.deepcopy(meta.state_dict()))
             discover.train(model, meta, streams, short.alpha, short, seed, run.progress, run.process,
                            progress_file = run.progress_path('discover', f'first_stage_start_{restart}'), data_sha256 = data_sha256)
-        with own_rng(seed, run.device):   # the scoring draws leave the run's own stream as a run without restarts has it
+        with seeded(seed, torch.device(run.device)):   # the scoring draws leave the run's own stream as a run without restarts has it
             summary = discover.analyse(model, meta, episodes, run.device).summary()
         table.append({'seed': seed, **{key: summary[key] for key in ('switch_surprise', 'switches_per_episode', 'action_nll', 'kl')}})
         logger.info(f'discovery, first-stage start {restart} (seed {seed}, {short.steps} steps): ' +
@@ -171,14 +170,6 @@ def pick_first_stage_start(run: Run, model: Transformer, streams: list, data_sha
     best = run.process.broadcast_object(max(range(len(table)), key = score))   # each rank drew its own posterior samples
     logger.info(f'discovery, first stage: start {best} (seed {table[best]["seed"]}) goes on, the highest switch surprise')
     return best, starts[best], dict(restarts = table, restart = best, restart_steps = short.steps)
-
-
-@contextmanager
-def own_rng(seed: int, device: str):
-    """Torch's random draws inside come from `seed`, and those outside go on as if none had been drawn."""
-    with torch.random.fork_rng(devices = range(torch.cuda.device_count()) if device.startswith('cuda') else []):
-        torch.manual_seed(seed)
-        yield
 
 
 def run_pretrain(run: Run) -> dict:
