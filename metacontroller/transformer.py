@@ -387,9 +387,7 @@ class Transformer(Checkpointable, nn.Module):
         """The base's NLL of each recorded action (b, t) in nats, 0 past each episode's end: where the model alone is
         surprised by what the agent does next. `stream` may hold the precomputed residual stream."""
         actions, mask, condition = self._prepare(state, actions, episode_lens, condition)
-        if stream is None:
-            stream = self._body('lower_body', condition)(self.embed(state, actions))
-        hidden = self._body('upper_body', condition)(stream)
+        hidden = self._last_hidden(state, actions, stream = stream, condition = condition)
         nll = self.action_readout(hidden, targets = actions, return_unreduced_loss = True)   # (b, t, ...) per action part
         return nll.reshape(*mask.shape, -1).sum(-1) * mask
 

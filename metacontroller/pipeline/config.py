@@ -135,7 +135,7 @@ class DiscoveryConfig:
                                      'from its weights: two-stage discovery, where the first stage finds when to switch and the second '
                                      '(e.g. --discovery.rotation_consistency) what the codes name (docs/reproduction.md); 0: one stage')
     first_stage_alpha: float = knob(0.1, 'KL weight of the first stage (with --discovery.first_stage_steps)')
-    first_stage_restarts: int = knob(1, 'start the first stage N times (start r: first weights and batches from the seed + '
+    first_stage_restarts: int = knob(1, 'start the first stage N times (start r: first weights and batch draws from the seed + '
                                         "r * 1000; start 0 is the run seed's own), train each --discovery.first_stage_restart_steps, "
                                         'and go on with the start whose switches fall where the base is most surprised by the next '
                                         'action (switch_surprise, on the discovery episodes: no labels; not the paper); 1: one start')

@@ -27,7 +27,7 @@ from metacontroller.demos import DemoBatch, DemoDataset
 from metacontroller.distributed import SINGLE, Process, adamw
 from metacontroller.pipeline.config import DiscoveryConfig
 from metacontroller.pipeline.data import epoch_batches, ordered_batches, to_device
-from metacontroller.pipeline.metrics import SwitchCounts, beta_binary_fraction, switch_counts
+from metacontroller.pipeline.metrics import SwitchCounts, beta_binary_fraction, decision_steps, switch_counts
 from metacontroller.progress import ProgressFormat, load_progress, run_settings, save_progress, starting_weights
 from metacontroller.switching import decisions
 from metacontroller.transformer import frozen
@@ -361,8 +361,7 @@ def analyse(model: Transformer, meta_controller: MetaController, dataset: DemoDa
 def base_surprise(base_nll: torch.Tensor, beta: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
     """base_nll, beta (b, t), lens (b,) -> (4,): the base's NLL summed over the switch steps, their number, the NLL
     summed over every step, their number; steps 1 .. len - 1 (the first step always chooses)."""
-    steps = torch.arange(beta.shape[1], device = beta.device)
-    valid = (steps >= 1) & lens_to_mask(lens.to(beta.device), beta.shape[1])
+    valid = decision_steps(beta, lens)
     switched = decisions(beta) & valid
     return torch.stack([base_nll[switched].sum(), switched.sum(), base_nll[valid].sum(), valid.sum()]).double().cpu()
 

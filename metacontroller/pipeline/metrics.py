@@ -60,9 +60,13 @@ def switch_counts(beta: torch.Tensor, boundaries: torch.Tensor, lens: torch.Tens
     return total
 
 
+def decision_steps(beta: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """β (b, t), lens (b,) -> bool (b, t): the steps 1 .. len - 1, where a switch is a choice (step 0 always chooses)."""
+    steps = torch.arange(beta.shape[1], device = beta.device)[None]
+    return (steps >= 1) & (steps < lens[:, None].to(beta.device))
+
+
 def beta_binary_fraction(beta: torch.Tensor, lens: torch.Tensor, low: float = 0.05, high: float = 0.95) -> float:
     """Share of β values (steps 1 .. len - 1) below `low` or above `high`."""
-    steps = torch.arange(beta.shape[1], device = beta.device)[None]
-    mask = (steps >= 1) & (steps < lens[:, None].to(beta.device))
-    values = beta[mask]
+    values = beta[decision_steps(beta, lens)]
     return ((values < low) | (values > high)).float().mean().item() if values.numel() else float('nan')

@@ -144,7 +144,7 @@ def first_stage(run: Run, model: Transformer, streams: list, data_sha256: str, d
 
 def pick_first_stage_start(run: Run, model: Transformer, streams: list, data_sha256: str, demos: DemoDataset,
                            config: DiscoveryConfig) -> tuple[int, dict, dict]:
-    """The first stage's N starts (not the paper): start r draws its first weights and batches from seed s + r·stride
+    """The first stage's N starts (not the paper): start r draws its first weights and batch draws from seed s + r·stride
     (r = 0: the run's own start, as without restarts) and trains --discovery.first_stage_restart_steps. The paper's
     objective is nearly indifferent to where one switch per subgoal falls (pinpad: on the boundaries, or on each pair's
     first colour, where the base already knows the next step), and a start keeps the place it first takes; the start
