@@ -20,7 +20,7 @@ from metacontroller.pipeline.config import PRESETS, override, smoke_config, vali
 from metacontroller.pipeline.files import read_json, run_lock, write_json
 from metacontroller.pipeline.metrics import beta_binary_fraction, match_switches, switch_counts
 from metacontroller.pipeline.models import build_meta_controller, build_transformer
-from metacontroller.pipeline.phases import PHASES, Run, initial_meta_controller, initial_model
+from metacontroller.pipeline.phases import MIN_SWITCHES_PER_EPISODE, PHASES, Run, initial_meta_controller, initial_model, start_rank
 from metacontroller.pipeline.pretrain import imitation_metrics
 from metacontroller.rl import trainer
 
@@ -316,6 +316,15 @@ def test_switch_surprise_is_the_base_nll_at_the_switches_over_its_mean():
     assert at_switches / everywhere == pytest.approx(4 / 3)
 
 
+def test_a_start_that_rarely_switches_ranks_last_whatever_its_surprise():
+    rare = 1 + MIN_SWITCHES_PER_EPISODE / 2   # switches per episode, the forced one at step 0 included
+    starts = [dict(switch_surprise = float('nan'), switches_per_episode = 1.),
+              dict(switch_surprise = 5., switches_per_episode = rare),          # a high score from a handful of switches
+              dict(switch_surprise = 1.2, switches_per_episode = 1 + MIN_SWITCHES_PER_EPISODE),
+              dict(switch_surprise = 1.8, switches_per_episode = 3.)]
+    assert [start_rank(start) for start in starts] == [-math.inf, -math.inf, 1.2, 1.8]
+
+
 def test_first_stage_restarts_go_on_from_the_start_the_base_is_most_surprised_at(smoke_run, tmp_path):
     smoke_tmp, _ = smoke_run
     shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
@@ -324,7 +333,7 @@ def test_first_stage_restarts_go_on_from_the_start_the_base_is_most_surprised_at
     stage = result['discovery']['first_stage']
     starts = stage['restarts']
     assert [start['seed'] for start in starts] == [0, 1000, 2000] and stage['restart_steps'] == 2
-    scores = [-math.inf if math.isnan(start['switch_surprise']) else start['switch_surprise'] for start in starts]
+    scores = [start_rank(start) for start in starts]
     assert stage['restart'] == scores.index(max(scores)) and stage['seed'] == starts[stage['restart']]['seed']
     folder = smoke_settings(tmp_path, settings)
     steps = [torch.load(folder.progress_path('discover', f'first_stage_start_{r}'), map_location = 'cpu', weights_only = True)['step']

@@ -138,7 +138,8 @@ class DiscoveryConfig:
     first_stage_restarts: int = knob(1, 'start the first stage N times (start r: first weights and batch draws from the seed + '
                                         "r * 1000; start 0 is the run seed's own), train each --discovery.first_stage_restart_steps, "
                                         'and go on with the start whose switches fall where the base is most surprised by the next '
-                                        'action (switch_surprise, on the discovery episodes: no labels; not the paper); 1: one start')
+                                        'action (switch_surprise, on the discovery episodes: no labels; not the paper; a start switching '
+                                        'after step 0 less than once per 10 episodes ranks last); 1: one start')
     first_stage_restart_steps: int = knob(3_200, 'steps each first-stage start trains before the pick (with --discovery.first_stage_restarts '
                                                  '> 1; at most --discovery.first_stage_steps, which the picked start goes on to)')
 

@@ -29,6 +29,9 @@ from metacontroller.subgoal_controller import SubgoalController
 
 CODEBOOK_EPISODES = 2_000      # discovery episodes whose held codes k-means reads for --rl.codebook
 SURPRISE_EPISODES = 1_024      # discovery episodes the first stage's pick among its starts reads switch_surprise on
+# a start that switches (after step 0) less often than this per episode ranks last: its switch_surprise rests on a
+# handful of switches (one start here scored 0.46 on 1 switch in 1,024 episodes, 1.89 under other posterior draws)
+MIN_SWITCHES_PER_EPISODE = 0.1
 RESTART_SEED_STRIDE = 1_000    # start r of a first stage seeds its draws with the run's seed + r * this
 PROGRESS_PREFIX = 'progress_'   # <phase>/progress_<run>.pt: a run's progress (every training loop), kept until --force redoes the phase
 
@@ -165,11 +168,17 @@ def pick_first_stage_start(run: Run, model: Transformer, streams: list, data_sha
         table.append({'seed': seed, **{key: summary[key] for key in ('switch_surprise', 'switches_per_episode', 'action_nll', 'kl')}})
         logger.info(f'discovery, first-stage start {restart} (seed {seed}, {short.steps} steps): ' +
                     ', '.join(f'{k} {v:.3f}' for k, v in table[-1].items() if k != 'seed'))
-    # no switch after the first step scores nan: last; ties to the earlier start
-    score = lambda r: (-math.inf if math.isnan(table[r]['switch_surprise']) else table[r]['switch_surprise'], -r)
-    best = run.process.broadcast_object(max(range(len(table)), key = score))   # each rank drew its own posterior samples
+    # ties to the earlier start; each rank drew its own posterior samples, so rank 0's pick is everyone's
+    best = run.process.broadcast_object(max(range(len(table)), key = lambda r: (start_rank(table[r]), -r)))
     logger.info(f'discovery, first stage: start {best} (seed {table[best]["seed"]}) goes on, the highest switch surprise')
     return best, starts[best], dict(restarts = table, restart = best, restart_steps = short.steps)
+
+
+def start_rank(start: dict) -> float:
+    """A first-stage start's rank in the pick (its row of the starts' table): its switch surprise, or -inf where it
+    switches too rarely to read one from (no switch after the first step: nan)."""
+    surprise, switches = start['switch_surprise'], start['switches_per_episode'] - 1   # less the forced switch at step 0
+    return -math.inf if math.isnan(surprise) or switches < MIN_SWITCHES_PER_EPISODE else surprise
 
 
 def run_pretrain(run: Run) -> dict:
