@@ -11,7 +11,7 @@ import torch
 
 from metacontroller import MetaController
 from metacontroller.envs.pinpad_expert import generate_pinpad_demos, pinpad_action_sets
-from metacontroller.pipeline import control, data, discover, pretrain, runner, steering
+from metacontroller.pipeline import control, data, discover, phases, pretrain, runner, steering
 from metacontroller.pipeline.adapters.babyai import babyai_adapter
 from metacontroller.pipeline.adapters.pinpad import colour_entries, colours_underfoot, next_colours, pinpad_adapter
 from metacontroller.pipeline.aggregate import aggregate
@@ -348,6 +348,30 @@ def test_first_stage_restarts_go_on_from_the_start_the_base_is_most_surprised_at
     plain = torch.load(smoke_settings(tmp_path / 'plain', {}).progress_path('discover', 'first_stage'), map_location = 'cpu', weights_only = True)
     start = torch.load(folder.progress_path('discover', 'first_stage_start_0'), map_location = 'cpu', weights_only = True)
     assert all(torch.equal(plain['module'][k], v) for k, v in start['module'].items())
+
+
+def test_an_alpha_whose_codes_collapse_is_trained_again_from_the_same_start(smoke_run, tmp_path, monkeypatch):
+    smoke_tmp, _ = smoke_run
+    shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
+    settings = {'discovery.first_stage_steps': 3, 'discovery.collapse_tries': 3}
+    flags = ['--phases', 'discover', '--force', *(f for key, value in settings.items() for f in (f'--{key}', str(value)))]
+    folder = smoke_settings(tmp_path, settings)
+    monkeypatch.setattr(phases, 'start_rank', lambda start: -math.inf)   # every try collapses: the last one stands
+    discovery = run(tmp_path, *flags)['discovery']
+    assert [(entry['seed'], entry['collapsed_seeds']) for entry in discovery['alpha_sweep']] == [(2000, [0, 1000])] * 2
+    assert discovery['seed'] == 2000
+    kept = torch.load(folder.progress_path('discover', 'alpha_0.05_retry_2'), map_location = 'cpu', weights_only = True)['module']
+    saved = MetaController.init_and_load(tmp_path / 'run' / 'discover' / 'meta_controller.pt').state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in saved.items())
+    tries = [torch.load(folder.progress_path('discover', name), map_location = 'cpu', weights_only = True)
+             for name in ('alpha_0.05', 'alpha_0.05_retry_1', 'alpha_0.05_retry_2')]
+    assert [progress['step'] for progress in tries] == [smoke_config().discovery.steps] * 3
+    assert not any(all(torch.equal(a['module'][k], b['module'][k]) for k in saved) for a, b in zip(tries, tries[1:]))   # other draws
+    # a try that keeps switching is not trained again: the run's own seed, no retry
+    monkeypatch.setattr(phases, 'start_rank', lambda start: 1.)
+    discovery = run(tmp_path, *flags)['discovery']
+    assert discovery['seed'] == 0 and discovery['collapsed_seeds'] == []
+    assert not folder.progress_path('discover', 'alpha_0.05_retry_1').exists()
 
 
 def test_the_ratio_loss_settings_reach_the_metacontroller():

@@ -142,6 +142,9 @@ class DiscoveryConfig:
                                         'after step 0 less than once per 10 episodes ranks last); 1: one start')
     first_stage_restart_steps: int = knob(3_200, 'steps each first-stage start trains before the pick (with --discovery.first_stage_restarts '
                                                  '> 1; at most --discovery.first_stage_steps, which the picked start goes on to)')
+    collapse_tries: int = knob(1, 'train each α up to N times from the same start (try r: first weights and batch draws from the '
+                                  'seed + r * 1000), again only while its codes have collapsed: they switch after step 0 less than once '
+                                  'per 10 discovery episodes (no labels; not the paper); the last try stands; 1: one try')
 
     def first_stage(self) -> DiscoveryConfig:
         """The first stage's settings: the paper's objective at this run's sizes (it starts from --discovery.init if given)."""

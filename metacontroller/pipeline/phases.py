@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -247,22 +248,16 @@ def run_discover(run: Run) -> dict:
     start, first_summary = first_stage(run, model, streams, fingerprint, demos, heldout)
     sweep, trained = [], []
     for alpha in dict.fromkeys((config.alpha, *config.sweep_alphas)):   # --discovery.alpha first, no repeats
-        meta = initial_meta_controller(run, model.dim, start = start).to(run.device)
-        # a fresh head per α, beside the metacontroller (not saved with it)
-        next_events = None if event_targets is None else discover.NextEvents(
-            event_targets, torch.nn.Linear(config.dim_latent, run.adapter.num_event_classes).to(run.device))
-        trace = discover.train(model, meta, streams, alpha, config, run.seed, run.progress, run.process, rotations,
-                               progress_file = run.progress_path('discover', f'alpha_{alpha:g}'), data_sha256 = fingerprint,
-                               next_events = next_events)
+        meta, trace, tries = train_alpha(run, model, streams, fingerprint, demos, start, alpha, rotations, event_targets)
         summary = discover.analyse(model, meta, heldout, run.device, events = run.adapter.events).summary()
         # training action NLLs (the episode's, then the turned and the cut episodes' with those flags), last 50 steps:
         # the trace's columns but the KL
         names = ['action_nll', *(name.replace('_nll', '_action_nll') for name in discover.trained_nll_names(config.cut_history, rotations is not None))]
         final = np.mean(trace[-50:], axis = 0).tolist()   # the NLLs, the KL, then the next-event CE with its head
         summary.update(zip([f'final_train_{name}' for name in names], final[:len(names)], strict = True))
-        if next_events is not None:
+        if event_targets is not None:
             summary['final_train_next_event_ce'] = final[-1]
-        sweep.append(dict(alpha = alpha, **summary))
+        sweep.append(dict(alpha = alpha, **summary, **tries))
         trained.append(meta)
         logger.info(f'discovery α={alpha:g}: ' + ', '.join(f'{k} {v:.3f}' for k, v in summary.items()))
 
@@ -297,6 +292,40 @@ def run_discover(run: Run) -> dict:
         logger.info(f"codes: an episode's first code sends the agent to its subgoal {transfer.own_layout:.3f} of the time in its own "
                     f"layout, {transfer.other_layout:.3f} in another's (colour codes carry, place codes do not; base alone {transfer.base:.3f})")
     return metrics
+
+
+def train_alpha(run: Run, model: Transformer, streams: list, data_sha256: str, demos: DemoDataset, start: MetaController | None,
+                alpha: float, rotations: Callable | None, event_targets: Callable | None) -> tuple[MetaController, list, dict]:
+    """One α of the run from `start`'s weights (a first stage's, else --discovery.init's, else fresh): (the
+    metacontroller, its trace, {'seed': its seed, 'collapsed_seeds': the tries before it}).
+
+    With --discovery.collapse_tries N (not the paper) a try whose codes have collapsed, switching after step 0 less
+    than once per 10 discovery episodes (`start_rank`, no labels), is trained again from the same start: try r with
+    the seed + r·stride, up to N tries; the last one stands whatever it does. On pinpad, seed 1's stage 2 fell from the
+    first stage's boundaries to one code per episode, and the same start with other draws kept them."""
+    config, collapsed = run.config.discovery, []
+    for retry in range(config.collapse_tries):
+        seed = run.seed + retry * RESTART_SEED_STRIDE
+        # try 0 draws from the run's own stream, as a run without retries does
+        with seeded(None if retry == 0 else rank_seed(seed, run.process.rank), torch.device(run.device)):
+            meta = initial_meta_controller(run, model.dim, start = start).to(run.device)
+            # a fresh head per α, beside the metacontroller (not saved with it)
+            next_events = None if event_targets is None else discover.NextEvents(
+                event_targets, torch.nn.Linear(config.dim_latent, run.adapter.num_event_classes).to(run.device))
+            name = f'alpha_{alpha:g}' + (f'_retry_{retry}' if retry else '')
+            trace = discover.train(model, meta, streams, alpha, config, seed, run.progress, run.process, rotations,
+                                   progress_file = run.progress_path('discover', name), data_sha256 = data_sha256,
+                                   next_events = next_events)
+        if retry == config.collapse_tries - 1:
+            break
+        with seeded(seed, torch.device(run.device)):   # as the first stage's pick: the run's own stream is left as it was
+            check = discover.analyse(model, meta, demos.head(SURPRISE_EPISODES), run.device).summary()
+        if not run.process.broadcast_object(start_rank(check) == -math.inf):   # each rank drew its own posterior samples
+            break
+        logger.warning(f'discovery α={alpha:g} (seed {seed}): the codes collapsed ({check["switches_per_episode"]:.3f} switches per '
+                       f'episode); trained again from the same start with seed {seed + RESTART_SEED_STRIDE}')
+        collapsed.append(seed)
+    return meta, trace, dict(seed = seed, collapsed_seeds = collapsed)
 
 
 def rl_meta_controller(run: Run, model: Transformer) -> tuple[MetaController, dict]:
