@@ -350,28 +350,26 @@ def test_first_stage_restarts_go_on_from_the_start_the_base_is_most_surprised_at
     assert all(torch.equal(plain['module'][k], v) for k, v in start['module'].items())
 
 
-def test_an_alpha_whose_codes_collapse_is_trained_again_from_the_same_start(smoke_run, tmp_path, monkeypatch):
+def test_each_alpha_goes_on_from_the_best_of_its_starts(smoke_run, tmp_path, monkeypatch):
     smoke_tmp, _ = smoke_run
     shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
-    settings = {'discovery.first_stage_steps': 3, 'discovery.collapse_tries': 3}
-    flags = ['--phases', 'discover', '--force', *(f for key, value in settings.items() for f in (f'--{key}', str(value)))]
+    settings = {'discovery.first_stage_steps': 3, 'discovery.restarts': 3, 'discovery.restart_steps': 4}
+    monkeypatch.setattr(phases, 'start_rank', lambda start: start['seed'])   # the last start wins: not the run's own
+    discovery = run(tmp_path, '--phases', 'discover', '--force', *(f for key, value in settings.items() for f in (f'--{key}', str(value))))['discovery']
+    assert [(entry['seed'], entry['restart'], entry['restart_steps'], [start['seed'] for start in entry['restarts']])
+            for entry in discovery['alpha_sweep']] == [(2000, 2, 4, [0, 1000, 2000])] * 2
+    assert discovery['seed'] == 2000 and 'restarts' not in discovery['first_stage']
     folder = smoke_settings(tmp_path, settings)
-    monkeypatch.setattr(phases, 'start_rank', lambda start: -math.inf)   # every try collapses: the last one stands
-    discovery = run(tmp_path, *flags)['discovery']
-    assert [(entry['seed'], entry['collapsed_seeds']) for entry in discovery['alpha_sweep']] == [(2000, [0, 1000])] * 2
-    assert discovery['seed'] == 2000
-    kept = torch.load(folder.progress_path('discover', 'alpha_0.05_retry_2'), map_location = 'cpu', weights_only = True)['module']
+    progress = {name: torch.load(folder.progress_path('discover', name), map_location = 'cpu', weights_only = True)
+                for name in ('alpha_0.05', 'alpha_0.05_start_1', 'alpha_0.05_start_2')}
+    assert [p['step'] for p in progress.values()] == [4, 4, smoke_config().discovery.steps]   # the picked start went on
     saved = MetaController.init_and_load(tmp_path / 'run' / 'discover' / 'meta_controller.pt').state_dict()
-    assert all(torch.equal(kept[k], v) for k, v in saved.items())
-    tries = [torch.load(folder.progress_path('discover', name), map_location = 'cpu', weights_only = True)
-             for name in ('alpha_0.05', 'alpha_0.05_retry_1', 'alpha_0.05_retry_2')]
-    assert [progress['step'] for progress in tries] == [smoke_config().discovery.steps] * 3
-    assert not any(all(torch.equal(a['module'][k], b['module'][k]) for k in saved) for a, b in zip(tries, tries[1:]))   # other draws
-    # a try that keeps switching is not trained again: the run's own seed, no retry
-    monkeypatch.setattr(phases, 'start_rank', lambda start: 1.)
-    discovery = run(tmp_path, *flags)['discovery']
-    assert discovery['seed'] == 0 and discovery['collapsed_seeds'] == []
-    assert not folder.progress_path('discover', 'alpha_0.05_retry_1').exists()
+    assert all(torch.equal(progress['alpha_0.05_start_2']['module'][k], v) for k, v in saved.items())
+    # start 0 is the run's own: as many steps of a run with one start give the same weights
+    shutil.copytree(smoke_tmp / 'run', tmp_path / 'plain' / 'run')
+    run(tmp_path / 'plain', '--phases', 'discover', '--force', '--discovery.first_stage_steps', '3', '--discovery.steps', '4')
+    plain = torch.load(smoke_settings(tmp_path / 'plain', {}).progress_path('discover', 'alpha_0.05'), map_location = 'cpu', weights_only = True)
+    assert all(torch.equal(plain['module'][k], v) for k, v in progress['alpha_0.05']['module'].items())
 
 
 def test_the_ratio_loss_settings_reach_the_metacontroller():
@@ -470,6 +468,8 @@ def test_changed_settings_need_force_or_a_new_folder(smoke_run):
     (['--rl.codebook', '2', '--rl.codebook_spread', '-1'], '--rl.codebook_spread must be finite and >= 0, got -1.0'),
     (['--discovery.first_stage_restarts', '2'], '--discovery.first_stage_restarts 2 picks among first-stage starts: it needs '
                                                  '0 < --discovery.first_stage_restart_steps <= --discovery.first_stage_steps, got 3200 and 0'),
+    (['--discovery.restarts', '2'], '--discovery.restarts 2 picks among the starts of each alpha: it needs '
+                                     '0 < --discovery.restart_steps <= --discovery.steps, got 400 and 10'),
     (['--rl.codebook', '2', '--rl.codebook_spread_after', '16'], '--rl.codebook_spread_after 16 starts a spread: give --rl.codebook_spread'),
     (['--rl.codebook', '2', '--rl.codebook_spread', '0.2', '--rl.codebook_spread_after', '32'],
      '--rl.codebook_spread_after must leave episodes for the spread: less than --rl.total_episodes (32), got 32'),

@@ -142,9 +142,12 @@ class DiscoveryConfig:
                                         'after step 0 less than once per 10 episodes ranks last); 1: one start')
     first_stage_restart_steps: int = knob(3_200, 'steps each first-stage start trains before the pick (with --discovery.first_stage_restarts '
                                                  '> 1; at most --discovery.first_stage_steps, which the picked start goes on to)')
-    collapse_tries: int = knob(1, 'train each α up to N times from the same start (try r: first weights and batch draws from the '
-                                  'seed + r * 1000), again only while its codes have collapsed: they switch after step 0 less than once '
-                                  'per 10 discovery episodes (no labels; not the paper); the last try stands; 1: one try')
+    restarts: int = knob(1, 'start each alpha N times (start r: first weights and batch draws from the seed + r * 1000; start 0 '
+                            "is the run seed's own), train each --discovery.restart_steps, and go on with the start whose switches "
+                            'fall where the base is most surprised, as --discovery.first_stage_restarts (no labels; not the paper; '
+                            "on pinpad a second stage keeps or loses the first stage's boundaries within a few hundred steps); 1: one start")
+    restart_steps: int = knob(400, 'steps each start of an alpha trains before the pick (with --discovery.restarts > 1; at most '
+                                   '--discovery.steps, which the picked start goes on to)')
 
     def first_stage(self) -> DiscoveryConfig:
         """The first stage's settings: the paper's objective at this run's sizes (it starts from --discovery.init if given)."""
@@ -339,6 +342,9 @@ def _check_together(config: PipelineConfig, flat: dict[str, Any]) -> list[str]:
         problems.append(f'--discovery.first_stage_restarts {discovery.first_stage_restarts} picks among first-stage starts: it needs '
                         f'0 < --discovery.first_stage_restart_steps <= --discovery.first_stage_steps, got '
                         f'{discovery.first_stage_restart_steps} and {discovery.first_stage_steps}')
+    if discovery.restarts > 1 and not 0 < discovery.restart_steps <= discovery.steps:
+        problems.append(f'--discovery.restarts {discovery.restarts} picks among the starts of each alpha: it needs '
+                        f'0 < --discovery.restart_steps <= --discovery.steps, got {discovery.restart_steps} and {discovery.steps}')
     if config.rl.codebook == 1:
         problems.append('--rl.codebook must be 0 (off: a Gaussian over z, the paper) or >= 2 codes to choose among, got 1')
     if config.rl.codebook_spread and not config.rl.codebook:

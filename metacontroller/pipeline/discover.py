@@ -185,10 +185,10 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
     resume = None
     if progress_file is not None:
         # the sweep, the pick, the steering check and the RL policy's width do not change this training;
-        # init's file is in the starting weights, wherever it lies; a first stage's starts and an α's retries differ by seed
-        # and first weights
+        # init's file is in the starting weights, wherever it lies; starts differ by seed and first weights, and the
+        # number of them, or their steps before the pick, leave each start's own training as it is
         ignore = ('alpha', 'sweep_alphas', 'select_alpha', 'steering_episodes', 'dim_policy', 'init', 'first_stage_restarts',
-                  'first_stage_restart_steps', 'collapse_tries')
+                  'first_stage_restart_steps', 'restarts', 'restart_steps')
         settings = fit_settings(config, 'discovery', seed, data_sha256, next(model.parameters()).device, process, ignore, alpha = alpha)
         resume = Resume(progress_file, settings, f'discovery α={alpha:g}', reads = (model,))
     desc = (f'discover α={alpha:g}' + (', rotation-consistent' if rotate_episodes else '') + (', history cut' if config.cut_history else '')

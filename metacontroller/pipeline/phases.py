@@ -126,19 +126,19 @@ def first_stage(run: Run, model: Transformer, streams: list, data_sha256: str, d
                 heldout: DemoDataset) -> tuple[MetaController | None, dict]:
     """--discovery.first_stage_steps: the paper's objective alone at --discovery.first_stage_alpha, saved and
     summarised on the `heldout` episodes; (None, {}) without it. With --discovery.first_stage_restarts it goes on
-    from the best of several starts (`pick_first_stage_start`)."""
+    from the best of several starts (`pick_start`)."""
     if not run.config.discovery.first_stage_steps:
         return None, {}
     config = run.config.discovery.first_stage()
-    seed, name, picked, weights = run.seed, 'first_stage', {}, None
-    if config.first_stage_restarts > 1:
-        restart, weights, picked = pick_first_stage_start(run, model, streams, data_sha256, demos, config)
-        seed, name = picked['restarts'][restart]['seed'], f'first_stage_start_{restart}'
-    meta = initial_meta_controller(run, model.dim, config).to(run.device)
-    if weights is not None:
-        meta.load_state_dict(weights)   # the picked start's first weights: the progress it goes on from names them
-    trace = discover.train(model, meta, streams, config.alpha, config, seed, run.progress, run.process,
-                           progress_file = run.progress_path('discover', name), data_sha256 = data_sha256)
+    several = config.first_stage_restarts > 1
+
+    def train(start: int, seed: int, steps: int, modules: Modules) -> list:
+        name = f'first_stage_start_{start}' if several else 'first_stage'
+        return discover.train(model, modules[0], streams, config.alpha, replace(config, steps = steps), seed, run.progress, run.process,
+                              progress_file = run.progress_path('discover', name), data_sha256 = data_sha256)
+
+    (meta, _), trace, seed, picked = train_best_start(run, model, demos, config.first_stage_restarts, config.first_stage_restart_steps,
+                                                      config.steps, 'first stage', lambda: (initial_meta_controller(run, model.dim, config).to(run.device), None), train)
     run.save(meta, 'discover', 'first_stage_meta_controller.pt')
     summary = discover.analyse(model, meta, heldout, run.device, events = run.adapter.events).summary()
     summary.update(alpha = config.alpha, steps = config.steps, seed = seed, final_train_action_nll = float(np.mean(trace[-50:], axis = 0)[0]))
@@ -146,33 +146,52 @@ def first_stage(run: Run, model: Transformer, streams: list, data_sha256: str, d
     return meta.eval(), dict(summary, **picked)
 
 
-def pick_first_stage_start(run: Run, model: Transformer, streams: list, data_sha256: str, demos: DemoDataset,
-                           config: DiscoveryConfig) -> tuple[int, dict, dict]:
-    """The first stage's N starts (not the paper): start r draws its first weights and batch draws from seed s + r·stride
-    (r = 0: the run's own start, as without restarts) and trains --discovery.first_stage_restart_steps. The paper's
-    objective is nearly indifferent to where one switch per subgoal falls (pinpad: on the boundaries, or on each pair's
-    first colour, where the base already knows the next step), and a start keeps the place it first takes; the start
-    whose switches fall where the base is most surprised by the next action goes on (`switch_surprise` on the discovery
-    episodes, read without labels). Returns (its index, its first weights, the starts' table)."""
-    short = replace(config, steps = config.first_stage_restart_steps)
+Modules = tuple[MetaController, torch.nn.Module | None]   # a metacontroller and a head trained beside it (None without)
+
+
+def train_best_start(run: Run, model: Transformer, demos: DemoDataset, count: int, pick_steps: int, steps: int, label: str,
+                     build: Callable[[], Modules], train: Callable[[int, int, int, Modules], list]) -> tuple[Modules, list, int, dict]:
+    """`train(start, seed, steps, modules)` on `build()`'s modules to `steps`, from the run's own start, or with
+    `count` > 1 from the best of `count` starts trained `pick_steps` each (`pick_start`). Returns (the modules, the
+    trace, the seed, the starts' table: {} with one start)."""
+    if count == 1:
+        modules = build()
+        return modules, train(0, run.seed, steps, modules), run.seed, {}
+    best, weights, picked = pick_start(run, model, demos, count, pick_steps, label, build, train)
+    modules = build()
+    for module, state in zip(modules, weights, strict = True):
+        if module is not None:
+            module.load_state_dict(state)   # the picked start's first weights: the progress it goes on from names them
+    seed = picked['restarts'][best]['seed']
+    return modules, train(best, seed, steps, modules), seed, picked
+
+
+def pick_start(run: Run, model: Transformer, demos: DemoDataset, count: int, steps: int, label: str,
+               build: Callable[[], Modules], train: Callable[[int, int, int, Modules], list]) -> tuple[int, list, dict]:
+    """Several starts of one training (not the paper): start r draws its first weights and batch draws from seed
+    s + r·stride (r = 0: the run's own start, as with one) and trains `steps`; the start whose switches fall where the
+    base is most surprised by the next action goes on (`start_rank`: `switch_surprise` on the discovery episodes, read
+    without labels). On pinpad the paper's objective is nearly indifferent to where one switch per subgoal falls (on
+    the boundaries, or on each pair's first colour, where the base already knows the next step), and a first stage
+    keeps the place it first takes; a second stage from the boundaries keeps them or loses them within a few hundred
+    steps, by its draws. Returns (the picked start, its first weights, the starts' table)."""
     episodes = demos.head(SURPRISE_EPISODES)
     starts, table = [], []
-    for restart in range(config.first_stage_restarts):
-        seed = run.seed + restart * RESTART_SEED_STRIDE
-        with seeded(None if restart == 0 else rank_seed(seed, run.process.rank), torch.device(run.device)):
-            meta = initial_meta_controller(run, model.dim, config).to(run.device)
-            starts.append(copy.deepcopy(meta.state_dict()))
-            discover.train(model, meta, streams, short.alpha, short, seed, run.progress, run.process,
-                           progress_file = run.progress_path('discover', f'first_stage_start_{restart}'), data_sha256 = data_sha256)
-        with seeded(seed, torch.device(run.device)):   # the scoring draws leave the run's own stream as a run without restarts has it
-            summary = discover.analyse(model, meta, episodes, run.device).summary()
+    for start in range(count):
+        seed = run.seed + start * RESTART_SEED_STRIDE
+        with seeded(None if start == 0 else rank_seed(seed, run.process.rank), torch.device(run.device)):
+            modules = build()
+            starts.append([None if module is None else copy.deepcopy(module.state_dict()) for module in modules])
+            train(start, seed, steps, modules)
+        with seeded(seed, torch.device(run.device)):   # the scoring draws leave the run's own stream as a run with one start has it
+            summary = discover.analyse(model, modules[0], episodes, run.device).summary()
         table.append({'seed': seed, **{key: summary[key] for key in ('switch_surprise', 'switches_per_episode', 'action_nll', 'kl')}})
-        logger.info(f'discovery, first-stage start {restart} (seed {seed}, {short.steps} steps): ' +
+        logger.info(f'discovery, {label} start {start} (seed {seed}, {steps} steps): ' +
                     ', '.join(f'{k} {v:.3f}' for k, v in table[-1].items() if k != 'seed'))
     # ties to the earlier start; each rank drew its own posterior samples, so rank 0's pick is everyone's
     best = run.process.broadcast_object(max(range(len(table)), key = lambda r: (start_rank(table[r]), -r)))
-    logger.info(f'discovery, first stage: start {best} (seed {table[best]["seed"]}) goes on, the highest switch surprise')
-    return best, starts[best], dict(restarts = table, restart = best, restart_steps = short.steps)
+    logger.info(f'discovery, {label}: start {best} (seed {table[best]["seed"]}) goes on, the highest switch surprise')
+    return best, starts[best], dict(restarts = table, restart = best, restart_steps = steps)
 
 
 def start_rank(start: dict) -> float:
@@ -296,36 +315,25 @@ def run_discover(run: Run) -> dict:
 
 def train_alpha(run: Run, model: Transformer, streams: list, data_sha256: str, demos: DemoDataset, start: MetaController | None,
                 alpha: float, rotations: Callable | None, event_targets: Callable | None) -> tuple[MetaController, list, dict]:
-    """One α of the run from `start`'s weights (a first stage's, else --discovery.init's, else fresh): (the
-    metacontroller, its trace, {'seed': its seed, 'collapsed_seeds': the tries before it}).
+    """One α of the run from `start`'s weights (a first stage's, else --discovery.init's, else fresh), with a fresh
+    next-event head beside it if the run has one (not saved with it): (the metacontroller, its trace, {'seed': its
+    seed, and with --discovery.restarts the starts' table}); the best of the starts goes on (`pick_start`)."""
+    config = run.config.discovery
 
-    With --discovery.collapse_tries N (not the paper) a try whose codes have collapsed, switching after step 0 less
-    than once per 10 discovery episodes (`start_rank`, no labels), is trained again from the same start: try r with
-    the seed + r·stride, up to N tries; the last one stands whatever it does. On pinpad, seed 1's stage 2 fell from the
-    first stage's boundaries to one code per episode, and the same start with other draws kept them."""
-    config, collapsed = run.config.discovery, []
-    for retry in range(config.collapse_tries):
-        seed = run.seed + retry * RESTART_SEED_STRIDE
-        # try 0 draws from the run's own stream, as a run without retries does
-        with seeded(None if retry == 0 else rank_seed(seed, run.process.rank), torch.device(run.device)):
-            meta = initial_meta_controller(run, model.dim, start = start).to(run.device)
-            # a fresh head per α, beside the metacontroller (not saved with it)
-            next_events = None if event_targets is None else discover.NextEvents(
-                event_targets, torch.nn.Linear(config.dim_latent, run.adapter.num_event_classes).to(run.device))
-            name = f'alpha_{alpha:g}' + (f'_retry_{retry}' if retry else '')
-            trace = discover.train(model, meta, streams, alpha, config, seed, run.progress, run.process, rotations,
-                                   progress_file = run.progress_path('discover', name), data_sha256 = data_sha256,
-                                   next_events = next_events)
-        if retry == config.collapse_tries - 1:
-            break
-        with seeded(seed, torch.device(run.device)):   # as the first stage's pick: the run's own stream is left as it was
-            check = discover.analyse(model, meta, demos.head(SURPRISE_EPISODES), run.device).summary()
-        if not run.process.broadcast_object(start_rank(check) == -math.inf):   # each rank drew its own posterior samples
-            break
-        logger.warning(f'discovery α={alpha:g} (seed {seed}): the codes collapsed ({check["switches_per_episode"]:.3f} switches per '
-                       f'episode); trained again from the same start with seed {seed + RESTART_SEED_STRIDE}')
-        collapsed.append(seed)
-    return meta, trace, dict(seed = seed, collapsed_seeds = collapsed)
+    def build() -> Modules:
+        head = None if event_targets is None else torch.nn.Linear(config.dim_latent, run.adapter.num_event_classes).to(run.device)
+        return initial_meta_controller(run, model.dim, start = start).to(run.device), head
+
+    def train(index: int, seed: int, steps: int, modules: Modules) -> list:
+        meta, head = modules
+        name = f'alpha_{alpha:g}' + (f'_start_{index}' if index else '')   # start 0 is the run's own
+        return discover.train(model, meta, streams, alpha, replace(config, steps = steps), seed, run.progress, run.process, rotations,
+                              progress_file = run.progress_path('discover', name), data_sha256 = data_sha256,
+                              next_events = None if head is None else discover.NextEvents(event_targets, head))
+
+    (meta, _), trace, seed, picked = train_best_start(run, model, demos, config.restarts, config.restart_steps, config.steps,
+                                                      f'α={alpha:g}', build, train)
+    return meta, trace, dict(seed = seed, **picked)
 
 
 def rl_meta_controller(run: Run, model: Transformer) -> tuple[MetaController, dict]:
