@@ -321,8 +321,8 @@ def train_alpha(run: Run, model: Transformer, streams: list, data_sha256: str, d
     config = run.config.discovery
 
     def build() -> Modules:
-        head = None if event_targets is None else torch.nn.Linear(config.dim_latent, run.adapter.num_event_classes).to(run.device)
-        return initial_meta_controller(run, model.dim, start = start).to(run.device), head
+        meta = initial_meta_controller(run, model.dim, start = start).to(run.device)   # first: its fresh build draws before the head's
+        return meta, None if event_targets is None else torch.nn.Linear(config.dim_latent, run.adapter.num_event_classes).to(run.device)
 
     def train(index: int, seed: int, steps: int, modules: Modules) -> list:
         meta, head = modules
