@@ -220,6 +220,21 @@ def test_an_interrupted_discovery_goes_on_from_its_progress_exactly(smoke_run, t
         train(progress_file = tmp_path / 'progress.pt')
 
 
+def test_a_frozen_switching_unit_leaves_when_to_switch_to_the_start(smoke_run):
+    smoke_tmp, _ = smoke_run
+    model = Run(smoke_tmp / 'run', smoke_config(), pinpad_adapter()).load_model()
+    config = replace(smoke_config().discovery, steps = 3, freeze_switching = True)
+    streams = discover.precompute(model, data.load(smoke_tmp / 'run' / 'data', 'discovery'), config.batch_size, 0, 'cpu')
+    torch.manual_seed(0)
+    meta = build_meta_controller(model.dim, config)
+    before = {k: v.clone() for k, v in meta.state_dict().items()}
+    discover.train(model, meta, streams, 0.1, config, 0, False)
+    frozen = ('history.', 'switching.')
+    assert all(torch.equal(before[k], v) for k, v in meta.state_dict().items() if k.startswith(frozen))
+    assert not all(torch.equal(before[k], v) for k, v in meta.state_dict().items() if k.startswith('encoder.'))
+    assert all(parameter.requires_grad for parameter in meta.parameters())   # as it was: the freeze lasts the training only
+
+
 def test_an_interrupted_control_phase_goes_on_in_the_pipeline(smoke_run, tmp_path, monkeypatch):
     smoke_tmp, result = smoke_run
     monkeypatch.setattr(discover, 'SAVE_EVERY', 4)

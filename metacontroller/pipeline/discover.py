@@ -99,7 +99,7 @@ def fit(module: torch.nn.Module, batches: list[StreamBatch], loss_fn: Callable, 
     name in `formats` (name -> format spec of the progress bar); returns the logged values per step.
     With `resume`, the progress is saved every `SAVE_EVERY` steps and at the end, and a run that finds it
     goes on from it exactly; `streams` are the loss's own numpy generators, saved and restored with it."""
-    params = list(module.parameters())
+    params = [parameter for parameter in module.parameters() if parameter.requires_grad]
     process.broadcast_parameters(module)
     optimizer = adamw(params, lr, weight_decay)
     rng = np.random.default_rng(seed)
@@ -192,9 +192,16 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
         settings = fit_settings(config, 'discovery', seed, data_sha256, next(model.parameters()).device, process, ignore, alpha = alpha)
         resume = Resume(progress_file, settings, f'discovery α={alpha:g}', reads = (model,))
     desc = (f'discover α={alpha:g}' + (', rotation-consistent' if rotate_episodes else '') + (', history cut' if config.cut_history else '')
-            + (', next event' if next_events else ''))
-    return fit(trained, batches, loss_fn, config.steps, config.lr, config.weight_decay, seed, desc, formats, progress, process,
-               resume, streams = (turns, cuts) if config.cut_history else (turns,))
+            + (', next event' if next_events else '') + (', switching frozen' if config.freeze_switching else ''))
+    frozen = (meta_controller.history, meta_controller.switching) if config.freeze_switching else ()
+    for part in frozen:
+        part.requires_grad_(False)
+    try:
+        return fit(trained, batches, loss_fn, config.steps, config.lr, config.weight_decay, seed, desc, formats, progress, process,
+                   resume, streams = (turns, cuts) if config.cut_history else (turns,))
+    finally:
+        for part in frozen:
+            part.requires_grad_(True)
 
 
 def next_event_ce(next_events: NextEvents, latent: torch.Tensor, batch: DemoBatch, beta: torch.Tensor,
