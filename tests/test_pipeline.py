@@ -223,7 +223,7 @@ def test_an_interrupted_discovery_goes_on_from_its_progress_exactly(smoke_run, t
 def test_a_frozen_switching_unit_leaves_when_to_switch_to_the_start(smoke_run):
     smoke_tmp, _ = smoke_run
     model = Run(smoke_tmp / 'run', smoke_config(), pinpad_adapter()).load_model()
-    config = replace(smoke_config().discovery, steps = 3, freeze_switching = True)
+    config = replace(smoke_config().discovery, steps = 3, freeze_switching_steps = 3)
     streams = discover.precompute(model, data.load(smoke_tmp / 'run' / 'data', 'discovery'), config.batch_size, 0, 'cpu')
     torch.manual_seed(0)
     meta = build_meta_controller(model.dim, config)
@@ -233,6 +233,9 @@ def test_a_frozen_switching_unit_leaves_when_to_switch_to_the_start(smoke_run):
     assert all(torch.equal(before[k], v) for k, v in meta.state_dict().items() if k.startswith(frozen))
     assert not all(torch.equal(before[k], v) for k, v in meta.state_dict().items() if k.startswith('encoder.'))
     assert all(parameter.requires_grad for parameter in meta.parameters())   # as it was: the freeze lasts the training only
+    # frozen for the first step of three: they train after it
+    discover.train(model, meta, streams, 0.1, replace(config, freeze_switching_steps = 1), 0, False)
+    assert not any(torch.equal(before[k], v) for k, v in meta.state_dict().items() if k.startswith('switching.to_logit'))
 
 
 def test_an_interrupted_control_phase_goes_on_in_the_pipeline(smoke_run, tmp_path, monkeypatch):

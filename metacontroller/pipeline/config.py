@@ -116,9 +116,10 @@ class DiscoveryConfig:
     rotation_consistency: bool = knob(False, "each code must also steer its episode turned by a symmetry of the env (pinpad: "
                                              '1-3 quarter turns, one per step): the loss is the mean of the two action NLLs + alpha KL. '
                                              "Not the paper's objective: it finds codes that name colours, not places (docs/reproduction.md)")
-    freeze_switching: bool = knob(False, 'train with the switching unit and the history GRU it reads frozen, so that the codes learn '
-                                         'what they name while the switches move only as the codes do: a second stage that keeps '
-                                         "the first's switch times (with --discovery.first_stage_steps or --discovery.init; not the paper)")
+    freeze_switching_steps: int = knob(0, 'train the first K steps with the switching unit and the history GRU it reads frozen, so '
+                                          'that the codes learn what they name while the switches move only as the codes do: a second '
+                                          "stage that keeps the first's switch times (with --discovery.first_stage_steps or "
+                                          '--discovery.init; not the paper); 0: off')
     cut_history: bool = knob(False, "each code must also steer with its episode's past cut off (the lower body sees the "
                                     'rest of the episode from a step after one of its switches as an episode of its own): the '
                                     "loss is the mean of the action NLLs + alpha KL. Not the paper's objective: a code that "
@@ -155,7 +156,7 @@ class DiscoveryConfig:
     def first_stage(self) -> DiscoveryConfig:
         """The first stage's settings: the paper's objective at this run's sizes (it starts from --discovery.init if given)."""
         return replace(self, steps = self.first_stage_steps, alpha = self.first_stage_alpha, sweep_alphas = (), rotation_consistency = False,
-                       freeze_switching = False, cut_history = False, next_event_weight = 0., ratio_loss_weight = 0., switch_gumbel_temperature = 0.,
+                       freeze_switching_steps = 0, cut_history = False, next_event_weight = 0., ratio_loss_weight = 0., switch_gumbel_temperature = 0.,
                        kl_warmup_steps = 0, first_stage_steps = 0)
 
 

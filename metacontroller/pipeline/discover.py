@@ -99,7 +99,7 @@ def fit(module: torch.nn.Module, batches: list[StreamBatch], loss_fn: Callable, 
     name in `formats` (name -> format spec of the progress bar); returns the logged values per step.
     With `resume`, the progress is saved every `SAVE_EVERY` steps and at the end, and a run that finds it
     goes on from it exactly; `streams` are the loss's own numpy generators, saved and restored with it."""
-    params = [parameter for parameter in module.parameters() if parameter.requires_grad]
+    params = list(module.parameters())
     process.broadcast_parameters(module)
     optimizer = adamw(params, lr, weight_decay)
     rng = np.random.default_rng(seed)
@@ -163,6 +163,7 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
     cuts = np.random.default_rng([seed, 2])    # where each episode is cut, apart from both
 
     def loss_fn(step, batch, stream):
+        switching_frozen(meta_controller, step < config.freeze_switching_steps)   # no gradient, so AdamW leaves them as they are
         with recorded_outputs(meta_controller) as outputs:
             losses = model.discovery_losses(batch.observations, batch.actions, meta_controller, batch.episode_lens, stream = stream,
                                             condition = batch.condition)
@@ -192,16 +193,19 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
         settings = fit_settings(config, 'discovery', seed, data_sha256, next(model.parameters()).device, process, ignore, alpha = alpha)
         resume = Resume(progress_file, settings, f'discovery α={alpha:g}', reads = (model,))
     desc = (f'discover α={alpha:g}' + (', rotation-consistent' if rotate_episodes else '') + (', history cut' if config.cut_history else '')
-            + (', next event' if next_events else '') + (', switching frozen' if config.freeze_switching else ''))
-    frozen = (meta_controller.history, meta_controller.switching) if config.freeze_switching else ()
-    for part in frozen:
-        part.requires_grad_(False)
+            + (', next event' if next_events else '') + (', switching frozen' if config.freeze_switching_steps else ''))
     try:
         return fit(trained, batches, loss_fn, config.steps, config.lr, config.weight_decay, seed, desc, formats, progress, process,
                    resume, streams = (turns, cuts) if config.cut_history else (turns,))
     finally:
-        for part in frozen:
-            part.requires_grad_(True)
+        switching_frozen(meta_controller, False)
+
+
+def switching_frozen(meta_controller: MetaController, frozen: bool):
+    """--discovery.freeze_switching_steps: the switching unit and the history GRU it reads take no gradient while
+    `frozen`; β then moves only as the codes z_{t-1} it also reads do."""
+    for part in (meta_controller.history, meta_controller.switching):
+        part.requires_grad_(not frozen)
 
 
 def next_event_ce(next_events: NextEvents, latent: torch.Tensor, batch: DemoBatch, beta: torch.Tensor,
