@@ -29,11 +29,11 @@ from metacontroller.rl.seeds import rank_seed, seeded
 from metacontroller.subgoal_controller import SubgoalController
 
 CODEBOOK_EPISODES = 2_000      # discovery episodes whose held codes k-means reads for --rl.codebook
-SURPRISE_EPISODES = 1_024      # discovery episodes the first stage's pick among its starts reads switch_surprise on
+SURPRISE_EPISODES = 1_024      # discovery episodes the pick among starts (`pick_start`) reads switch_surprise on
 # a start that switches (after step 0) less often than this per episode ranks last: its switch_surprise rests on a
 # handful of switches (one start here scored 0.46 on 1 switch in 1,024 episodes, 1.89 under other posterior draws)
 MIN_SWITCHES_PER_EPISODE = 0.1
-RESTART_SEED_STRIDE = 1_000    # start r of a first stage seeds its draws with the run's seed + r * this
+RESTART_SEED_STRIDE = 1_000    # start r of a pick seeds its draws with the run's seed + r * this
 PROGRESS_PREFIX = 'progress_'   # <phase>/progress_<run>.pt: a run's progress (every training loop), kept until --force redoes the phase
 
 
@@ -137,8 +137,11 @@ def first_stage(run: Run, model: Transformer, streams: list, data_sha256: str, d
         return discover.train(model, modules[0], streams, config.alpha, replace(config, steps = steps), seed, run.progress, run.process,
                               progress_file = run.progress_path('discover', name), data_sha256 = data_sha256)
 
+    def build() -> Modules:
+        return initial_meta_controller(run, model.dim, config).to(run.device), None
+
     (meta, _), trace, seed, picked = train_best_start(run, model, demos, config.first_stage_restarts, config.first_stage_restart_steps,
-                                                      config.steps, 'first stage', lambda: (initial_meta_controller(run, model.dim, config).to(run.device), None), train)
+                                                      config.steps, 'first stage', build, train)
     run.save(meta, 'discover', 'first_stage_meta_controller.pt')
     summary = discover.analyse(model, meta, heldout, run.device, events = run.adapter.events).summary()
     summary.update(alpha = config.alpha, steps = config.steps, seed = seed, final_train_action_nll = float(np.mean(trace[-50:], axis = 0)[0]))
@@ -195,8 +198,8 @@ def pick_start(run: Run, model: Transformer, demos: DemoDataset, count: int, ste
 
 
 def start_rank(start: dict) -> float:
-    """A first-stage start's rank in the pick (its row of the starts' table): its switch surprise, or -inf where it
-    switches too rarely to read one from (no switch after the first step: nan)."""
+    """A start's rank in the pick (its row of the starts' table): its switch surprise, or -inf where it switches too
+    rarely to read one from (no switch after the first step: nan)."""
     surprise, switches = start['switch_surprise'], start['switches_per_episode'] - 1   # less the forced switch at step 0
     return -math.inf if math.isnan(surprise) or switches < MIN_SWITCHES_PER_EPISODE else surprise
 
