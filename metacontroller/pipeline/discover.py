@@ -163,7 +163,8 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
     cuts = np.random.default_rng([seed, 2])    # where each episode is cut, apart from both
 
     def loss_fn(step, batch, stream):
-        switching_frozen(meta_controller, step < config.freeze_switching_steps)   # no gradient, so AdamW leaves them as they are
+        if config.freeze_switching_steps:   # no gradient while frozen, so AdamW leaves them as they are
+            switching_frozen(meta_controller, step < config.freeze_switching_steps)
         with recorded_outputs(meta_controller) as outputs:
             losses = model.discovery_losses(batch.observations, batch.actions, meta_controller, batch.episode_lens, stream = stream,
                                             condition = batch.condition)
@@ -200,7 +201,8 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
         return fit(trained, batches, loss_fn, config.steps, config.lr, config.weight_decay, seed, desc, formats, progress, process,
                    resume, streams = (turns, cuts) if config.cut_history else (turns,))
     finally:
-        switching_frozen(meta_controller, False)
+        if config.freeze_switching_steps:
+            switching_frozen(meta_controller, False)
 
 
 def switching_frozen(meta_controller: MetaController, frozen: bool):
