@@ -120,7 +120,7 @@ class DiscoveryConfig:
                                           'that the codes learn what they name while the switches move only as the codes do: a second '
                                           "stage that keeps the first's switch times (with --discovery.first_stage_steps or "
                                           '--discovery.init; not the paper); 0: off')
-    switching_warmup_steps: int = knob(0, "once the switching unit trains (after --discovery.freeze_switching_steps, or from the "
+    switching_warmup_steps: int = knob(0, 'once the switching unit trains (after --discovery.freeze_switching_steps, or from the '
                                           'first step), its learning rate rises linearly from 0 to --discovery.lr over W steps: AdamW '
                                           'moves every weight of a unit it has just begun to train by a full step whatever its gradient, '
                                           'and on pinpad that jump can lose the switch times (ours, not the paper); 0: at once')
