@@ -386,6 +386,22 @@ def test_first_stage_restarts_go_on_from_the_start_the_base_is_most_surprised_at
     assert all(torch.equal(plain['module'][k], v) for k, v in start['module'].items())
 
 
+def test_a_third_stage_frees_the_switching_unit_from_the_second_stages_weights(smoke_run, tmp_path):
+    smoke_tmp, _ = smoke_run
+    shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
+    settings = {'discovery.steps': 3, 'discovery.freeze_switching_steps': 3, 'discovery.third_stage_steps': 2}
+    run(tmp_path, '--phases', 'discover', '--force', *(f for key, value in settings.items() for f in (f'--{key}', str(value))))
+    folder = smoke_settings(tmp_path, settings)
+    second, third = (torch.load(folder.progress_path('discover', name), map_location = 'cpu', weights_only = True)
+                     for name in ('alpha_0.05', 'alpha_0.05_third_stage'))
+    assert (second['step'], third['step']) == (3, 2)
+    assert second['settings'] != third['settings']   # the third stage's own: 2 steps, the unit free
+    saved = MetaController.init_and_load(tmp_path / 'run' / 'discover' / 'meta_controller.pt')
+    assert all(torch.equal(third['module'][k], v) for k, v in saved.state_dict().items())   # downstream: the third stage's
+    switching = [k for k in second['module'] if k.startswith('switching.')]
+    assert switching and not any(torch.equal(second['module'][k], third['module'][k]) for k in switching)
+
+
 def test_each_alpha_goes_on_from_the_best_of_its_starts(smoke_run, tmp_path, monkeypatch):
     smoke_tmp, _ = smoke_run
     shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')

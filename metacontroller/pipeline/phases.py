@@ -320,22 +320,27 @@ def train_alpha(run: Run, model: Transformer, streams: list, data_sha256: str, d
                 alpha: float, rotations: Callable | None, event_targets: Callable | None) -> tuple[MetaController, list, dict]:
     """One α of the run from `start`'s weights (a first stage's, else --discovery.init's, else fresh), with a fresh
     next-event head beside it if the run has one (not saved with it): (the metacontroller, its trace, {'seed': its
-    seed, and with --discovery.restarts the starts' table}); the best of the starts goes on (`pick_start`)."""
+    seed, and with --discovery.restarts the starts' table}); the best of the starts goes on (`pick_start`), then
+    with --discovery.third_stage_steps its third stage (the trace is then the third stage's)."""
     config = run.config.discovery
 
-    def build() -> Modules:
-        meta = initial_meta_controller(run, model.dim, start = start).to(run.device)   # first: its fresh build draws before the head's
+    def build(weights: MetaController | None = start) -> Modules:
+        meta = initial_meta_controller(run, model.dim, start = weights).to(run.device)   # first: its fresh build draws before the head's
         return meta, None if event_targets is None else torch.nn.Linear(config.dim_latent, run.adapter.num_event_classes).to(run.device)
 
-    def train(index: int, seed: int, steps: int, modules: Modules) -> list:
+    def train(index: int, seed: int, steps: int, modules: Modules, stage: DiscoveryConfig = config, suffix: str = '') -> list:
         meta, head = modules
-        name = f'alpha_{alpha:g}' + (f'_start_{index}' if index else '')   # start 0 is the run's own
-        return discover.train(model, meta, streams, alpha, replace(config, steps = steps), seed, run.progress, run.process, rotations,
+        name = f'alpha_{alpha:g}' + (f'_start_{index}' if index else '') + suffix   # start 0 is the run's own
+        return discover.train(model, meta, streams, alpha, replace(stage, steps = steps), seed, run.progress, run.process, rotations,
                               progress_file = run.progress_path('discover', name), data_sha256 = data_sha256,
                               next_events = None if head is None else discover.NextEvents(event_targets, head))
 
     (meta, _), trace, seed, picked = train_best_start(run, model, demos, config.restarts, config.restart_steps, config.steps,
                                                       f'α={alpha:g}', build, train)
+    if config.third_stage_steps:   # as a separate run from these weights would: a fresh optimiser and head
+        modules = build(meta)
+        trace = train(picked.get('restart', 0), seed, config.third_stage_steps, modules, config.third_stage(), '_third_stage')
+        meta = modules[0]
     return meta, trace, dict(seed = seed, **picked)
 
 
