@@ -238,24 +238,6 @@ def test_a_frozen_switching_unit_leaves_when_to_switch_to_the_start(smoke_run):
     assert not any(torch.equal(before[k], v) for k, v in meta.state_dict().items() if k.startswith('switching.to_logit'))
 
 
-def test_a_freed_switching_unit_warms_up_from_a_zero_learning_rate(smoke_run):
-    smoke_tmp, _ = smoke_run
-    model = Run(smoke_tmp / 'run', smoke_config(), pinpad_adapter()).load_model()
-    config = replace(smoke_config().discovery, steps = 2, freeze_switching_steps = 1, switching_warmup_steps = 4)
-    assert [discover.switching_lr_scale(step, config) for step in (0, 1, 2, 3, 5, 9)] == [0, 0, .25, .5, 1, 1]
-    streams = discover.precompute(model, data.load(smoke_tmp / 'run' / 'data', 'discovery'), config.batch_size, 0, 'cpu')
-
-    def trained(steps):
-        torch.manual_seed(0)
-        meta = build_meta_controller(model.dim, config)
-        before = {k: v.clone() for k, v in meta.state_dict().items()}
-        discover.train(model, meta, streams, 0.1, replace(config, steps = steps), 0, False)
-        return [torch.equal(before[k], v) for k, v in meta.state_dict().items() if k.startswith('switching.to_logit')]
-
-    assert all(trained(2))        # frozen at step 0, freed at step 1 with a learning rate of 0
-    assert not any(trained(3))    # a quarter of it at step 2
-
-
 def test_an_interrupted_control_phase_goes_on_in_the_pipeline(smoke_run, tmp_path, monkeypatch):
     smoke_tmp, result = smoke_run
     monkeypatch.setattr(discover, 'SAVE_EVERY', 4)

@@ -120,10 +120,6 @@ class DiscoveryConfig:
                                           'that the codes learn what they name while the switches move only as the codes do: a second '
                                           "stage that keeps the first's switch times (with --discovery.first_stage_steps or "
                                           '--discovery.init; not the paper); 0: off')
-    switching_warmup_steps: int = knob(0, 'once the switching unit trains (after --discovery.freeze_switching_steps, or from the '
-                                          'first step), its learning rate rises linearly from 0 to --discovery.lr over W steps: AdamW '
-                                          'moves every weight of a unit it has just begun to train by a full step whatever its gradient, '
-                                          'and on pinpad that jump can lose the switch times (ours, not the paper); 0: at once')
     third_stage_steps: int = knob(0, "after each alpha's training, N more steps of its objective from its weights with the switching "
                                      'unit free (--discovery.freeze_switching_steps off), a fresh optimiser and a fresh next-event head: '
                                      'on pinpad, after a stage 2 frozen throughout, it makes the switches binary on the boundaries '
@@ -164,12 +160,12 @@ class DiscoveryConfig:
     def first_stage(self) -> DiscoveryConfig:
         """The first stage's settings: the paper's objective at this run's sizes (it starts from --discovery.init if given)."""
         return replace(self, steps = self.first_stage_steps, alpha = self.first_stage_alpha, sweep_alphas = (), rotation_consistency = False,
-                       freeze_switching_steps = 0, switching_warmup_steps = 0, cut_history = False, next_event_weight = 0., ratio_loss_weight = 0., switch_gumbel_temperature = 0.,
+                       freeze_switching_steps = 0, cut_history = False, next_event_weight = 0., ratio_loss_weight = 0., switch_gumbel_temperature = 0.,
                        kl_warmup_steps = 0, first_stage_steps = 0, third_stage_steps = 0)
 
     def third_stage(self) -> DiscoveryConfig:
         """The third stage's settings: this run's objective with the switching unit free from the first step."""
-        return replace(self, steps = self.third_stage_steps, freeze_switching_steps = 0, switching_warmup_steps = 0, third_stage_steps = 0)
+        return replace(self, steps = self.third_stage_steps, freeze_switching_steps = 0, third_stage_steps = 0)
 
 
 @dataclass(frozen = True)

@@ -89,27 +89,19 @@ def fit_settings(config, kind: str, seed: int, data_sha256: str, device: torch.d
     return run_settings(config, FIT_PROGRESS, device, process, ignore, kind = kind, seed = seed, data_sha256 = data_sha256, **identity)
 
 
-class ScaledGroup(NamedTuple):
-    """Parameters of a module that `fit` trains at lr * scale(step), in an AdamW group of their own."""
-    params: list[torch.nn.Parameter]
-    scale: Callable[[int], float]
-
-
 def fit(module: torch.nn.Module, batches: list[StreamBatch], loss_fn: Callable, steps: int, lr: float, weight_decay: float,
         seed: int, desc: str, formats: dict[str, str], progress: bool = True, process: Process = SINGLE,
-        resume: Resume | None = None, streams: tuple[np.random.Generator, ...] = (),
-        scaled: ScaledGroup | None = None) -> list[tuple[float, ...]]:
+        resume: Resume | None = None, streams: tuple[np.random.Generator, ...] = ()) -> list[tuple[float, ...]]:
     """The loop of every phase that trains a module on precomputed streams, base frozen (discovery, control):
     AdamW, one batch drawn per step, the same on every rank, each rank training on its part (from `precompute`).
 
     loss_fn(step, batch, stream) -> (loss, logged): logged is a 1-d tensor of means over valid steps, one per
     name in `formats` (name -> format spec of the progress bar); returns the logged values per step.
     With `resume`, the progress is saved every `SAVE_EVERY` steps and at the end, and a run that finds it
-    goes on from it exactly; `streams` are the loss's own numpy generators, saved and restored with it.
-    `scaled`: some of the module's parameters train at a learning rate of their own, set before each step."""
+    goes on from it exactly; `streams` are the loss's own numpy generators, saved and restored with it."""
     params = list(module.parameters())
     process.broadcast_parameters(module)
-    optimizer = adamw(params if scaled is None else optimizer_groups(params, scaled.params), lr, weight_decay)
+    optimizer = adamw(params, lr, weight_decay)
     rng = np.random.default_rng(seed)
     generators = (rng, *streams)
     trace, start = [], 0
@@ -128,8 +120,6 @@ def fit(module: torch.nn.Module, batches: list[StreamBatch], loss_fn: Callable, 
             batch, stream = batches[rng.integers(len(batches))]
             share = process.share(batch.episode_lens.sum())   # the losses are means over valid steps
             loss, logged = loss_fn(step, batch, stream)
-            if scaled is not None:
-                optimizer.param_groups[1]['lr'] = lr * scaled.scale(step)
             process.optimizer_step(loss * share, optimizer, params)
             trace.append(tuple(process.mean(logged.detach() * share).tolist()))
             if step % 10 == 0:
@@ -142,12 +132,6 @@ def fit(module: torch.nn.Module, batches: list[StreamBatch], loss_fn: Callable, 
                               dict(step = step + 1, trace = trace, numpy_streams = numpy_streams), process)
     module.eval()
     return trace
-
-
-def optimizer_groups(params: list[torch.nn.Parameter], own: list[torch.nn.Parameter]) -> list[dict]:
-    """AdamW's parameter groups: `params` less `own`, then `own` (each in `params`' order)."""
-    ids = {id(p) for p in own}
-    return [dict(params = [p for p in params if id(p) not in ids]), dict(params = [p for p in params if id(p) in ids])]
 
 
 def train(model: Transformer, meta_controller: MetaController, batches: list[StreamBatch], alpha: float,
@@ -208,17 +192,14 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
         ignore = ('alpha', 'sweep_alphas', 'select_alpha', 'steering_episodes', 'dim_policy', 'init', 'first_stage_restarts',
                   'first_stage_restart_steps', 'restarts', 'restart_steps', 'third_stage_steps')
         # a setting added after runs were made is recorded only when on, so that their progress (made with it off) still matches
-        ignore += tuple(name for name in ('freeze_switching_steps', 'switching_warmup_steps') if not getattr(config, name))
+        ignore += tuple(name for name in ('freeze_switching_steps',) if not getattr(config, name))
         settings = fit_settings(config, 'discovery', seed, data_sha256, next(model.parameters()).device, process, ignore, alpha = alpha)
         resume = Resume(progress_file, settings, f'discovery α={alpha:g}', reads = (model,))
     desc = (f'discover α={alpha:g}' + (', rotation-consistent' if rotate_episodes else '') + (', history cut' if config.cut_history else '')
             + (', next event' if next_events else '') + (', switching frozen' if config.freeze_switching_steps else ''))
-    scaled = None
-    if config.switching_warmup_steps:
-        scaled = ScaledGroup(switching_params(meta_controller), lambda step: switching_lr_scale(step, config))
     try:
         return fit(trained, batches, loss_fn, config.steps, config.lr, config.weight_decay, seed, desc, formats, progress, process,
-                   resume, streams = (turns, cuts) if config.cut_history else (turns,), scaled = scaled)
+                   resume, streams = (turns, cuts) if config.cut_history else (turns,))
     finally:
         if config.freeze_switching_steps:
             switching_frozen(meta_controller, False)
@@ -235,12 +216,6 @@ def switching_frozen(meta_controller: MetaController, frozen: bool):
     for param in switching_params(meta_controller):
         param.requires_grad_(not frozen)
 
-
-def switching_lr_scale(step: int, config: DiscoveryConfig) -> float:
-    """--discovery.switching_warmup_steps W: the switching unit's learning rate over the base rate at `step`, 0 while
-    it is frozen, then rising linearly to 1 over W steps. A unit that starts to train gets a full AdamW step on every
-    weight whatever its gradient (no moment estimates yet to scale it); the ramp keeps those first steps small."""
-    return min(max(step - config.freeze_switching_steps, 0) / config.switching_warmup_steps, 1.)
 
 
 def next_event_ce(next_events: NextEvents, latent: torch.Tensor, batch: DemoBatch, beta: torch.Tensor,
