@@ -205,17 +205,11 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
             switching_frozen(meta_controller, False)
 
 
-def switching_params(meta_controller: MetaController) -> list[torch.nn.Parameter]:
-    """The switching unit and the history GRU it reads: what decides when to switch."""
-    return [*meta_controller.history.parameters(), *meta_controller.switching.parameters()]
-
-
 def switching_frozen(meta_controller: MetaController, frozen: bool):
     """--discovery.freeze_switching_steps: the switching unit and the history GRU it reads take no gradient while
     `frozen`; β then moves only as the codes z_{t-1} it also reads do."""
-    for param in switching_params(meta_controller):
-        param.requires_grad_(not frozen)
-
+    for part in (meta_controller.history, meta_controller.switching):
+        part.requires_grad_(not frozen)
 
 
 def next_event_ce(next_events: NextEvents, latent: torch.Tensor, batch: DemoBatch, beta: torch.Tensor,
