@@ -372,7 +372,8 @@ def test_a_third_stage_frees_the_switching_unit_from_the_second_stages_weights(s
     smoke_tmp, _ = smoke_run
     shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
     settings = {'discovery.steps': 3, 'discovery.freeze_switching_steps': 3, 'discovery.third_stage_steps': 2}
-    run(tmp_path, '--phases', 'discover', '--force', *(f for key, value in settings.items() for f in (f'--{key}', str(value))))
+    discovery = run(tmp_path, '--phases', 'discover', '--force', *(f for key, value in settings.items() for f in (f'--{key}', str(value))))['discovery']
+    assert [entry['third_stage_steps'] for entry in discovery['alpha_sweep']] == [2, 2]
     folder = smoke_settings(tmp_path, settings)
     second, third = (torch.load(folder.progress_path('discover', name), map_location = 'cpu', weights_only = True)
                      for name in ('alpha_0.05', 'alpha_0.05_third_stage'))

@@ -320,8 +320,8 @@ def train_alpha(run: Run, model: Transformer, streams: list, data_sha256: str, d
                 alpha: float, rotations: Callable | None, event_targets: Callable | None) -> tuple[MetaController, list, dict]:
     """One α of the run from `start`'s weights (a first stage's, else --discovery.init's, else fresh), with a fresh
     next-event head beside it if the run has one (not saved with it): (the metacontroller, its trace, {'seed': its
-    seed, and with --discovery.restarts the starts' table}); the best of the starts goes on (`pick_start`), then
-    with --discovery.third_stage_steps its third stage (the trace is then the third stage's)."""
+    seed, with --discovery.restarts the starts' table, with a third stage its steps}); the best of the starts goes on
+    (`pick_start`), then with --discovery.third_stage_steps its third stage (the trace is then the third stage's)."""
     config = run.config.discovery
 
     def build(weights: MetaController | None = start) -> Modules:
@@ -341,6 +341,7 @@ def train_alpha(run: Run, model: Transformer, streams: list, data_sha256: str, d
         modules = build(meta)
         trace = train(picked.get('restart', 0), seed, config.third_stage_steps, modules, config.third_stage(), '_third_stage')
         meta = modules[0]
+        picked = dict(picked, third_stage_steps = config.third_stage_steps)
     return meta, trace, dict(seed = seed, **picked)
 
 
