@@ -192,7 +192,7 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
         ignore = ('alpha', 'sweep_alphas', 'select_alpha', 'steering_episodes', 'dim_policy', 'init', 'first_stage_restarts',
                   'first_stage_restart_steps', 'restarts', 'restart_steps', 'third_stage_steps')
         # a setting added after runs were made is recorded only when on, so that their progress (made with it off) still matches
-        ignore += tuple(name for name in ('freeze_switching_steps',) if not getattr(config, name))
+        ignore += () if config.freeze_switching_steps else ('freeze_switching_steps',)
         settings = fit_settings(config, 'discovery', seed, data_sha256, next(model.parameters()).device, process, ignore, alpha = alpha)
         resume = Resume(progress_file, settings, f'discovery α={alpha:g}', reads = (model,))
     desc = (f'discover α={alpha:g}' + (', rotation-consistent' if rotate_episodes else '') + (', history cut' if config.cut_history else '')
