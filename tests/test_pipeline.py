@@ -324,22 +324,24 @@ def test_two_stage_discovery_starts_every_alpha_from_the_papers_objective(smoke_
     assert progress['step'] == 3 and len(progress['trace']) == 3   # the first stage trained its own steps
 
 
-def test_switch_surprise_is_the_base_nll_at_the_switches_over_its_mean():
+def test_switch_surprise_and_contrast_are_the_base_nll_at_the_switches_over_its_mean_and_the_rest():
     """Steps 1 .. len - 1 only: the first step always chooses and padding is not a step."""
     nll = torch.tensor([[9., 1., 4., 1., 9.], [9., 1., 1., 4., 9.]])
     beta = torch.tensor([[1., 0., 1., 0., 1.], [1., 0., 0., 0.7, 0.]])
     sums = discover.base_surprise(nll, beta, torch.tensor([4, 5]))   # row 0's last step is padding
     assert sums.tolist() == [8., 2., 21., 7.]
-    at_switches, everywhere = 8. / 2, 21. / 7
-    assert at_switches / everywhere == pytest.approx(4 / 3)
+    scores = discover.surprise_scores(sums)
+    assert scores['switch_surprise'] == pytest.approx((8 / 2) / (21 / 7))
+    assert scores['switch_contrast'] == pytest.approx((8 / 2) / (13 / 5))   # against the five steps without a switch
+    assert all(math.isnan(score) for score in discover.surprise_scores(torch.tensor([0., 0., 6., 3.])).values())
 
 
-def test_a_start_that_rarely_switches_ranks_last_whatever_its_surprise():
+def test_a_start_that_rarely_switches_ranks_last_whatever_its_contrast():
     rare = 1 + MIN_SWITCHES_PER_EPISODE / 2   # switches per episode, the forced one at step 0 included
-    starts = [dict(switch_surprise = float('nan'), switches_per_episode = 1.),
-              dict(switch_surprise = 5., switches_per_episode = rare),          # a high score from a handful of switches
-              dict(switch_surprise = 1.2, switches_per_episode = 1 + MIN_SWITCHES_PER_EPISODE),
-              dict(switch_surprise = 1.8, switches_per_episode = 3.)]
+    starts = [dict(switch_contrast = float('nan'), switches_per_episode = 1.),
+              dict(switch_contrast = 5., switches_per_episode = rare),          # a high score from a handful of switches
+              dict(switch_contrast = 1.2, switches_per_episode = 1 + MIN_SWITCHES_PER_EPISODE),
+              dict(switch_contrast = 1.8, switches_per_episode = 3.)]
     assert [start_rank(start) for start in starts] == [-math.inf, -math.inf, 1.2, 1.8]
 
 

@@ -4,8 +4,9 @@ The paper's objective at one α puts one switch per subgoal on the boundaries on
 pair's first colour (or about once per episode) on others, and only the first gives codes internal RL can use. On
 pinpad a pair's second colour follows from its first, so after a first colour the base knows where the agent goes;
 after a boundary it does not. `switch_surprise` (the discover phase's analysis) is the base's mean action NLL at the
-switch steps over its mean at every step, read without labels. This prints it for finished runs or checkpoints, on
-the discovery episodes the pick reads (its first 1,024) and, with the labels for comparison, on the held-out ones:
+switch steps over its mean at every step, `switch_contrast` (what the pick ranks by) the same over its mean at the
+other steps, both read without labels. This prints them for finished runs or checkpoints, on the discovery episodes
+the pick reads (its first 1,024) and, with the labels for comparison, on the held-out ones:
 
     python docs/experiments/switch_surprise.py 'seed 0=runs/a' 'first stage=runs/a:discover/first_stage_meta_controller.pt'
 """
@@ -37,7 +38,8 @@ def main():
         torch.manual_seed(args.seed)
         own = discover.analyse(model, meta, data.load(run_dir / 'data', 'discovery').head(SURPRISE_EPISODES), 'cpu').summary()
         held = discover.analyse(model, meta, data.load(run_dir / 'data', 'heldout'), 'cpu', events = events).summary()
-        print(f"{label:28s} switch surprise {own['switch_surprise']:.2f}, {own['switches_per_episode']:.2f} switches per episode "
+        print(f"{label:28s} switch surprise {own['switch_surprise']:.2f}, contrast {own['switch_contrast']:.2f}, "
+              f"{own['switches_per_episode']:.2f} switches per episode "
               f"(discovery episodes); held out: surprise {held['switch_surprise']:.2f}, switch F1 {held['switch_f1']:.3f}, "
               f"against first colours {held['inner_event_switch_f1']:.3f}, {held['switches_per_subgoal']:.2f} per subgoal", flush = True)
 

@@ -146,13 +146,14 @@ class DiscoveryConfig:
     first_stage_restarts: int = knob(1, 'start the first stage N times (start r: first weights and batch draws from the seed + '
                                         "r * 1000; start 0 is the run seed's own), train each --discovery.first_stage_restart_steps, "
                                         'and go on with the start whose switches fall where the base is most surprised by the next '
-                                        'action (switch_surprise, on the discovery episodes: no labels; not the paper; a start switching '
+                                        'action, and not where it is not (switch_contrast: its NLL at the switch steps over its NLL at '
+                                        'the others, on the discovery episodes: no labels; not the paper; a start switching '
                                         'after step 0 less than once per 10 episodes ranks last); 1: one start')
     first_stage_restart_steps: int = knob(3_200, 'steps each first-stage start trains before the pick (with --discovery.first_stage_restarts '
                                                  '> 1; at most --discovery.first_stage_steps, which the picked start goes on to)')
     restarts: int = knob(1, 'start each alpha N times (start r: first weights and batch draws from the seed + r * 1000; start 0 '
-                            "is the run seed's own), train each --discovery.restart_steps, and go on with the start whose switches "
-                            'fall where the base is most surprised, as --discovery.first_stage_restarts (no labels; not the paper; '
+                            "is the run seed's own), train each --discovery.restart_steps, and go on with the start with the highest "
+                            "switch_contrast, as --discovery.first_stage_restarts (no labels; not the paper; "
                             "on pinpad a second stage keeps or loses the first stage's boundaries within a few hundred steps); 1: one start")
     restart_steps: int = knob(400, 'steps each start of an alpha trains before the pick (with --discovery.restarts > 1; at most '
                                    '--discovery.steps, which the picked start goes on to)')

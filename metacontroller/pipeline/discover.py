@@ -308,6 +308,9 @@ class SwitchAnalysis(NamedTuple):
     # the base's mean action NLL at the switch steps (β ≥ 0.5, steps 1 .. len - 1) over its mean at every such step: read
     # without labels, above 1 where codes start where the base alone cannot tell what comes next; nan without a switch
     switch_surprise: float
+    # the base's mean action NLL at the switch steps over its mean at the other steps 1 .. len - 1: as switch_surprise,
+    # and it also falls where surprising steps go without a switch (a code set switching at some boundaries only)
+    switch_contrast: float
     # with the env's events (None without): switches on an event's own step, and matched (±1) against the events
     # inside a subgoal (pinpad: each pair's first colour), the other place a switch per subgoal can fall
     on_events: SwitchCounts | None = None
@@ -323,6 +326,7 @@ class SwitchAnalysis(NamedTuple):
             switches_per_subgoal = self.switches_per_episode / self.subgoals_per_episode,
             beta_binary_fraction = self.beta_binary_fraction,
             switch_surprise = self.switch_surprise,
+            switch_contrast = self.switch_contrast,
             action_nll = self.action_nll,
             kl = self.kl,
         )
@@ -368,10 +372,20 @@ def analyse(model: Transformer, meta_controller: MetaController, dataset: DemoDa
         switches_per_episode = counts.predicted / episodes + 1,
         subgoals_per_episode = counts.actual / episodes + 1,
         beta_binary_fraction = float(binary),
-        switch_surprise = float((surprise[0] / surprise[1]) / (surprise[2] / surprise[3])) if surprise[1] else float('nan'),
+        **surprise_scores(surprise),
         on_events = on_events,
         inner_events = inner_events,
     )
+
+
+def surprise_scores(sums: torch.Tensor) -> dict[str, float]:
+    """base_surprise's sums (4,) -> the base's mean NLL at the switch steps over its mean at every step (switch_surprise)
+    and over its mean at the other steps (switch_contrast); nan where a mean has no step."""
+    at_switches, switches, total, steps = sums.tolist()
+    ratio = lambda a, b: a / b if b else float('nan')
+    at_switch = ratio(at_switches, switches)
+    return dict(switch_surprise = ratio(at_switch, ratio(total, steps)),
+                switch_contrast = ratio(at_switch, ratio(total - at_switches, steps - switches)))
 
 
 def base_surprise(base_nll: torch.Tensor, beta: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:

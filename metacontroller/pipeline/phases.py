@@ -29,8 +29,8 @@ from metacontroller.rl.seeds import rank_seed, seeded
 from metacontroller.subgoal_controller import SubgoalController
 
 CODEBOOK_EPISODES = 2_000      # discovery episodes whose held codes k-means reads for --rl.codebook
-SURPRISE_EPISODES = 1_024      # discovery episodes the pick among starts (`pick_start`) reads switch_surprise on
-# a start that switches (after step 0) less often than this per episode ranks last: its switch_surprise rests on a
+SURPRISE_EPISODES = 1_024      # discovery episodes the pick among starts (`pick_start`) reads switch_contrast on
+# a start that switches (after step 0) less often than this per episode ranks last: its switch_contrast rests on a
 # handful of switches (one start here scored 0.46 on 1 switch in 1,024 episodes, 1.89 under other posterior draws)
 MIN_SWITCHES_PER_EPISODE = 0.1
 RESTART_SEED_STRIDE = 1_000    # start r of a pick seeds its draws with the run's seed + r * this
@@ -173,8 +173,8 @@ def pick_start(run: Run, model: Transformer, demos: DemoDataset, count: int, ste
                build: Callable[[], Modules], train: Callable[[int, int, int, Modules], list]) -> tuple[int, list, dict]:
     """Several starts of one training (not the paper): start r draws its first weights and batch draws from seed
     s + r·stride (r = 0: the run's own start, as with one) and trains `steps`; the start whose switches fall where the
-    base is most surprised by the next action goes on (`start_rank`: `switch_surprise` on the discovery episodes, read
-    without labels). On pinpad the paper's objective is nearly indifferent to where one switch per subgoal falls (on
+    base is most surprised by the next action, and not where it is not, goes on (`start_rank`: `switch_contrast` on
+    the discovery episodes, read without labels). On pinpad the paper's objective is nearly indifferent to where one switch per subgoal falls (on
     the boundaries, or on each pair's first colour, where the base already knows the next step), and a first stage
     keeps the place it first takes; a second stage from the boundaries keeps them or loses them within a few hundred
     steps, by its draws. Returns (the picked start, its first weights, the starts' table)."""
@@ -188,20 +188,21 @@ def pick_start(run: Run, model: Transformer, demos: DemoDataset, count: int, ste
             train(start, seed, steps, modules)
         with seeded(seed, torch.device(run.device)):   # the scoring draws leave the run's own stream as a run with one start has it
             summary = discover.analyse(model, modules[0], episodes, run.device).summary()
-        table.append({'seed': seed, **{key: summary[key] for key in ('switch_surprise', 'switches_per_episode', 'action_nll', 'kl')}})
+        table.append({'seed': seed, **{key: summary[key] for key in ('switch_contrast', 'switch_surprise', 'switches_per_episode',
+                                                                     'action_nll', 'kl')}})
         logger.info(f'discovery, {label} start {start} (seed {seed}, {steps} steps): ' +
                     ', '.join(f'{k} {v:.3f}' for k, v in table[-1].items() if k != 'seed'))
     # ties to the earlier start; each rank drew its own posterior samples, so rank 0's pick is everyone's
     best = run.process.broadcast_object(max(range(len(table)), key = lambda r: (start_rank(table[r]), -r)))
-    logger.info(f'discovery, {label}: start {best} (seed {table[best]["seed"]}) goes on, the highest switch surprise')
+    logger.info(f'discovery, {label}: start {best} (seed {table[best]["seed"]}) goes on, the highest switch contrast')
     return best, starts[best], dict(restarts = table, restart = best, restart_steps = steps)
 
 
 def start_rank(start: dict) -> float:
-    """A start's rank in the pick (its row of the starts' table): its switch surprise, or -inf where it switches too
+    """A start's rank in the pick (its row of the starts' table): its switch contrast, or -inf where it switches too
     rarely to read one from (no switch after the first step: nan)."""
-    surprise, switches = start['switch_surprise'], start['switches_per_episode'] - 1   # less the forced switch at step 0
-    return -math.inf if math.isnan(surprise) or switches < MIN_SWITCHES_PER_EPISODE else surprise
+    contrast, switches = start['switch_contrast'], start['switches_per_episode'] - 1   # less the forced switch at step 0
+    return -math.inf if math.isnan(contrast) or switches < MIN_SWITCHES_PER_EPISODE else contrast
 
 
 def run_pretrain(run: Run) -> dict:
