@@ -64,7 +64,8 @@ def build_parser(adapter: EnvAdapter) -> argparse.ArgumentParser:
     )
     parser.add_argument('--preset', choices = sorted(PRESETS), default = 'default',
                         help = "smoke: < 3 min on 2 CPU cores (tests); default: the CPU reproduction; labelfree: the default "
-                               "sizes with the study's recipe (ours; pinpad; ABCDAB learned without labels on discovery seed 0 of 3); paper: the paper's sizes (GPU)")
+                               "sizes with the study's recipe (ours; pinpad; the subgoal boundaries found without labels on discovery "
+                               "seeds 0 and 1 of 3); paper: the paper's sizes (GPU)")
     parser.add_argument('--phases', type = parse_phases, default = ','.join(PHASES), help = 'comma-separated subset, run in pipeline order')
     parser.add_argument('--force', action = 'store_true', help = 'redo the selected phases even if finished')
     parser.add_argument('--seed', type = int, default = 0, help = 'first seed')
