@@ -176,8 +176,8 @@ def pick_start(run: Run, model: Transformer, demos: DemoDataset, count: int, ste
     base is most surprised by the next action, and not where it is not, goes on (`start_rank`: `switch_contrast` on
     the discovery episodes, read without labels). On pinpad the paper's objective is nearly indifferent to where one
     switch per subgoal falls (on the boundaries, or on each pair's first colour, where the base already knows the next
-    step), and a first stage keeps the place it first takes; a second stage from the boundaries keeps them or loses them within a few hundred
-    steps, by its draws. Returns (the picked start, its first weights, the starts' table)."""
+    step), and a first stage keeps the place it first takes; a second stage from the boundaries keeps them or loses
+    them within a few hundred steps, by its draws. Returns (the picked start, its first weights, the starts' table)."""
     episodes = demos.head(SURPRISE_EPISODES)
     starts, table = [], []
     for start in range(count):
