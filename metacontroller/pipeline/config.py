@@ -260,8 +260,8 @@ def labelfree_config() -> PipelineConfig:
     a next-colour head in pretraining; discovery in three stages: the paper's objective, then rotation-consistent codes
     with a head on z and the switching unit frozen, then 800 steps with it free (a fresh optimiser and head), the first
     from the best of five starts by switch contrast; internal RL over a codebook of the discovered codes whose choices
-    then follow the state. On pinpad's seed-0 base discovery seeds 0 and 1 find the subgoal boundaries and seed 2 does
-    not; internal RL learns ABCDAB at 1.04 and 0.33 of the ground-truth controllers over seeds 0's and 1's codes.
+    then follow the state. On pinpad's seed-0 base discovery seeds 0 and 1 find the subgoal boundaries and seeds 2 and 3
+    do not; internal RL learns ABCDAB at 1.04 and 0.33 of the ground-truth controllers over seeds 0's and 1's codes.
     It needs the env's next events and rotations (pinpad)."""
     default = default_config()
     return replace(
