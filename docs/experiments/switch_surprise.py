@@ -9,6 +9,9 @@ other steps, both read without labels. This prints them for finished runs or che
 the pick reads (its first 1,024) and, with the labels for comparison, on the held-out ones:
 
     python docs/experiments/switch_surprise.py 'seed 0=runs/a' 'first stage=runs/a:discover/first_stage_meta_controller.pt'
+
+A first-stage start's progress file (`discover/progress_first_stage_start_R.pt`) is read as its weights in the
+shape of the folder's saved first stage; `--seed` then draws as the pick does for start R with the run's seed + 1,000·R.
 """
 import argparse
 from pathlib import Path
@@ -18,7 +21,16 @@ import torch
 from metacontroller import MetaController, Transformer
 from metacontroller.pipeline import data, discover
 from metacontroller.pipeline.adapters.pinpad import pinpad_adapter
-from metacontroller.pipeline.phases import SURPRISE_EPISODES
+from metacontroller.pipeline.phases import PROGRESS_PREFIX, SURPRISE_EPISODES
+
+
+def load_meta_controller(run_dir: Path, checkpoint: str) -> MetaController:
+    """A saved metacontroller, or a progress file's weights in the shape of the folder's saved first stage."""
+    if not Path(checkpoint).name.startswith(PROGRESS_PREFIX):
+        return MetaController.init_and_load(run_dir / checkpoint).eval()
+    meta = MetaController.init_and_load(run_dir / 'discover' / 'first_stage_meta_controller.pt')
+    meta.load_state_dict(torch.load(run_dir / checkpoint, map_location = 'cpu', weights_only = True)['module'])
+    return meta.eval()
 
 
 def main():
@@ -34,7 +46,7 @@ def main():
         run_dir, _, checkpoint = spec.partition(':')
         run_dir = Path(run_dir)
         model = Transformer.init_and_load(run_dir / 'pretrain' / 'model.pt').eval()
-        meta = MetaController.init_and_load(run_dir / (checkpoint or 'discover/meta_controller.pt')).eval()
+        meta = load_meta_controller(run_dir, checkpoint or 'discover/meta_controller.pt')
         torch.manual_seed(args.seed)
         own = discover.analyse(model, meta, data.load(run_dir / 'data', 'discovery').head(SURPRISE_EPISODES), 'cpu').summary()
         held = discover.analyse(model, meta, data.load(run_dir / 'data', 'heldout'), 'cpu', events = events).summary()
