@@ -259,9 +259,10 @@ def labelfree_config() -> PipelineConfig:
     """The default sizes with the study's label-free recipe (docs/reproduction.md; ours, not the paper's objectives):
     a next-colour head in pretraining; discovery in three stages: the paper's objective, then rotation-consistent codes
     with a head on z and the switching unit frozen, then 800 steps with it free (a fresh optimiser and head), the first
-    from the best of five starts by switch contrast; internal RL over a codebook of the discovered codes whose choices
-    then follow the state. On pinpad's seed-0 base discovery seeds 0 and 1 find the subgoal boundaries and seeds 2 and 3
-    do not; internal RL learns ABCDAB at 1.04 and 0.33 of the ground-truth controllers over seeds 0's and 1's codes.
+    from the best of five starts by switch contrast; internal RL for the paper's 1M episodes over a codebook of the
+    discovered codes whose choices then follow the state. On pinpad's seed-0 base discovery seeds 0 and 1 find the
+    subgoal boundaries and seeds 2 and 3 do not; internal RL learns ABCDAB at 1.15 and 1.14 of the ground-truth
+    controllers over seeds 0's and 1's codes (1.04 and 0.33 at 300k, where seed 1's first reward came late).
     It needs the env's next events and rotations (pinpad)."""
     default = default_config()
     return replace(
@@ -273,7 +274,7 @@ def labelfree_config() -> PipelineConfig:
                             steps = 3_200, alpha = 0.07,
                             rotation_consistency = True, next_event_weight = 1., next_event_at = 'segment',
                             freeze_switching_steps = 3_200, third_stage_steps = 800),
-        rl = replace(default.rl, lr = 3e-3, num_envs = 1024, total_episodes = 300_000, eval_every = 20_000,
+        rl = replace(default.rl, lr = 3e-3, num_envs = 1024, total_episodes = 1_000_000, eval_every = 20_000,
                      codebook = 8, codebook_spread = 0.2, codebook_spread_after = 150_000),
     )
 
