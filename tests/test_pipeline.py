@@ -16,7 +16,7 @@ from metacontroller.pipeline.adapters.babyai import babyai_adapter
 from metacontroller.pipeline.adapters.pinpad import colour_entries, colours_underfoot, next_colours, pinpad_adapter
 from metacontroller.pipeline.aggregate import aggregate
 from metacontroller.pipeline.cli import main
-from metacontroller.pipeline.config import PRESETS, override, smoke_config, validate
+from metacontroller.pipeline.config import PRESETS, override, sections, smoke_config, validate
 from metacontroller.pipeline.files import read_json, run_lock, write_json
 from metacontroller.pipeline.metrics import beta_binary_fraction, match_switches, switch_counts
 from metacontroller.pipeline.models import build_meta_controller, build_transformer
@@ -370,6 +370,19 @@ def test_first_stage_restarts_go_on_from_the_start_the_base_is_most_surprised_at
     assert all(torch.equal(plain['module'][k], v) for k, v in start['module'].items())
 
 
+def test_the_first_stage_starts_no_more_once_a_start_reaches_the_stop_contrast(smoke_run, tmp_path, monkeypatch):
+    smoke_tmp, _ = smoke_run
+    shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
+    settings = {'discovery.first_stage_steps': 3, 'discovery.first_stage_restarts': 4, 'discovery.first_stage_restart_steps': 2,
+                'discovery.first_stage_stop_contrast': 1000}
+    monkeypatch.setattr(phases, 'start_rank', lambda start: start['seed'])   # ranks 0, 1000, 2000, 3000: start 1 is enough
+    stage = run(tmp_path, '--phases', 'discover', '--force', *(f for key, value in settings.items() for f in (f'--{key}', str(value))))['discovery']['first_stage']
+    assert [start['seed'] for start in stage['restarts']] == [0, 1000] and (stage['restart'], stage['stop_contrast']) == (1, 1000)
+    folder = smoke_settings(tmp_path, settings)
+    assert [folder.progress_path('discover', f'first_stage_start_{r}').is_file() for r in range(4)] == [True, True, False, False]
+    assert torch.load(folder.progress_path('discover', 'first_stage_start_1'), map_location = 'cpu', weights_only = True)['step'] == 3
+
+
 def test_a_third_stage_frees_the_switching_unit_from_the_second_stages_weights(smoke_run, tmp_path):
     smoke_tmp, _ = smoke_run
     shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
@@ -477,6 +490,24 @@ def test_changed_settings_need_force_or_a_new_folder(smoke_run):
         run(smoke_tmp, '--pretrain.steps', '3')
 
 
+def test_settings_no_finished_phase_has_read_may_change(tmp_path):
+    run(tmp_path, '--phases', 'data')
+    # a smaller RL budget and another alpha: no phase that reads them has run, so nothing is mixed
+    run(tmp_path, '--phases', 'data', '--rl.total_episodes', '16', '--discovery.alpha', '0.2')
+    recorded = json.loads((tmp_path / 'run' / 'config.json').read_text())['config']
+    assert (recorded['rl']['total_episodes'], recorded['discovery']['alpha']) == (16, 0.2)
+    assert 'settings changed (discovery.alpha, rl.total_episodes) that no finished phase has read' in (tmp_path / 'run' / 'run.log').read_text()
+    # the held-out task is an RL setting that the data phase reads (its post-task episodes)
+    with pytest.raises(ValueError, match = r'other settings \(rl.task\)'):
+        run(tmp_path, '--phases', 'data', '--rl.total_episodes', '16', '--discovery.alpha', '0.2', '--rl.task', 'ACBD')
+
+
+def test_every_config_section_names_its_readers():
+    assert set(phases.SECTION_READERS) == set(sections(smoke_config()))
+    assert runner.setting_readers('rl.lr') == ('rl', 'baselines', 'report')
+    assert runner.setting_readers('rl.task')[0] == 'data' and runner.setting_readers('report.plot_episodes') == ('report',)
+
+
 @pytest.mark.parametrize('flags, message', [
     (['--phases', 'pretrain,nonsense'], 'unknown phase'),
     (['--preset', 'huge'], 'invalid choice'),
@@ -503,6 +534,8 @@ def test_changed_settings_need_force_or_a_new_folder(smoke_run):
     (['--rl.codebook', '-2'], '--rl.codebook must be >= 0, got -2'),
     (['--rl.codebook_spread', '0.2'], '--rl.codebook_spread 0.2 needs a codebook to draw around: give --rl.codebook K >= 2'),
     (['--rl.codebook', '2', '--rl.codebook_spread', '-1'], '--rl.codebook_spread must be finite and >= 0, got -1.0'),
+    (['--discovery.first_stage_stop_contrast', '2'], '--discovery.first_stage_stop_contrast 2.0 stops among first-stage starts: '
+                                                      'give --discovery.first_stage_restarts N >= 2, got 1'),
     (['--discovery.first_stage_restarts', '2'], '--discovery.first_stage_restarts 2 picks among first-stage starts: it needs '
                                                  '0 < --discovery.first_stage_restart_steps <= --discovery.first_stage_steps, got 3200 and 0'),
     (['--discovery.restarts', '2'], '--discovery.restarts 2 picks among the starts of each alpha: it needs '

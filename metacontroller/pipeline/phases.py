@@ -141,7 +141,7 @@ def first_stage(run: Run, model: Transformer, streams: list, data_sha256: str, d
         return initial_meta_controller(run, model.dim, config).to(run.device), None
 
     (meta, _), trace, seed, picked = train_best_start(run, model, demos, config.first_stage_restarts, config.first_stage_restart_steps,
-                                                      config.steps, 'first stage', build, train)
+                                                      config.steps, 'first stage', build, train, config.first_stage_stop_contrast or math.inf)
     run.save(meta, 'discover', 'first_stage_meta_controller.pt')
     summary = discover.analyse(model, meta, heldout, run.device, events = run.adapter.events).summary()
     summary.update(alpha = config.alpha, steps = config.steps, seed = seed, final_train_action_nll = float(np.mean(trace[-50:], axis = 0)[0]))
@@ -153,14 +153,15 @@ Modules = tuple[MetaController, torch.nn.Module | None]   # a metacontroller and
 
 
 def train_best_start(run: Run, model: Transformer, demos: DemoDataset, count: int, pick_steps: int, steps: int, label: str,
-                     build: Callable[[], Modules], train: Callable[[int, int, int, Modules], list]) -> tuple[Modules, list, int, dict]:
+                     build: Callable[[], Modules], train: Callable[[int, int, int, Modules], list],
+                     enough: float = math.inf) -> tuple[Modules, list, int, dict]:
     """`train(start, seed, steps, modules)` on `build()`'s modules to `steps`, from the run's own start, or with
-    `count` > 1 from the best of `count` starts trained `pick_steps` each (`pick_start`). Returns (the modules, the
-    trace, the seed, the starts' table: {} with one start)."""
+    `count` > 1 from the best of up to `count` starts trained `pick_steps` each (`pick_start`). Returns (the modules,
+    the trace, the seed, the starts' table: {} with one start)."""
     if count == 1:
         modules = build()
         return modules, train(0, run.seed, steps, modules), run.seed, {}
-    best, weights, picked = pick_start(run, model, demos, count, pick_steps, label, build, train)
+    best, weights, picked = pick_start(run, model, demos, count, pick_steps, label, build, train, enough)
     modules = build()
     for module, state in zip(modules, weights, strict = True):
         if module is not None:
@@ -170,14 +171,17 @@ def train_best_start(run: Run, model: Transformer, demos: DemoDataset, count: in
 
 
 def pick_start(run: Run, model: Transformer, demos: DemoDataset, count: int, steps: int, label: str,
-               build: Callable[[], Modules], train: Callable[[int, int, int, Modules], list]) -> tuple[int, list, dict]:
+               build: Callable[[], Modules], train: Callable[[int, int, int, Modules], list],
+               enough: float = math.inf) -> tuple[int, list, dict]:
     """Several starts of one training (not the paper): start r draws its first weights and batch draws from seed
     s + r·stride (r = 0: the run's own start, as with one) and trains `steps`; the start whose switches fall where the
     base is most surprised by the next action, and not where it is not, goes on (`start_rank`: `switch_contrast` on
     the discovery episodes, read without labels). On pinpad the paper's objective is nearly indifferent to where one
     switch per subgoal falls (on the boundaries, or on each pair's first colour, where the base already knows the next
     step), and a first stage keeps the place it first takes; a second stage from the boundaries keeps them or loses
-    them within a few hundred steps, by its draws. Returns (the picked start, its first weights, the starts' table)."""
+    them within a few hundred steps, by its draws. A start that ranks at `enough` or above ends the search early (the
+    boundary starts score well above the rest, and are rare). Returns (the picked start, its first weights, the starts'
+    table, which holds the starts that ran)."""
     episodes = demos.head(SURPRISE_EPISODES)
     starts, table = [], []
     for start in range(count):
@@ -192,10 +196,15 @@ def pick_start(run: Run, model: Transformer, demos: DemoDataset, count: int, ste
                                                                      'action_nll', 'kl')}})
         logger.info(f'discovery, {label} start {start} (seed {seed}, {steps} steps): ' +
                     ', '.join(f'{k} {v:.3f}' for k, v in table[-1].items() if k != 'seed'))
+        # rank 0's scores decide, as in the pick, so that every rank stops after the same start
+        if run.process.broadcast_object(start_rank(table[-1]) >= enough):
+            logger.info(f'discovery, {label}: start {start} reaches the switch contrast {enough:g}; no more starts')
+            break
     # ties to the earlier start; each rank drew its own posterior samples, so rank 0's pick is everyone's
     best = run.process.broadcast_object(max(range(len(table)), key = lambda r: (start_rank(table[r]), -r)))
     logger.info(f'discovery, {label}: start {best} (seed {table[best]["seed"]}) goes on, the highest switch contrast')
-    return best, starts[best], dict(restarts = table, restart = best, restart_steps = steps)
+    stop = dict(stop_contrast = enough) if math.isfinite(enough) else {}
+    return best, starts[best], dict(restarts = table, restart = best, restart_steps = steps, **stop)
 
 
 def start_rank(start: dict) -> float:
@@ -417,6 +426,13 @@ def fixed_budgets(config: PipelineConfig) -> dict[str, str]:
     return {'pretrain.steps': f'--pretrain.cooldown_steps {config.pretrain.cooldown_steps} decays the rate to 0 at the old budget, '
                               'and a longer run would have decayed later'}
 
+
+# config section -> the phases that read it themselves (the phases that read their files follow from NEEDS); a setting none
+# of whose readers has finished may change without --force, as nothing made under its old value is kept
+SECTION_READERS = dict(model = ('pretrain',), data = ('data',), pretrain = ('pretrain',), probe = ('probe',), control = ('control',),
+                       discovery = ('discover',), rl = ('rl', 'baselines'), report = ('report',))
+# settings read before their section's phases: the adapter's held-out task and the way it gives the model its task shape the data
+SETTING_READERS = {'rl.task': ('data',), 'model.task_condition': ('data',)}
 
 # phase -> files it reads (relative to the run folder), each written by the named phase
 NEEDS = dict(

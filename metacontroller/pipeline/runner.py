@@ -26,7 +26,7 @@ from loguru import logger
 
 from metacontroller.pipeline.config import from_dict
 from metacontroller.pipeline.files import read_json, run_lock, write_json
-from metacontroller.pipeline.phases import BUDGETS, NEEDS, PHASES, SHARDED, Run, fixed_budgets, gather_results
+from metacontroller.pipeline.phases import BUDGETS, NEEDS, PHASES, SECTION_READERS, SETTING_READERS, SHARDED, Run, fixed_budgets, gather_results
 from metacontroller.rl.seeds import rank_seed
 
 CONFIG_FILE, RESULTS_FILE, LOG_FILE = 'config.json', 'results.json', 'run.log'
@@ -48,7 +48,8 @@ def parse_phases(text: str) -> tuple[str, ...]:
 
 
 def check_config(run: Run, plan: Plan) -> tuple[str, ...]:
-    """A run folder holds one configuration: refuse to mix phases trained under another. The one change
+    """A run folder holds one configuration: refuse to mix phases trained under another. A setting that no
+    finished phase has read, nor read the files of, may change freely (`unread`). The one other change
     allowed without --force is a larger budget (`BUDGETS`): the finished phases it drives must then be in
     the plan, and they go on from their progress. Returns those phases."""
     path = run.run_dir / CONFIG_FILE
@@ -62,6 +63,10 @@ def check_config(run: Run, plan: Plan) -> tuple[str, ...]:
     changed = {f'{s}.{k}': (saved.get(s, {}).get(k), kw[k], k in recorded.get(s, {}))
                for s, kw in current.items() if isinstance(kw, dict) for k in kw
                if saved.get(s, {}).get(k) != kw[k] or k not in recorded.get(s, {})}
+    free = unread(run, changed)
+    if free:
+        logger.info(f'settings changed ({", ".join(sorted(free))}) that no finished phase has read: the new values hold')
+        changed = {name: values for name, values in changed.items() if name not in free}
     names = ', '.join(sorted(name + ('' if known else ' (not recorded)') for name, (_, _, known) in changed.items()))
     if changed and plan.force:
         logger.warning(f'settings changed ({names}); phases not redone keep their old results')
@@ -85,6 +90,19 @@ def check_config(run: Run, plan: Plan) -> tuple[str, ...]:
         logger.info(f'{name} rose from {was:,} to {now:,}: ' + (f'phase(s) {", ".join(going_on)} go on from their progress'
                                                                   if going_on else 'no finished phase to go on'))
     return extended
+
+
+def unread(run: Run, settings) -> list[str]:
+    """The `settings` ('section.field' names) that no finished phase of the run has read (`setting_readers`); an
+    unfinished phase's progress names the settings it was made with, and refuses others with a clear error."""
+    finished = {p for p in PHASES if run.record_path(p).is_file()}
+    return [name for name in settings if not finished & set(setting_readers(name))]
+
+
+def setting_readers(name: str) -> tuple[str, ...]:
+    """'section.field' -> the phases that read it, directly or through the files of a phase that does."""
+    first = SETTING_READERS.get(name) or SECTION_READERS[name.split('.')[0]]
+    return tuple(dict.fromkeys(first + readers(first)))
 
 
 def readers(phases: tuple[str, ...]) -> tuple[str, ...]:
