@@ -152,10 +152,9 @@ class DiscoveryConfig:
                                         'after step 0 less than once per 10 episodes ranks last); 1: one start')
     first_stage_restart_steps: int = knob(3_200, 'steps each first-stage start trains before the pick (with --discovery.first_stage_restarts '
                                                  '> 1; at most --discovery.first_stage_steps, which the picked start goes on to)')
-    first_stage_stop_contrast: float = knob(0., 'with --discovery.first_stage_restarts N: start no more once a start ranks at '
-                                                'this switch contrast or above, and go on with it, so that N is the most starts '
-                                                'and a base whose early start finds the boundaries spends one (not the paper); 0: '
-                                                'all N')
+    first_stage_stop_contrast: float = knob(0., 'with --discovery.first_stage_restarts N: start no more once a start reaches '
+                                                'this switch contrast (and switches enough to rank), and go on with it, so that N '
+                                                'is the most starts (not the paper); 0: all N')
     restarts: int = knob(1, 'start each alpha N times (start r: first weights and batch draws from the seed + r * 1000; start 0 '
                             "is the run seed's own), train each --discovery.restart_steps, and go on with the start with the highest "
                             "switch_contrast, as --discovery.first_stage_restarts (no labels; not the paper; "
