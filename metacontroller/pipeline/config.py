@@ -262,8 +262,9 @@ def labelfree_config() -> PipelineConfig:
     """The default sizes with the study's label-free recipe (docs/reproduction.md; ours, not the paper's objectives):
     a next-colour head in pretraining; discovery in three stages: the paper's objective, then rotation-consistent codes
     with a head on z and the switching unit frozen, then 800 steps with it free (a fresh optimiser and head), the first
-    from the first start of up to eight to reach a switch contrast of 1.96 (the boundary starts of two bases scored
-    1.99-2.09, every other start 1.93 or less), else the best of the eight; internal RL for the paper's 1M episodes over a codebook of the
+    from the first start of up to eight to reach a switch contrast of 1.96 (set from two bases, where the boundary starts
+    scored 1.99-2.09 and every other start 1.93 or less; on a third the boundary start, with extra switches, scored 1.93,
+    so all eight ran and it was the best), else the best of the eight; internal RL for the paper's 1M episodes over a codebook of the
     discovered codes whose choices then follow the state. On pinpad's seed-0 base discovery seeds 0 and 1 find the
     subgoal boundaries and seeds 2 and 3 do not; internal RL learns ABCDAB at 1.15 and 1.14 of the ground-truth
     controllers over seeds 0's and 1's codes (1.04 and 0.33 at 300k, where seed 1's first reward came late).
