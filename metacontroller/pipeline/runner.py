@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -92,7 +93,7 @@ def check_config(run: Run, plan: Plan) -> tuple[str, ...]:
     return extended
 
 
-def unread(run: Run, settings) -> list[str]:
+def unread(run: Run, settings: Iterable[str]) -> list[str]:
     """The `settings` ('section.field' names) that no finished phase of the run has read (`setting_readers`); an
     unfinished phase's progress names the settings it was made with, and refuses others with a clear error."""
     finished = {p for p in PHASES if run.record_path(p).is_file()}
