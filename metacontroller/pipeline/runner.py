@@ -81,7 +81,8 @@ def check_config(run: Run, plan: Plan) -> tuple[str, ...]:
         raise ValueError(f'{run.run_dir} was made with other settings ({names}); use another --run-dir, or --force '
                          f'to redo the selected phases with the new ones (only a larger {", ".join(BUDGETS)} may change '
                          'without it: the phases it drives go on from their progress)')
-    extended = tuple(p for p in PHASES if any(p in BUDGETS[name] for name in changed) and run.record_path(p).is_file())
+    finished = finished_phases(run)
+    extended = tuple(p for p in PHASES if any(p in BUDGETS[name] for name in changed) and p in finished)
     missing = [p for p in extended if p not in plan.phases]
     if missing:
         raise ValueError(f'the budget rose ({names}) for phases that finished under the old one: add '
@@ -96,8 +97,13 @@ def check_config(run: Run, plan: Plan) -> tuple[str, ...]:
 def unread(run: Run, settings: Iterable[str]) -> list[str]:
     """The `settings` ('section.field' names) that no finished phase of the run has read (`setting_readers`); an
     unfinished phase's progress names the settings it was made with, and refuses others with a clear error."""
-    finished = {p for p in PHASES if run.record_path(p).is_file()}
+    finished = finished_phases(run)
     return [name for name in settings if not finished & set(setting_readers(name))]
+
+
+def finished_phases(run: Run) -> set[str]:
+    """The phases whose record the run folder holds (a phase's record is written last, when it ends)."""
+    return {p for p in PHASES if run.record_path(p).is_file()}
 
 
 def setting_readers(name: str) -> tuple[str, ...]:
@@ -154,7 +160,7 @@ def execute_locked(run: Run, plan: Plan) -> dict:
     sink = logger.add(run.run_dir / LOG_FILE, level = 'INFO') if process.is_main else None
     try:
         extended = check_config(run, plan)
-        finished = {p for p in PHASES if run.record_path(p).is_file()}
+        finished = finished_phases(run)
         stale = [p for p in readers(extended) if p in finished]   # made from what the longer phases replace: redone afresh
         for phase in stale:
             logger.log('INFO' if phase in plan.phases else 'WARNING', f'phase {phase}: reads what {", ".join(p for p in extended if p != phase)} '
