@@ -370,17 +370,30 @@ def test_first_stage_restarts_go_on_from_the_start_the_base_is_most_surprised_at
     assert all(torch.equal(plain['module'][k], v) for k, v in start['module'].items())
 
 
-def test_the_first_stage_starts_no_more_once_a_start_reaches_the_stop_contrast(smoke_run, tmp_path, monkeypatch):
+def test_the_first_stage_starts_no_more_once_a_start_meets_the_stop_and_goes_on_with_it(smoke_run, tmp_path, monkeypatch):
     smoke_tmp, _ = smoke_run
     shutil.copytree(smoke_tmp / 'run', tmp_path / 'run')
     settings = {'discovery.first_stage_steps': 3, 'discovery.first_stage_restarts': 4, 'discovery.first_stage_restart_steps': 2,
-                'discovery.first_stage_stop_contrast': 1000}
-    monkeypatch.setattr(phases, 'start_rank', lambda start: start['seed'])   # ranks 0, 1000, 2000, 3000: start 1 is enough
+                'discovery.first_stage_stop_contrast': 1000, 'discovery.first_stage_stop_switches': 2.5}
+    # start 0 ranks highest but does not meet the stop (as a start on half the boundaries); start 1 meets it and goes on
+    monkeypatch.setattr(phases, 'start_rank', lambda start: 5000 - start['seed'])
+    monkeypatch.setattr(phases.StopRule, '__call__', lambda self, start: start['seed'] == 1000)
     stage = run(tmp_path, '--phases', 'discover', '--force', *(f for key, value in settings.items() for f in (f'--{key}', str(value))))['discovery']['first_stage']
-    assert [start['seed'] for start in stage['restarts']] == [0, 1000] and (stage['restart'], stage['stop_contrast']) == (1, 1000)
+    assert [start['seed'] for start in stage['restarts']] == [0, 1000] and stage['restart'] == 1
+    assert (stage['stop_contrast'], stage['stop_switches']) == (1000, 2.5)
     folder = smoke_settings(tmp_path, settings)
     assert [folder.progress_path('discover', f'first_stage_start_{r}').is_file() for r in range(4)] == [True, True, False, False]
     assert torch.load(folder.progress_path('discover', 'first_stage_start_1'), map_location = 'cpu', weights_only = True)['step'] == 3
+
+
+def test_the_stop_among_starts_needs_the_contrast_and_the_switches():
+    stop = phases.StopRule(contrast = 1.7, switches = 2.5)
+    row = lambda contrast, switches: dict(switch_contrast = contrast, switches_per_episode = switches)
+    # the rows of docs/reproduction.md: every boundary (some extra switches), half the boundaries, first colours,
+    # and a start with almost no switch after the first step, whose contrast rests on a handful of switches
+    assert [stop(row(c, n)) for c, n in [(1.932, 3.26), (1.933, 2.01), (1.356, 3.91), (2.218, 1.004)]] == [True, False, False, False]
+    assert not phases.StopRule()(row(1e9, 1e9)) and phases.StopRule().record() == {}
+    assert phases.StopRule(1.96).record() == dict(stop_contrast = 1.96) and stop.record() == dict(stop_contrast = 1.7, stop_switches = 2.5)
 
 
 def test_a_third_stage_frees_the_switching_unit_from_the_second_stages_weights(smoke_run, tmp_path):
@@ -536,6 +549,8 @@ def test_every_config_section_names_its_readers():
     (['--rl.codebook', '2', '--rl.codebook_spread', '-1'], '--rl.codebook_spread must be finite and >= 0, got -1.0'),
     (['--discovery.first_stage_stop_contrast', '2'], '--discovery.first_stage_stop_contrast 2.0 stops among first-stage starts: '
                                                       'give --discovery.first_stage_restarts N >= 2, got 1'),
+    (['--discovery.first_stage_stop_switches', '2.5'], '--discovery.first_stage_stop_switches 2.5 is part of the stop among '
+                                                       'first-stage starts: give --discovery.first_stage_stop_contrast C > 0'),
     (['--discovery.first_stage_restarts', '2'], '--discovery.first_stage_restarts 2 picks among first-stage starts: it needs '
                                                  '0 < --discovery.first_stage_restart_steps <= --discovery.first_stage_steps, got 3200 and 0'),
     (['--discovery.restarts', '2'], '--discovery.restarts 2 picks among the starts of each alpha: it needs '

@@ -155,6 +155,10 @@ class DiscoveryConfig:
     first_stage_stop_contrast: float = knob(0., 'with --discovery.first_stage_restarts N: start no more once a start reaches '
                                                 'this switch contrast (and switches enough to rank), and go on with it, so that N '
                                                 'is the most starts (not the paper); 0: all N')
+    first_stage_stop_switches: float = knob(0., 'with --discovery.first_stage_stop_contrast: a start stops the search only if it '
+                                                'also switches at least this often per episode, the first step counted (a start on '
+                                                'half the boundaries can reach the contrast of one on every boundary, with fewer '
+                                                'switches; not the paper); 0: any')
     restarts: int = knob(1, 'start each alpha N times (start r: first weights and batch draws from the seed + r * 1000; start 0 '
                             "is the run seed's own), train each --discovery.restart_steps, and go on with the start with the highest "
                             "switch_contrast, as --discovery.first_stage_restarts (no labels; not the paper; "
@@ -262,9 +266,9 @@ def labelfree_config() -> PipelineConfig:
     """The default sizes with the study's label-free recipe (docs/reproduction.md; ours, not the paper's objectives):
     a next-colour head in pretraining; discovery in three stages: the paper's objective, then rotation-consistent codes
     with a head on z and the switching unit frozen, then 800 steps with it free (a fresh optimiser and head), the first
-    from the first start of up to eight to reach a switch contrast of 1.96 (set from two bases, where the boundary starts
-    scored 1.99-2.09 and every other start 1.93 or less; on a third the boundary start, with extra switches, scored 1.93,
-    so all eight ran and it was the best), else the best of the eight; internal RL for the paper's 1M episodes over a codebook of the
+    from the first start of up to eight to reach a switch contrast of 1.7 with 2.5 switches per episode or more (set
+    from the 37 starts of three bases: the 5 boundary starts scored 1.93-2.09 with 3.0-3.3 switches, a start on half the
+    boundaries 1.93 with 2.0, every other start that switches 1.58 or less), else the best of the eight; internal RL for the paper's 1M episodes over a codebook of the
     discovered codes whose choices then follow the state. On pinpad's seed-0 base discovery seeds 0 and 1 find the
     subgoal boundaries and seeds 2 and 3 do not; internal RL learns ABCDAB at 1.15 and 1.14 of the ground-truth
     controllers over seeds 0's and 1's codes (1.04 and 0.33 at 300k, where seed 1's first reward came late).
@@ -276,7 +280,7 @@ def labelfree_config() -> PipelineConfig:
         data = replace(default.data, discovery_episodes = 40_000),
         pretrain = replace(default.pretrain, next_event_weight = 0.3),
         discovery = replace(default.discovery, first_stage_steps = 3_200, first_stage_alpha = 0.1, first_stage_restarts = 8,
-                            first_stage_stop_contrast = 1.96,
+                            first_stage_stop_contrast = 1.7, first_stage_stop_switches = 2.5,
                             steps = 3_200, alpha = 0.07,
                             rotation_consistency = True, next_event_weight = 1., next_event_at = 'segment',
                             freeze_switching_steps = 3_200, third_stage_steps = 800),
@@ -370,6 +374,9 @@ def _check_together(config: PipelineConfig, flat: dict[str, Any]) -> list[str]:
     if discovery.first_stage_stop_contrast and discovery.first_stage_restarts < 2:
         problems.append(f'--discovery.first_stage_stop_contrast {discovery.first_stage_stop_contrast} stops among first-stage starts: '
                         f'give --discovery.first_stage_restarts N >= 2, got {discovery.first_stage_restarts}')
+    if discovery.first_stage_stop_switches and not discovery.first_stage_stop_contrast:
+        problems.append(f'--discovery.first_stage_stop_switches {discovery.first_stage_stop_switches} is part of the stop among '
+                        'first-stage starts: give --discovery.first_stage_stop_contrast C > 0')
     if discovery.restarts > 1 and not 0 < discovery.restart_steps <= discovery.steps:
         problems.append(f'--discovery.restarts {discovery.restarts} picks among the starts of each alpha: it needs '
                         f'0 < --discovery.restart_steps <= --discovery.steps, got {discovery.restart_steps} and {discovery.steps}')

@@ -190,7 +190,8 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
         # init's file is in the starting weights, wherever it lies; starts differ by seed and first weights, and the
         # number of them, or their steps before the pick, leave each start's own training as it is
         ignore = ('alpha', 'sweep_alphas', 'select_alpha', 'steering_episodes', 'dim_policy', 'init', 'first_stage_restarts',
-                  'first_stage_restart_steps', 'first_stage_stop_contrast', 'restarts', 'restart_steps', 'third_stage_steps')
+                  'first_stage_restart_steps', 'first_stage_stop_contrast', 'first_stage_stop_switches', 'restarts', 'restart_steps',
+                  'third_stage_steps')
         # a setting added after runs were made is recorded only when on, so that their progress (made with it off) still matches
         ignore += () if config.freeze_switching_steps else ('freeze_switching_steps',)
         settings = fit_settings(config, 'discovery', seed, data_sha256, next(model.parameters()).device, process, ignore, alpha = alpha)

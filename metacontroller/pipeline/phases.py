@@ -140,8 +140,9 @@ def first_stage(run: Run, model: Transformer, streams: list, data_sha256: str, d
     def build() -> Modules:
         return initial_meta_controller(run, model.dim, config).to(run.device), None
 
+    stop = StopRule(config.first_stage_stop_contrast or math.inf, config.first_stage_stop_switches)
     (meta, _), trace, seed, picked = train_best_start(run, model, demos, config.first_stage_restarts, config.first_stage_restart_steps,
-                                                      config.steps, 'first stage', build, train, config.first_stage_stop_contrast or math.inf)
+                                                      config.steps, 'first stage', build, train, stop)
     run.save(meta, 'discover', 'first_stage_meta_controller.pt')
     summary = discover.analyse(model, meta, heldout, run.device, events = run.adapter.events).summary()
     summary.update(alpha = config.alpha, steps = config.steps, seed = seed, final_train_action_nll = float(np.mean(trace[-50:], axis = 0)[0]))
@@ -152,16 +153,34 @@ def first_stage(run: Run, model: Transformer, streams: list, data_sha256: str, d
 Modules = tuple[MetaController, torch.nn.Module | None]   # a metacontroller and a head trained beside it (None without)
 
 
+@dataclass(frozen = True)
+class StopRule:
+    """When a start ends the search among starts (not the paper): it ranks at `contrast` or above (`start_rank`) and
+    switches at least `switches` times per episode, the first step counted. The count is there because the contrast
+    alone cannot tell a start on every boundary with some extra switches from one on half the boundaries."""
+    contrast: float = math.inf
+    switches: float = 0.
+
+    def __call__(self, start: dict) -> bool:
+        return start_rank(start) >= self.contrast and start['switches_per_episode'] >= self.switches
+
+    def record(self) -> dict:
+        """The rule as results.json keeps it ({} where it never stops)."""
+        if not math.isfinite(self.contrast):
+            return {}
+        return dict(stop_contrast = self.contrast, **(dict(stop_switches = self.switches) if self.switches else {}))
+
+
 def train_best_start(run: Run, model: Transformer, demos: DemoDataset, count: int, pick_steps: int, steps: int, label: str,
                      build: Callable[[], Modules], train: Callable[[int, int, int, Modules], list],
-                     enough: float = math.inf) -> tuple[Modules, list, int, dict]:
+                     stop: StopRule = StopRule()) -> tuple[Modules, list, int, dict]:
     """`train(start, seed, steps, modules)` on `build()`'s modules to `steps`, from the run's own start, or with
     `count` > 1 from the best of up to `count` starts trained `pick_steps` each (`pick_start`). Returns (the modules,
     the trace, the seed, the starts' table: {} with one start)."""
     if count == 1:
         modules = build()
         return modules, train(0, run.seed, steps, modules), run.seed, {}
-    best, weights, picked = pick_start(run, model, demos, count, pick_steps, label, build, train, enough)
+    best, weights, picked = pick_start(run, model, demos, count, pick_steps, label, build, train, stop)
     modules = build()
     for module, state in zip(modules, weights, strict = True):
         if module is not None:
@@ -172,15 +191,15 @@ def train_best_start(run: Run, model: Transformer, demos: DemoDataset, count: in
 
 def pick_start(run: Run, model: Transformer, demos: DemoDataset, count: int, steps: int, label: str,
                build: Callable[[], Modules], train: Callable[[int, int, int, Modules], list],
-               enough: float = math.inf) -> tuple[int, list, dict]:
+               stop: StopRule = StopRule()) -> tuple[int, list, dict]:
     """Several starts of one training (not the paper): start r draws its first weights and batch draws from seed
     s + r·stride (r = 0: the run's own start, as with one) and trains `steps`; the start whose switches fall where the
     base is most surprised by the next action, and not where it is not, goes on (`start_rank`: `switch_contrast` on
     the discovery episodes, read without labels). On pinpad the paper's objective is nearly indifferent to where one
     switch per subgoal falls (on the boundaries, or on each pair's first colour, where the base already knows the next
     step), and a first stage keeps the place it first takes; a second stage from the boundaries keeps them or loses
-    them within a few hundred steps, by its draws. A start that ranks at `enough` or above ends the search early (the
-    boundary starts score well above the rest, and are rare). Returns (the picked start, its first weights, the starts'
+    them within a few hundred steps, by its draws. A start that meets `stop` ends the search early and goes on (the
+    boundary starts are rare). Returns (the picked start, its first weights, the starts'
     table, which holds the starts that ran)."""
     episodes = demos.head(SURPRISE_EPISODES)
     starts, table = [], []
@@ -197,14 +216,14 @@ def pick_start(run: Run, model: Transformer, demos: DemoDataset, count: int, ste
         logger.info(f'discovery, {label} start {start} (seed {seed}, {steps} steps): ' +
                     ', '.join(f'{k} {v:.3f}' for k, v in table[-1].items() if k != 'seed'))
         # rank 0's scores decide, as in the pick, so that every rank stops after the same start
-        if run.process.broadcast_object(start_rank(table[-1]) >= enough):
-            logger.info(f'discovery, {label}: start {start} reaches the switch contrast {enough:g}; no more starts')
-            break
+        if run.process.broadcast_object(stop(table[-1])):
+            logger.info(f'discovery, {label}: start {start} reaches the switch contrast {stop.contrast:g} with at least '
+                        f'{stop.switches:g} switches per episode; it goes on, no more starts')
+            return start, starts[start], dict(restarts = table, restart = start, restart_steps = steps, **stop.record())
     # ties to the earlier start; each rank drew its own posterior samples, so rank 0's pick is everyone's
     best = run.process.broadcast_object(max(range(len(table)), key = lambda r: (start_rank(table[r]), -r)))
     logger.info(f'discovery, {label}: start {best} (seed {table[best]["seed"]}) goes on, the highest switch contrast')
-    stop = dict(stop_contrast = enough) if math.isfinite(enough) else {}
-    return best, starts[best], dict(restarts = table, restart = best, restart_steps = steps, **stop)
+    return best, starts[best], dict(restarts = table, restart = best, restart_steps = steps, **stop.record())
 
 
 def start_rank(start: dict) -> float:
