@@ -199,8 +199,8 @@ def pick_start(run: Run, model: Transformer, demos: DemoDataset, count: int, ste
     switch per subgoal falls (on the boundaries, or on each pair's first colour, where the base already knows the next
     step), and a first stage keeps the place it first takes; a second stage from the boundaries keeps them or loses
     them within a few hundred steps, by its draws. A start that meets `stop` ends the search early and goes on (the
-    boundary starts are rare). Returns (the picked start, its first weights, the starts'
-    table, which holds the starts that ran)."""
+    boundary starts are rare). Returns (the picked start, its first weights, the starts' table, which holds the starts
+    that ran)."""
     episodes = demos.head(SURPRISE_EPISODES)
     starts, table = [], []
     for start in range(count):
