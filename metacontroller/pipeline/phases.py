@@ -217,8 +217,9 @@ def pick_start(run: Run, model: Transformer, demos: DemoDataset, count: int, ste
                     ', '.join(f'{k} {v:.3f}' for k, v in table[-1].items() if k != 'seed'))
         # rank 0's scores decide, as in the pick, so that every rank stops after the same start
         if run.process.broadcast_object(stop(table[-1])):
-            logger.info(f'discovery, {label}: start {start} reaches the switch contrast {stop.contrast:g} with at least '
-                        f'{stop.switches:g} switches per episode; it goes on, no more starts')
+            switches = f' with at least {stop.switches:g} switches per episode' if stop.switches else ''
+            logger.info(f'discovery, {label}: start {start} reaches the switch contrast {stop.contrast:g}{switches}; '
+                        'it goes on, no more starts')
             return start, starts[start], dict(restarts = table, restart = start, restart_steps = steps, **stop.record())
     # ties to the earlier start; each rank drew its own posterior samples, so rank 0's pick is everyone's
     best = run.process.broadcast_object(max(range(len(table)), key = lambda r: (start_rank(table[r]), -r)))
