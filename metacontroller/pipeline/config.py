@@ -269,8 +269,8 @@ def labelfree_config() -> PipelineConfig:
     from the first start of up to eight to reach a switch contrast of 1.7 with 2.5 switches per episode or more (set
     from the 37 starts of three bases: the 5 boundary starts scored 1.93-2.09 with 3.0-3.3 switches, a start on half the
     boundaries 1.93 with 2.0, every other start that ranks 1.86 or less), else the best of the eight; internal RL for
-    the paper's 1M episodes over a codebook of the discovered codes whose choices then follow the state. On pinpad's seed-0 base discovery seeds 0 and 1 find the
-    subgoal boundaries and seeds 2 and 3 do not; internal RL learns ABCDAB at 1.15 and 1.14 of the ground-truth
+    the paper's 1M episodes over a codebook of the discovered codes whose choices then follow the state. On pinpad's
+    seed-0 base discovery seeds 0 and 1 find the subgoal boundaries and seeds 2 and 3 do not; internal RL learns ABCDAB at 1.15 and 1.14 of the ground-truth
     controllers over seeds 0's and 1's codes (1.04 and 0.33 at 300k, where seed 1's first reward came late).
     It needs the env's next events and rotations (pinpad)."""
     default = default_config()

@@ -220,10 +220,12 @@ def pick_start(run: Run, model: Transformer, demos: DemoDataset, count: int, ste
             switches = f' with at least {stop.switches:g} switches per episode' if stop.switches else ''
             logger.info(f'discovery, {label}: start {start} reaches the switch contrast {stop.contrast:g}{switches}; '
                         'it goes on, no more starts')
-            return start, starts[start], dict(restarts = table, restart = start, restart_steps = steps, **stop.record())
-    # ties to the earlier start; each rank drew its own posterior samples, so rank 0's pick is everyone's
-    best = run.process.broadcast_object(max(range(len(table)), key = lambda r: (start_rank(table[r]), -r)))
-    logger.info(f'discovery, {label}: start {best} (seed {table[best]["seed"]}) goes on, the highest switch contrast')
+            best = start
+            break
+    else:
+        # ties to the earlier start; each rank drew its own posterior samples, so rank 0's pick is everyone's
+        best = run.process.broadcast_object(max(range(len(table)), key = lambda r: (start_rank(table[r]), -r)))
+        logger.info(f'discovery, {label}: start {best} (seed {table[best]["seed"]}) goes on, the highest switch contrast')
     return best, starts[best], dict(restarts = table, restart = best, restart_steps = steps, **stop.record())
 
 
