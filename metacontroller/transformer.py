@@ -50,7 +50,7 @@ class NextEventLosses(NamedTuple):
 
 
 class DiscoveryLosses(NamedTuple):
-    state_pred: Tensor
+    state_pred: Tensor | None   # next-observation loss through the steered stream; None unless predict_state
     action_recon: Tensor   # -log p(a_t | ê), mean over valid steps
     kl: Tensor             # KL(q(z̃_t) ‖ N(0, I)), summed over n_z, mean over valid steps; weight it by α yourself, once
     aux_ratio: Tensor      # optional H-Net ratio loss (already weighted; 0 unless enabled)
@@ -427,10 +427,13 @@ class Transformer(Checkpointable, nn.Module):
         stream: Tensor | None = None,
         force_beta: Tensor | float | None = None,
         condition: Tensor | None = None,
+        predict_state: bool = True,
     ) -> DiscoveryLosses:
         """Discovery objective with the base frozen: no gradient is computed for its weights.
 
         `stream` may hold a precomputed residual stream (it depends only on the data and the condition).
+        predict_state = False skips the next-observation readout (`state_pred` is None): the paper's objective
+        does not use it, and on pinpad it is about a sixteenth of a training step.
         """
         self.check_meta_controller(meta_controller)
         actions, mask, condition = self._prepare(state, actions, episode_lens, condition)
@@ -443,7 +446,7 @@ class Transformer(Checkpointable, nn.Module):
             out = meta_controller(stream.float(), episode_lens, force_beta)
         with frozen(*self.base_modules()):
             hidden = self._body('upper_body', condition)(out.controlled)
-            state_loss, action_loss = self._readout_losses(hidden, state, actions, mask)
+            state_loss, action_loss = self._bc_losses(hidden, state, actions, mask, predict_state)
 
         maskf = mask.to(out.kl.dtype)
         kl = (out.kl * maskf).sum() / maskf.sum()
@@ -548,7 +551,8 @@ class Transformer(Checkpointable, nn.Module):
         if discovery_phase:
             if meta_controller is None:
                 raise ValueError('discovery_phase = True needs a meta_controller')
-            return self.discovery_losses(state, actions, meta_controller, episode_lens, force_beta = force_beta, condition = condition)
+            return self.discovery_losses(state, actions, meta_controller, episode_lens, force_beta = force_beta, condition = condition,
+                                         predict_state = predict_state)
         if meta_controller is not None:
             raise ValueError('a meta_controller over a whole sequence is only used in discovery (discovery_phase = True); step with return_cache = True for control')
         return self.behaviour_cloning_losses(state, actions, episode_lens, predict_state, condition)

@@ -120,6 +120,16 @@ def test_precomputed_stream_gives_the_same_losses(model, meta, batch):
     assert torch.allclose(torch.stack(direct), torch.stack(cached))
 
 
+def test_discovery_without_the_state_readout_gives_the_same_objective(model, meta, batch):
+    state, actions, lens = batch
+    torch.manual_seed(5)
+    full = model(state, actions, episode_lens = lens, meta_controller = meta, discovery_phase = True)
+    torch.manual_seed(5)
+    lean = model(state, actions, episode_lens = lens, meta_controller = meta, discovery_phase = True, predict_state = False)
+    assert full.state_pred is not None and lean.state_pred is None
+    assert torch.equal(torch.stack(full[1:]), torch.stack(lean[1:]))
+
+
 @pytest.mark.parametrize('embed_past_action', [False, True])
 def test_cached_stepping_equals_full_forward(embed_past_action):
     model = tiny_transformer(embed_past_action = embed_past_action).eval()

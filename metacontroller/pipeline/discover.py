@@ -167,7 +167,7 @@ def train(model: Transformer, meta_controller: MetaController, batches: list[Str
             switching_frozen(meta_controller, step < config.freeze_switching_steps)
         with recorded_outputs(meta_controller) as outputs:
             losses = model.discovery_losses(batch.observations, batch.actions, meta_controller, batch.episode_lens, stream = stream,
-                                            condition = batch.condition)
+                                            condition = batch.condition, predict_state = False)
         logged = [losses.action_recon]
         if rotate_episodes is not None:
             logged.append(turned_action_nll(model, meta_controller, outputs[0].latent, batch, rotate_episodes, turns))
@@ -349,7 +349,7 @@ def analyse(model: Transformer, meta_controller: MetaController, dataset: DemoDa
     for batch in ordered_batches(dataset, batch_size, device):
         stream = model.residual_stream(batch.observations, condition = batch.condition)
         losses = model.discovery_losses(batch.observations, batch.actions, meta_controller, batch.episode_lens, stream = stream,
-                                        condition = batch.condition)
+                                        condition = batch.condition, predict_state = False)
         steps = batch.episode_lens.sum().item()
         nll, kl = nll + losses.action_recon.item() * steps, kl + losses.kl.item() * steps
         beta = meta_controller(stream, batch.episode_lens).beta
