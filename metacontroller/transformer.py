@@ -433,7 +433,7 @@ class Transformer(Checkpointable, nn.Module):
 
         `stream` may hold a precomputed residual stream (it depends only on the data and the condition).
         predict_state = False skips the next-observation readout (`state_pred` is None): the paper's objective
-        does not use it, and on pinpad it is about a sixteenth of a training step.
+        does not use it, and on pinpad it is about a tenth of a training step.
         """
         self.check_meta_controller(meta_controller)
         actions, mask, condition = self._prepare(state, actions, episode_lens, condition)
@@ -540,7 +540,7 @@ class Transformer(Checkpointable, nn.Module):
         """Three modes, one return type each:
 
         - behaviour cloning: model(state, actions[, predict_state = False]) -> BehaviourCloningLosses
-        - discovery: model(state, actions, meta_controller = mc, discovery_phase = True) -> DiscoveryLosses
+        - discovery: model(state, actions, meta_controller = mc, discovery_phase = True[, predict_state = False]) -> DiscoveryLosses
         - stepping: model(one_state, past_action, cache = cache, return_cache = True) -> (logits, cache)
 
         A model built with dim_condition takes `condition` (b, dim_condition) in every mode.
