@@ -349,11 +349,6 @@ class Transformer(Checkpointable, nn.Module):
             stream = intervention(stream)
         return self._body('upper_body', condition)(stream)
 
-    def _readout_losses(self, hidden, state, actions, mask) -> tuple[Tensor, Tensor]:
-        action_loss = self.action_readout(hidden, targets = actions, loss_mask = mask)
-        state_loss = self.state_readout(hidden[:, :-1], targets = state[:, 1:], loss_mask = mask[:, 1:])
-        return state_loss, action_loss
-
     def _prepare(self, state, actions, episode_lens, condition):
         self._check_states(state)
         if actions is None:
@@ -395,9 +390,11 @@ class Transformer(Checkpointable, nn.Module):
         return self._body('upper_body', condition)(self._body('lower_body', condition)(self.embed(state, actions)))
 
     def _bc_losses(self, hidden, state, actions, mask, predict_state) -> BehaviourCloningLosses:
+        action_loss = self.action_readout(hidden, targets = actions, loss_mask = mask)
         if not predict_state:
-            return BehaviourCloningLosses(None, self.action_readout(hidden, targets = actions, loss_mask = mask))
-        return BehaviourCloningLosses(*self._readout_losses(hidden, state, actions, mask))
+            return BehaviourCloningLosses(None, action_loss)
+        state_loss = self.state_readout(hidden[:, :-1], targets = state[:, 1:], loss_mask = mask[:, 1:])
+        return BehaviourCloningLosses(state_loss, action_loss)
 
     def _check_event_targets(self, targets: Tensor, mask: Tensor):
         if self.event_readout is None:
